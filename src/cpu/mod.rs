@@ -1,0 +1,1 @@
+//! The CPU backend: exact float32 reference ops and the generator built on them.
