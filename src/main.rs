@@ -1,3 +1,10 @@
+use clap::Parser;
+use mmengine::cli::{run, Cli};
+
 fn main() {
-    println!("mmengine");
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

@@ -1,1 +1,58 @@
 //! The CPU backend: exact float32 reference ops and the generator built on them.
+
+pub mod mapping;
+pub mod ops;
+pub mod synthesis;
+
+use crate::backend::{Backend, NoiseMode, Truncation};
+use crate::error::Result;
+use crate::model::Network;
+use crate::tensor::Tensor;
+use mapping::Mapping;
+use synthesis::Synthesis;
+
+/// Executes a [`Network`] on the CPU (multithreaded through rayon's global pool).
+pub struct CpuBackend {
+    net: Network,
+    mapping: Mapping,
+    synthesis: Synthesis,
+}
+
+impl CpuBackend {
+    pub fn new(net: Network) -> Self {
+        CpuBackend {
+            mapping: Mapping::new(&net),
+            synthesis: Synthesis::new(&net),
+            net,
+        }
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// `synthesize` that also reports every layer's styles and output (for golden tests and debugging).
+    pub fn synthesize_traced(
+        &self,
+        ws: &Tensor,
+        noise: NoiseMode,
+        trace: synthesis::Trace,
+    ) -> Result<Tensor> {
+        self.synthesis.forward(&self.net, ws, noise, Some(trace))
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn map(&self, z: &Tensor, truncation: Truncation) -> Result<Tensor> {
+        let w = self.mapping.forward(&self.net, z)?;
+        mapping::broadcast_truncate(&self.net, &w, truncation)
+    }
+
+    fn synthesize(&self, ws: &Tensor, noise: NoiseMode) -> Result<Tensor> {
+        self.synthesis.forward(&self.net, ws, noise, None)
+    }
+}

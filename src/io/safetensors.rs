@@ -63,10 +63,26 @@ pub struct Entry {
     end: usize,
 }
 
+/// The file's bytes: memory-mapped from disk, or embedded in the binary (the bundled demo model).
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Static(s) => s,
+        }
+    }
+}
+
 /// An open safetensors file. Tensors are converted to float32 on access.
 pub struct SafeTensors {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: Bytes,
     data_start: usize,
     entries: BTreeMap<String, Entry>,
     pub metadata: BTreeMap<String, String>,
@@ -75,7 +91,15 @@ pub struct SafeTensors {
 impl SafeTensors {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let map = map_file(path)?;
+        Self::parse(path, Bytes::Mapped(map_file(path)?))
+    }
+
+    /// Bytes compiled into the binary; `name` stands in for the path in messages.
+    pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self> {
+        Self::parse(Path::new(name), Bytes::Static(bytes))
+    }
+
+    fn parse(path: &Path, map: Bytes) -> Result<Self> {
         let bad = |msg: String| Error::format(path, format!("not a valid safetensors file: {msg}"));
         if map.len() < 8 {
             return Err(bad(format!("only {} bytes", map.len())));

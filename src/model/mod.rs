@@ -5,6 +5,14 @@
 //! (ws index, shapes, up factor, demodulation, weight gain, activation, clamp, noise), so nothing downstream knows
 //! which file format the weights came from.
 
+pub mod canonical;
+pub mod nvlabs;
+pub mod rosinality;
+pub mod state;
+pub mod tf;
+
+use crate::bail;
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Where the weights came from (for `info` and the canonical file's metadata; never used for computation).
@@ -133,4 +141,92 @@ impl Network {
             .sum();
         mapping + layers + self.const_input.numel()
     }
+}
+
+impl Network {
+    /// Check the layer table is a network the backends can execute: channels chain, resolutions double from 4,
+    /// ws indices are in range. Loaders call it so a bad file fails at load time with a clear message.
+    pub fn validate(&self) -> Result<()> {
+        nvlabs::check_resolution(self.resolution)?;
+        if self.num_ws != 2 * self.resolution.trailing_zeros() as usize - 2 {
+            bail!(
+                "num_ws {} does not match resolution {}",
+                self.num_ws,
+                self.resolution
+            );
+        }
+        if self.w_avg.len() != self.w_dim || self.const_input.ndim() != 3 {
+            bail!("w_avg or the constant input has the wrong shape");
+        }
+        let mut channels = self.const_input.shape[0];
+        let mut res = 4;
+        let mut img_res = 0;
+        for l in &self.layers {
+            let ok_kind = match l.kind {
+                LayerKind::Conv => l.kernel == 3 && (l.up == 1 || l.up == 2),
+                LayerKind::ToRgb => l.kernel == 1 && l.up == 1 && !l.demodulate,
+            };
+            if l.kind == LayerKind::Conv && l.up == 2 {
+                res *= 2;
+            }
+            if !ok_kind
+                || l.in_channels != channels
+                || l.resolution != res
+                || l.ws_index >= self.num_ws
+                || l.affine_weight.shape != [l.in_channels, self.w_dim]
+                || l.out_channels == 0
+            {
+                bail!("layer {} is inconsistent with the network", l.name);
+            }
+            if let Some(n) = &l.noise {
+                if n.buffer.shape != [l.resolution, l.resolution] {
+                    bail!("layer {}: noise buffer has the wrong shape", l.name);
+                }
+            }
+            match l.kind {
+                LayerKind::Conv => channels = l.out_channels,
+                LayerKind::ToRgb => {
+                    if l.out_channels != self.img_channels || (img_res != 0 && res != img_res * 2) {
+                        bail!("layer {} is inconsistent with the network", l.name);
+                    }
+                    img_res = res;
+                }
+            }
+        }
+        if img_res != self.resolution {
+            bail!(
+                "the layers end at {img_res}x{img_res}, expected {0}x{0}",
+                self.resolution
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Mean of w over [`W_AVG_SAMPLES`] z drawn from `RandomState(W_AVG_SEED).randn` row by row, for checkpoints that
+/// store no average (rosinality training checkpoints). rosinality's own scripts use torch's RNG, which cannot be
+/// reproduced without torch; this draw is documented and deterministic instead.
+pub const W_AVG_SAMPLES: usize = 4096;
+pub const W_AVG_SEED: u32 = 0;
+
+pub fn compute_w_avg(net: &mut Network) {
+    let mut rng = crate::seeds::RandomState::new(W_AVG_SEED);
+    let z: Vec<f32> = (0..W_AVG_SAMPLES * net.z_dim)
+        .map(|_| rng.randn() as f32)
+        .collect();
+    let z = Tensor::new(vec![W_AVG_SAMPLES, net.z_dim], z).expect("shape matches");
+    let w = crate::cpu::mapping::Mapping::new(net)
+        .forward(net, &z)
+        .expect("z has the model's z_dim");
+    let mut avg = vec![0f64; net.w_dim];
+    for row in w.data.chunks(net.w_dim) {
+        avg.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+    }
+    net.w_avg = avg
+        .iter()
+        .map(|a| (a / W_AVG_SAMPLES as f64) as f32)
+        .collect();
+    net.w_avg_origin = format!(
+        "computed: mean of mapping(z) over {W_AVG_SAMPLES} z from RandomState({W_AVG_SEED}).randn"
+    );
 }

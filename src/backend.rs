@@ -1,0 +1,40 @@
+//! What every backend offers: map latents to ws, and synthesize images from ws, in batches.
+
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// Truncation toward the average w: `w_avg + psi * (w - w_avg)` on the first `cutoff` ws (all when `None`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Truncation {
+    pub psi: f32,
+    pub cutoff: Option<usize>,
+}
+
+impl Default for Truncation {
+    fn default() -> Self {
+        Truncation {
+            psi: 1.0,
+            cutoff: None,
+        }
+    }
+}
+
+/// Where the per-layer noise comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoiseMode {
+    /// The buffers stored in the network (NVlabs `noise_const`, rosinality `noises.noise_i`).
+    Const,
+    /// No noise.
+    None,
+    /// Fresh normal noise, reproducible: image `first_image + i` of a call draws from its own stream seeded by
+    /// `seed` and its index, so the result does not depend on how a job is split into batches.
+    Random { seed: u32, first_image: usize },
+}
+
+pub trait Backend {
+    fn name(&self) -> String;
+    /// `z [N, z_dim]` -> ws `[N, num_ws, w_dim]`.
+    fn map(&self, z: &Tensor, truncation: Truncation) -> Result<Tensor>;
+    /// ws `[N, num_ws, w_dim]` -> images `[N, C, H, W]` in the generator's raw range.
+    fn synthesize(&self, ws: &Tensor, noise: NoiseMode) -> Result<Tensor>;
+}

@@ -1,0 +1,49 @@
+//! The `mmengine` command line: argument parsing and the commands. This is the only layer that prints.
+
+mod progress;
+mod render;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+pub use render::{DeviceArg, NoiseArg};
+
+/// StyleGAN2 rendering and micromotion editing.
+#[derive(Parser)]
+#[command(name = "mmengine", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Describe a checkpoint: format, resolution, dimensions, channels, clamp, parameter count.
+    Info {
+        /// Checkpoint: rosinality .pt, NVlabs .pkl (PyTorch or TensorFlow) or mmengine .safetensors.
+        model: PathBuf,
+        /// Also print the layer table.
+        #[arg(long)]
+        layers: bool,
+    },
+    /// Convert a checkpoint to mmengine's memory-mapped safetensors format.
+    Convert {
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Map latents to ws and write them as float32 .npy [N, num_ws, w_dim].
+    Map(render::MapArgs),
+    /// Render images (PNG files, a PNG grid, or raw float32 .npy).
+    Render(render::RenderArgs),
+}
+
+/// Run the parsed command; errors come back for `main` to print on one line.
+pub fn run(cli: Cli) -> crate::Result<()> {
+    match cli.command {
+        Command::Info { model, layers } => render::info(&model, layers),
+        Command::Convert { model, output } => render::convert(&model, &output),
+        Command::Map(args) => render::map(args),
+        Command::Render(args) => render::render(args),
+    }
+}

@@ -1,0 +1,382 @@
+//! `info`, `convert`, `map` and `render`.
+
+use super::progress;
+use crate::backend::{Backend, NoiseMode, Truncation};
+use crate::bail;
+use crate::cpu::CpuBackend;
+use crate::error::{Error, Result};
+use crate::io::{image, latents, npy};
+use crate::model::{self, LayerKind, Network};
+use crate::seeds;
+use crate::tensor::Tensor;
+use clap::{ArgGroup, Args, ValueEnum};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum NoiseArg {
+    Const,
+    None,
+    Random,
+}
+
+/// Where latents come from and how they are truncated (shared by `map` and `render`).
+#[derive(Args)]
+pub struct LatentArgs {
+    /// Seeds, NVlabs style: `0-7,12,20-23`; z = np.random.RandomState(seed).randn(z_dim).
+    #[arg(long)]
+    seeds: Option<String>,
+    /// z latents [N, z_dim] (.npy, .npz, .pt, .safetensors[:name]).
+    #[arg(long)]
+    z: Option<String>,
+    /// Truncation psi (1 = none).
+    #[arg(long, default_value_t = 1.0)]
+    trunc: f32,
+    /// Truncate only the first N ws (NVlabs truncation_cutoff).
+    #[arg(long)]
+    trunc_cutoff: Option<usize>,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("input").required(true).args(["seeds", "z"])))]
+pub struct MapArgs {
+    /// Checkpoint (default: the bundled demo model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    latents: LatentArgs,
+    /// Output .npy, float32 [N, num_ws, w_dim].
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("input").required(true).args(["seeds", "z", "ws"])))]
+pub struct RenderArgs {
+    /// Checkpoint (default: the bundled demo model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    latents: LatentArgs,
+    /// W [N, w_dim] or W+ [N, num_ws, w_dim] latents (.npy, .npz key `w`, .pt, .safetensors[:name]).
+    #[arg(long)]
+    ws: Option<String>,
+    #[arg(long, value_enum, default_value_t = NoiseArg::Const)]
+    noise_mode: NoiseArg,
+    /// Seed of `--noise-mode random`.
+    #[arg(long, default_value_t = 0)]
+    noise_seed: u32,
+    /// Images per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// OUT.npy (raw float32 NCHW), OUT.png (one grid image) or a directory (one PNG per image).
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+fn load_model(path: Option<&Path>) -> Result<Network> {
+    match path {
+        Some(p) => model::load(p),
+        None => model::bundled(),
+    }
+}
+
+pub fn info(path: &Path, show_layers: bool) -> Result<()> {
+    let net = model::load(path)?;
+    println!("file:            {}", path.display());
+    println!("format:          {}", net.source.name());
+    println!(
+        "resolution:      {0}x{0}, {1} channels",
+        net.resolution, net.img_channels
+    );
+    println!("z_dim:           {}", net.z_dim);
+    println!("w_dim:           {}", net.w_dim);
+    println!("num_ws:          {}", net.num_ws);
+    println!("mapping layers:  {} (lr multiplier {})", net.mapping.len(), net.mapping_lr_mul);
+    let channels: Vec<String> = net
+        .channels_per_resolution()
+        .iter()
+        .map(|(r, c)| format!("{r}:{c}"))
+        .collect();
+    println!("channels:        {}", channels.join(" "));
+    match net.conv_clamp {
+        Some(c) => println!("conv_clamp:      {c}"),
+        None => println!("conv_clamp:      none"),
+    }
+    println!("w_avg:           {}", net.w_avg_origin);
+    println!("parameters:      {}", net.parameter_count());
+    if show_layers {
+        println!("\n{:<10} {:>3} {:>5} {:>5} {:>5} {:>3} {:>2} {:>6} {:>6}", "layer", "ws", "in", "out", "res", "up", "k", "demod", "noise");
+        for l in &net.layers {
+            println!(
+                "{:<10} {:>3} {:>5} {:>5} {:>5} {:>3} {:>2} {:>6} {:>6}",
+                l.name,
+                l.ws_index,
+                l.in_channels,
+                l.out_channels,
+                l.resolution,
+                l.up,
+                l.kernel,
+                l.demodulate,
+                l.noise.is_some()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn convert(path: &Path, output: &Path) -> Result<()> {
+    let net = model::load(path)?;
+    model::canonical::save(&net, output)?;
+    eprintln!(
+        "wrote {} ({} parameters, from {})",
+        output.display(),
+        net.parameter_count(),
+        net.source.name()
+    );
+    Ok(())
+}
+
+/// The latents of a job: z to map, or ws ready to synthesize.
+enum Latents {
+    Z(Tensor),
+    Ws(Tensor),
+}
+
+fn resolve_latents(
+    net: &Network,
+    args: &LatentArgs,
+    ws_file: Option<&str>,
+) -> Result<(Latents, Option<Vec<u32>>)> {
+    if !(args.trunc.is_finite()) {
+        bail!("--trunc must be a finite number, got {}", args.trunc);
+    }
+    if let Some(spec) = &args.seeds {
+        let seeds = seeds::parse_seeds(spec)?;
+        let mut z = Vec::with_capacity(seeds.len() * net.z_dim);
+        for &s in &seeds {
+            z.extend(seeds::z_from_seed(s, net.z_dim));
+        }
+        let z = Tensor::new(vec![seeds.len(), net.z_dim], z)?;
+        return Ok((Latents::Z(z), Some(seeds)));
+    }
+    if let Some(spec) = &args.z {
+        let z = latents::read_latents(spec)?;
+        check_finite(spec, &z)?;
+        if z.ndim() != 2 || z.shape[1] != net.z_dim {
+            bail!(
+                "{spec}: z has shape {:?}, the model expects [N, {}]",
+                z.shape,
+                net.z_dim
+            );
+        }
+        return Ok((Latents::Z(z), None));
+    }
+    let spec = ws_file.expect("clap requires one input");
+    let w = latents::read_latents(spec)?;
+    check_finite(spec, &w)?;
+    let ws = to_ws(net, w).map_err(|e| Error::invalid(format!("{spec}: {e}")))?;
+    Ok((Latents::Ws(ws), None))
+}
+
+fn check_finite(spec: &str, t: &Tensor) -> Result<()> {
+    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+        bail!("{spec}: element {i} is {} (latents must be finite)", t.data[i]);
+    }
+    Ok(())
+}
+
+/// W `[N, w_dim]` is broadcast to every layer; W+ `[N, num_ws, w_dim]` is taken as it is.
+fn to_ws(net: &Network, w: Tensor) -> Result<Tensor> {
+    let (l, d) = (net.num_ws, net.w_dim);
+    match w.shape.as_slice() {
+        &[n, dd] if dd == d => {
+            let mut data = Vec::with_capacity(n * l * d);
+            for row in w.data.chunks(d) {
+                for _ in 0..l {
+                    data.extend_from_slice(row);
+                }
+            }
+            Tensor::new(vec![n, l, d], data)
+        }
+        &[_, ll, dd] if ll == l && dd == d => Ok(w),
+        s => bail!("latent has shape {s:?}; the model expects W [N, {d}] or W+ [N, {l}, {d}]"),
+    }
+}
+
+fn make_ws(backend: &CpuBackend, net: &Network, lat: &Latents, range: std::ops::Range<usize>, t: Truncation) -> Result<Tensor> {
+    match lat {
+        Latents::Z(z) => backend.map(&z.slice_rows(range.start, range.end), t),
+        Latents::Ws(ws) => {
+            let mut ws = ws.slice_rows(range.start, range.end);
+            crate::cpu::mapping::truncate(net, &mut ws, t);
+            Ok(ws)
+        }
+    }
+}
+
+fn truncation(args: &LatentArgs, net: &Network) -> Result<Truncation> {
+    if let Some(c) = args.trunc_cutoff {
+        if c > net.num_ws {
+            bail!("--trunc-cutoff {c} exceeds the model's num_ws ({})", net.num_ws);
+        }
+    }
+    Ok(Truncation {
+        psi: args.trunc,
+        cutoff: args.trunc_cutoff,
+    })
+}
+
+pub fn map(args: MapArgs) -> Result<()> {
+    let net = load_model(args.model.as_deref())?;
+    let trunc = truncation(&args.latents, &net)?;
+    let (lat, _) = resolve_latents(&net, &args.latents, None)?;
+    let backend = CpuBackend::new(net);
+    let Latents::Z(z) = &lat else { unreachable!("map takes z or seeds") };
+    let ws = backend.map(z, trunc)?;
+    check_output_ext(&args.output, &["npy"])?;
+    npy::write_npy(&args.output, &ws)?;
+    eprintln!("wrote {} {:?}", args.output.display(), ws.shape);
+    Ok(())
+}
+
+fn check_output_ext(path: &Path, allowed: &[&str]) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !allowed.contains(&ext) {
+        bail!(
+            "{}: unsupported output type; use {}",
+            path.display(),
+            allowed.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(" or ")
+        );
+    }
+    Ok(())
+}
+
+/// Where rendered images go.
+enum Sink {
+    /// Raw float32 NCHW, streamed to a temporary file and renamed at the end.
+    Npy(npy::NpyStream),
+    /// One grid PNG, written once all images are in.
+    Grid { path: PathBuf, images: Vec<Tensor> },
+    /// One PNG per image.
+    Dir { dir: PathBuf, names: Vec<String> },
+}
+
+impl Sink {
+    fn create(path: &Path, shape: &[usize], seeds: Option<&[u32]>) -> Result<Sink> {
+        let ext = path.extension().and_then(|e| e.to_str());
+        if path.is_dir() || ext.is_none() {
+            std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+            let names = match seeds {
+                Some(seeds) => seeds.iter().map(|s| format!("seed{s:04}.png")).collect(),
+                None => (0..shape[0]).map(|i| format!("img{i:05}.png")).collect(),
+            };
+            return Ok(Sink::Dir {
+                dir: path.to_path_buf(),
+                names,
+            });
+        }
+        match ext {
+            Some("npy") => Ok(Sink::Npy(npy::NpyStream::create(path, shape)?)),
+            Some("png") => Ok(Sink::Grid {
+                path: path.to_path_buf(),
+                images: Vec::new(),
+            }),
+            _ => bail!(
+                "{}: unsupported output type; use .npy (raw float32), .png (one grid image) or a directory",
+                path.display()
+            ),
+        }
+    }
+
+    fn write(&mut self, first: usize, images: Tensor) -> Result<()> {
+        match self {
+            Sink::Npy(stream) => stream.write(&images.data),
+            Sink::Grid { images: all, .. } => {
+                all.push(images);
+                Ok(())
+            }
+            Sink::Dir { dir, names } => {
+                for i in 0..images.shape[0] {
+                    image::write_image_png(&dir.join(&names[first + i]), &images, i)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<String> {
+        match self {
+            Sink::Npy(stream) => stream.finish().map(|p| p.display().to_string()),
+            Sink::Grid { path, images } => {
+                let all = Tensor::cat_rows(&images)?;
+                image::write_grid_png(&path, &all)?;
+                Ok(path.display().to_string())
+            }
+            Sink::Dir { dir, names } => Ok(format!("{} ({} images)", dir.display(), names.len())),
+        }
+    }
+}
+
+pub fn render(args: RenderArgs) -> Result<()> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| Error::invalid(format!("--threads {n}: {e}")))?;
+    }
+    match args.device {
+        DeviceArg::Cpu => {}
+    }
+    let net = load_model(args.model.as_deref())?;
+    let trunc = truncation(&args.latents, &net)?;
+    let (lat, seeds) = resolve_latents(&net, &args.latents, args.ws.as_deref())?;
+    let n = match &lat {
+        Latents::Z(z) => z.shape[0],
+        Latents::Ws(ws) => ws.shape[0],
+    };
+    if n == 0 {
+        bail!("no latents to render");
+    }
+    let shape = [n, net.img_channels, net.resolution, net.resolution];
+    let mut sink = Sink::create(&args.output, &shape, seeds.as_deref())?;
+    let backend = CpuBackend::new(net);
+    let batches = n.div_ceil(args.batch);
+    let bar = progress::bar(n, batches, args.quiet, "render");
+    for start in (0..n).step_by(args.batch) {
+        let end = (start + args.batch).min(n);
+        let ws = make_ws(&backend, backend.network(), &lat, start..end, trunc)?;
+        let noise = match args.noise_mode {
+            NoiseArg::Const => NoiseMode::Const,
+            NoiseArg::None => NoiseMode::None,
+            NoiseArg::Random => NoiseMode::Random {
+                seed: args.noise_seed,
+                first_image: start,
+            },
+        };
+        let images = backend.synthesize(&ws, noise)?;
+        sink.write(start, images)?;
+        bar.inc((end - start) as u64);
+    }
+    bar.finish_and_clear();
+    let written = sink.finish()?;
+    if !args.quiet {
+        eprintln!("wrote {written}");
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The synthesis network on the CPU: walks the layer table, one batched op per layer.
+
+use super::ops::{self, Act, BiasAct, ModConv, Upfirdn};
+use crate::backend::NoiseMode;
+use crate::bail;
+use crate::error::Result;
+use crate::model::{LayerKind, Network, SynthesisLayer};
+use crate::seeds::RandomState;
+use crate::tensor::Tensor;
+
+/// Per-layer constants derived once from the network.
+struct Prepared {
+    /// `weight * weight_gain`, `[O, I, k, k]`.
+    weight: Tensor,
+    /// Effective affine weight `A / sqrt(w_dim)`, `[I, w_dim]`.
+    affine: Tensor,
+    /// `noise buffer * strength` for `--noise-mode const`.
+    const_noise: Option<Tensor>,
+}
+
+/// Receives named intermediate tensors (golden tests compare them with the reference's forward hooks).
+pub type Trace<'a> = &'a mut dyn FnMut(&str, &Tensor);
+
+pub struct Synthesis {
+    prepared: Vec<Prepared>,
+    filter: Tensor,
+}
+
+impl Synthesis {
+    pub fn new(net: &Network) -> Self {
+        let affine_gain = 1.0 / (net.w_dim as f32).sqrt();
+        let prepared = net
+            .layers
+            .iter()
+            .map(|l| Prepared {
+                weight: scaled(&l.weight, l.weight_gain),
+                affine: scaled(&l.affine_weight, affine_gain),
+                const_noise: l.noise.as_ref().map(|n| scaled(&n.buffer, n.strength)),
+            })
+            .collect();
+        Synthesis {
+            prepared,
+            filter: ops::filter_1331(),
+        }
+    }
+
+    /// ws `[N, num_ws, w_dim]` -> images `[N, C, res, res]`.
+    pub fn forward(
+        &self,
+        net: &Network,
+        ws: &Tensor,
+        noise: NoiseMode,
+        mut trace: Option<Trace>,
+    ) -> Result<Tensor> {
+        if ws.ndim() != 3 || ws.shape[1] != net.num_ws || ws.shape[2] != net.w_dim {
+            bail!(
+                "ws has shape {:?}, the model expects [N, {}, {}]",
+                ws.shape,
+                net.num_ws,
+                net.w_dim
+            );
+        }
+        let n = ws.shape[0];
+        let random = match noise {
+            NoiseMode::Random { seed, first_image } => Some(random_noise(net, n, seed, first_image)),
+            _ => None,
+        };
+        let c = &net.const_input;
+        let mut x = Tensor {
+            shape: vec![n, c.shape[0], 4, 4],
+            data: c.data.repeat(n),
+        };
+        let mut img: Option<Tensor> = None;
+        let mut noise_layer = 0;
+        for (layer, prep) in net.layers.iter().zip(&self.prepared) {
+            let styles = affine(ws, net, layer, &prep.affine);
+            let layer_noise = match (noise, &prep.const_noise) {
+                (_, None) => None,
+                (NoiseMode::Const, Some(c)) => Some(c.clone()),
+                (NoiseMode::None, Some(_)) => None,
+                (NoiseMode::Random { .. }, Some(_)) => {
+                    let r = random.as_ref().expect("drawn above")[noise_layer].clone();
+                    Some(r)
+                }
+            };
+            if layer.noise.is_some() {
+                noise_layer += 1;
+            }
+            let conv = ops::modulated_conv2d(
+                &x,
+                &prep.weight,
+                &styles,
+                layer_noise.as_ref(),
+                &self.filter,
+                &ModConv {
+                    up: layer.up,
+                    padding: layer.kernel / 2,
+                    demodulate: layer.demodulate,
+                    flip_weight: layer.up == 1,
+                    fused: true,
+                },
+            )?;
+            let act = match layer.kind {
+                LayerKind::Conv => Act::LRELU,
+                LayerKind::ToRgb => Act::Linear,
+            };
+            let out = ops::bias_act(
+                &conv,
+                Some(&layer.bias),
+                &BiasAct {
+                    clamp: layer.clamp,
+                    ..BiasAct::new(act)
+                },
+            )?;
+            if let Some(t) = trace.as_mut() {
+                t(&format!("{}.styles", layer.name), &styles);
+                t(&format!("{}.out", layer.name), &out);
+            }
+            match layer.kind {
+                LayerKind::Conv => x = out,
+                LayerKind::ToRgb => {
+                    let sum = match img.take() {
+                        None => out,
+                        Some(prev) => {
+                            let mut up = ops::upfirdn2d(
+                                &prev,
+                                &self.filter,
+                                &Upfirdn {
+                                    up: 2,
+                                    pad: [2, 1, 2, 1],
+                                    gain: 4.0,
+                                    ..Upfirdn::default()
+                                },
+                            )?;
+                            up.data.iter_mut().zip(&out.data).for_each(|(a, b)| *a += b);
+                            up
+                        }
+                    };
+                    if let Some(t) = trace.as_mut() {
+                        let block = format!("b{}", layer.resolution);
+                        t(&format!("{block}.x"), &x);
+                        t(&format!("{block}.img"), &sum);
+                    }
+                    img = Some(sum);
+                }
+            }
+        }
+        Ok(img.expect("the network ends with a ToRGB layer"))
+    }
+}
+
+fn scaled(t: &Tensor, gain: f32) -> Tensor {
+    Tensor {
+        shape: t.shape.clone(),
+        data: t.data.iter().map(|v| v * gain).collect(),
+    }
+}
+
+/// Styles `[N, I] = ws[:, layer.ws_index] @ affine^T + affine_bias`.
+fn affine(ws: &Tensor, net: &Network, layer: &SynthesisLayer, weight: &Tensor) -> Tensor {
+    let (n, d, i) = (ws.shape[0], net.w_dim, layer.in_channels);
+    let mut out = Vec::with_capacity(n * i);
+    for s in 0..n {
+        let off = (s * net.num_ws + layer.ws_index) * d;
+        let w = &ws.data[off..off + d];
+        for c in 0..i {
+            let a = &weight.data[c * d..(c + 1) * d];
+            let dot: f32 = w.iter().zip(a).map(|(x, y)| x * y).sum();
+            out.push(dot + layer.affine_bias[c]);
+        }
+    }
+    Tensor {
+        shape: vec![n, i],
+        data: out,
+    }
+}
+
+/// Per-layer random noise `[N, 1, res, res]` (times the layer's strength). Image `first_image + b` draws all its
+/// layers, in order, from its own stream, so an image's noise does not depend on the batch it is rendered in.
+fn random_noise(net: &Network, n: usize, seed: u32, first_image: usize) -> Vec<Tensor> {
+    let noisy: Vec<&SynthesisLayer> = net.layers.iter().filter(|l| l.noise.is_some()).collect();
+    let mut out: Vec<Tensor> = noisy
+        .iter()
+        .map(|l| Tensor::zeros(vec![n, 1, l.resolution, l.resolution]))
+        .collect();
+    for b in 0..n {
+        let mut rng = RandomState::new(image_stream_seed(seed, first_image + b));
+        for (t, l) in out.iter_mut().zip(&noisy) {
+            let strength = l.noise.as_ref().map_or(0.0, |n| n.strength);
+            let plane = l.resolution * l.resolution;
+            for v in &mut t.data[b * plane..(b + 1) * plane] {
+                *v = rng.randn() as f32 * strength;
+            }
+        }
+    }
+    out
+}
+
+/// Mix the user's noise seed and the image index into one 32-bit seed (splitmix64 finaliser), so that nearby
+/// (seed, index) pairs give unrelated streams.
+fn image_stream_seed(seed: u32, image: usize) -> u32 {
+    let mut z = ((seed as u64) << 32 | image as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as u32
+}
