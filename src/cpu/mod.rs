@@ -1,1 +1,3 @@
 //! The CPU backend: exact float32 reference ops and the generator built on them.
+
+pub mod ops;
