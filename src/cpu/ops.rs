@@ -529,7 +529,7 @@ pub fn conv2d_resample(x: &Tensor, w: &Tensor, f: &Tensor, p: &Resample) -> Resu
             bail!("conv2d_resample: {o} output channels do not split into {g} groups");
         }
         let opg = o / g;
-        let kk = (kh * kw) as usize;
+        let kk = kh * kw;
         let mut wt = vec![0.0f32; w.numel()];
         for grp in 0..g {
             for oc in 0..opg {
