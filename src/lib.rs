@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod error;
 pub mod io;
 pub mod model;
+pub mod seeds;
 pub mod tensor;
 
 pub use error::{Error, Result};
