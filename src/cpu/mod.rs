@@ -1,5 +1,6 @@
 //! The CPU backend: exact float32 reference ops and the generator built on them.
 
+pub mod conv;
 pub mod mapping;
 pub mod ops;
 pub mod synthesis;

@@ -1,0 +1,65 @@
+//! Times the fast modulated 3x3 convolution on two generator-shaped layers and reports GFLOP/s
+//! (2 N H W O I 9 / time). Run with `cargo run --release --example bench_conv`; set `RAYON_NUM_THREADS` to pick
+//! the thread count.
+
+use mmengine::cpu::conv::ModConvLayer;
+use mmengine::cpu::ops::Act;
+use mmengine::model::Noise;
+use mmengine::Tensor;
+use std::time::Instant;
+
+fn filled(shape: Vec<usize>, seed: u32) -> Tensor {
+    let numel: usize = shape.iter().product();
+    let data = (0..numel)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                / (1 << 24) as f32
+                - 0.5
+        })
+        .collect();
+    Tensor::new(shape, data).unwrap()
+}
+
+fn bench(n: usize, c: usize, res: usize, up: usize, reps: usize) {
+    let x = filled(vec![n, c, res, res], 1);
+    let styles = filled(vec![n, c], 2);
+    let weight = filled(vec![c, c, 3, 3], 3);
+    let bias = vec![0.1; c];
+    let noise = Noise {
+        buffer: filled(vec![res * up, res * up], 4),
+        strength: 0.1,
+    };
+    let layer = ModConvLayer {
+        weight: &weight,
+        weight_gain: 1.0 / ((c * 9) as f32).sqrt(),
+        demodulate: true,
+        up,
+        noise: Some(&noise),
+        bias: &bias,
+        act: Act::LRELU,
+        act_gain: std::f32::consts::SQRT_2,
+        clamp: Some(256.0),
+    };
+    layer.forward(&x, &styles).unwrap(); // warm-up
+    let start = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(layer.forward(&x, &styles).unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64() / reps as f64;
+    // Up-sampling layers count their transposed conv at input resolution, like the design notes.
+    let flops = 2.0 * (n * res * res * c * c * 9) as f64;
+    println!(
+        "3x3 up={up} {c:3} ch {res:4}x{res:<4} batch {n}: {:8.2} ms  {:6.1} GFLOP/s  ({} threads)",
+        secs * 1e3,
+        flops / secs / 1e9,
+        rayon::current_num_threads()
+    );
+}
+
+fn main() {
+    bench(8, 64, 256, 1, 3);
+    bench(8, 512, 16, 1, 5);
+    bench(1, 512, 16, 1, 10);
+    bench(8, 512, 8, 2, 5);
+    bench(8, 64, 128, 2, 3);
+}
