@@ -1,5 +1,6 @@
 //! File formats. This layer knows bytes and containers, nothing about StyleGAN.
 
+pub mod image;
 pub mod npy;
 pub mod safetensors;
 pub mod zipfile;
