@@ -1,6 +1,7 @@
 //! File formats. This layer knows bytes and containers, nothing about StyleGAN.
 
 pub mod image;
+pub mod latents;
 pub mod npy;
 pub mod safetensors;
 pub mod zipfile;
