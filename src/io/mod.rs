@@ -1,6 +1,10 @@
 //! File formats. This layer knows bytes and containers, nothing about StyleGAN.
 
+pub mod image;
+pub mod latents;
+pub mod npy;
 pub mod safetensors;
+pub mod zipfile;
 
 use crate::error::{Error, Result};
 use std::fs::File;

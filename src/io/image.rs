@@ -1,0 +1,160 @@
+//! Images a person can look at: generator output (float NCHW, roughly [-1, 1]) to 8-bit PNG.
+//!
+//! The conversion is exactly NVlabs `gen_images.py`: `(img * 127.5 + 128).clamp(0, 255).to(torch.uint8)`, computed
+//! in float32 and truncated toward zero, so our PNGs match theirs byte for byte. NaN (which torch leaves to the
+//! platform) becomes 0: a broken pixel shows as black rather than as a plausible colour.
+
+use crate::bail;
+use crate::error::{Error, Result};
+use crate::io::write_atomic;
+use crate::tensor::Tensor;
+use std::path::Path;
+
+/// One generator value to a byte, as NVlabs does it. `as u8` truncates toward zero and maps NaN to 0.
+pub fn to_u8(v: f32) -> u8 {
+    (v * 127.5 + 128.0).clamp(0.0, 255.0) as u8
+}
+
+/// An argument error about an output file (not about its content, which does not exist yet).
+fn bad_output(path: &Path, msg: String) -> Error {
+    Error::invalid(format!("{}: {msg}", path.display()))
+}
+
+/// Check an image batch: `[N, C, H, W]` with C = 1 (grayscale) or 3 (RGB). Returns (n, c, h, w).
+fn image_dims(images: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    let &[n, c, h, w] = images.shape.as_slice() else {
+        bail!(
+            "images must be a [N, C, H, W] tensor, got shape {:?}",
+            images.shape
+        );
+    };
+    if c != 1 && c != 3 {
+        bail!("images must have 1 (grayscale) or 3 (RGB) channels, got {c}");
+    }
+    // The fields are public, so do not trust that data and shape agree.
+    if [n, c, h, w]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        != Some(images.data.len())
+    {
+        bail!(
+            "image tensor of shape {:?} holds {} values",
+            images.shape,
+            images.data.len()
+        );
+    }
+    Ok((n, c, h, w))
+}
+
+/// Image `index` of an `[N, C, H, W]` batch as interleaved 8-bit pixels (RGB for C = 3, L for C = 1), row by row.
+pub fn to_rgb8(images: &Tensor, index: usize) -> Result<Vec<u8>> {
+    let (n, c, h, w) = image_dims(images)?;
+    if index >= n {
+        bail!("image index {index} is out of range for a batch of {n}");
+    }
+    let plane = h * w;
+    let image = &images.data[index * c * plane..(index + 1) * c * plane];
+    let mut out = vec![0u8; c * plane];
+    // NCHW planes to HWC pixels.
+    for ch in 0..c {
+        for (p, &v) in image[ch * plane..(ch + 1) * plane].iter().enumerate() {
+            out[p * c + ch] = to_u8(v);
+        }
+    }
+    Ok(out)
+}
+
+/// Write 8-bit pixels (`channels` = 1 gray, 3 RGB, 4 RGBA; rows top to bottom) as a PNG, atomically.
+pub fn write_png(
+    path: impl AsRef<Path>,
+    width: usize,
+    height: usize,
+    channels: usize,
+    pixels: &[u8],
+) -> Result<()> {
+    let path = path.as_ref();
+    let color = match channels {
+        1 => png::ColorType::Grayscale,
+        3 => png::ColorType::Rgb,
+        4 => png::ColorType::Rgba,
+        _ => {
+            return Err(bad_output(
+                path,
+                format!("cannot write a PNG with {channels} channels (1, 3 or 4)"),
+            ))
+        }
+    };
+    let (Ok(w32), Ok(h32)) = (u32::try_from(width), u32::try_from(height)) else {
+        return Err(bad_output(
+            path,
+            format!("image of {width}x{height} is too large for PNG"),
+        ));
+    };
+    if width == 0 || height == 0 {
+        return Err(bad_output(
+            path,
+            format!("cannot write an empty {width}x{height} image"),
+        ));
+    }
+    if width
+        .checked_mul(height)
+        .and_then(|n| n.checked_mul(channels))
+        != Some(pixels.len())
+    {
+        return Err(bad_output(
+            path,
+            format!(
+                "{width}x{height}x{channels} image needs {} bytes, got {}",
+                width.saturating_mul(height).saturating_mul(channels),
+                pixels.len()
+            ),
+        ));
+    }
+    write_atomic(path, |w| {
+        let png_err = |e: png::EncodingError| match e {
+            png::EncodingError::IoError(e) => Error::io(path, e),
+            other => Error::format(path, format!("PNG encoding failed: {other}")),
+        };
+        let mut encoder = png::Encoder::new(w, w32, h32);
+        encoder.set_color(color);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(png_err)?;
+        writer.write_image_data(pixels).map_err(png_err)?;
+        writer.finish().map_err(png_err)
+    })
+}
+
+/// Grid shape for `n` images: as square as possible, filled row by row. Returns (cols, rows).
+pub fn grid_shape(n: usize) -> (usize, usize) {
+    // Smallest cols with cols^2 >= n, i.e. ceil(sqrt(n)), without float rounding doubts.
+    let mut cols = (n as f64).sqrt() as usize;
+    while cols * cols < n {
+        cols += 1;
+    }
+    let cols = cols.max(1);
+    (cols, n.div_ceil(cols))
+}
+
+/// Write every image of an `[N, C, H, W]` batch into one PNG grid (see [`grid_shape`]); empty cells are black.
+pub fn write_grid_png(path: impl AsRef<Path>, images: &Tensor) -> Result<()> {
+    let path = path.as_ref();
+    let (n, c, h, w) = image_dims(images).map_err(|e| bad_output(path, e.to_string()))?;
+    if n == 0 {
+        return Err(bad_output(
+            path,
+            "cannot write a grid of zero images".into(),
+        ));
+    }
+    let (cols, rows) = grid_shape(n);
+    let (grid_w, grid_h) = (cols * w, rows * h);
+    let mut grid = vec![0u8; grid_w * grid_h * c];
+    for i in 0..n {
+        let image = to_rgb8(images, i)?;
+        let (x0, y0) = ((i % cols) * w, (i / cols) * h);
+        for y in 0..h {
+            let dst = ((y0 + y) * grid_w + x0) * c;
+            grid[dst..dst + w * c].copy_from_slice(&image[y * w * c..(y + 1) * w * c]);
+        }
+    }
+    write_png(path, grid_w, grid_h, c, &grid)
+}
