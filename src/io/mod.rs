@@ -1,6 +1,10 @@
 //! File formats. This layer knows bytes and containers, nothing about StyleGAN.
 
+pub mod checkpoint;
+pub mod pickle;
 pub mod safetensors;
+pub mod torch;
+pub mod zip;
 
 use crate::error::{Error, Result};
 use std::fs::File;

@@ -148,9 +148,10 @@ impl SafeTensors {
 
     /// The raw little-endian bytes of a tensor.
     pub fn bytes(&self, name: &str) -> Result<(&Entry, &[u8])> {
-        let entry = self.entries.get(name).ok_or_else(|| {
-            Error::format(&self.path, format!("has no tensor named '{name}'"))
-        })?;
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::format(&self.path, format!("has no tensor named '{name}'")))?;
         let bytes = &self.map[self.data_start + entry.start..self.data_start + entry.end];
         Ok((entry, bytes))
     }
@@ -177,7 +178,10 @@ impl SafeTensors {
             other => {
                 return Err(Error::format(
                     &self.path,
-                    format!("tensor '{name}' is {}, expected an integer type", other.name()),
+                    format!(
+                        "tensor '{name}' is {}, expected an integer type",
+                        other.name()
+                    ),
                 ))
             }
         };
@@ -309,7 +313,8 @@ pub fn write(
     }
     write_atomic(path, |w| {
         let io = |e| Error::io(path, e);
-        w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+        w.write_all(&(json.len() as u64).to_le_bytes())
+            .map_err(io)?;
         w.write_all(&json).map_err(io)?;
         for (_, _, data) in tensors {
             w.write_all(data.bytes()).map_err(io)?;
