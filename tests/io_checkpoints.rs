@@ -472,12 +472,8 @@ fn huge_declared_lengths_do_not_allocate() {
 fn deep_nesting_and_shared_blowup_are_bounded() {
     // 100k nested empty lists: rejected by the depth limit, without a stack overflow.
     let mut p = vec![0x80, 2];
-    for _ in 0..100_000 {
-        p.push(b']');
-    }
-    for _ in 0..99_999 {
-        p.push(b'a');
-    }
+    p.extend(std::iter::repeat_n(b']', 100_000));
+    p.extend(std::iter::repeat_n(b'a', 99_999));
     p.push(b'.');
     let err = pickle::load(&p, &mut |_| unreachable!())
         .unwrap_err()
@@ -511,4 +507,63 @@ fn nvlabs_pickle_without_g_ema_names_its_keys() {
     let f = temp_file(p);
     let err = read_nvlabs_pickle(f.path()).unwrap_err().to_string();
     assert!(err.contains("G_ema") && err.contains("G, D"), "{err}");
+}
+
+/// A plain pickle `_rebuild_tensor_v2(_load_from_bytes(<legacy stream of a 2-float storage>), 1, size, stride)`.
+fn view_pickle(size: &[u32], stride: &[u32]) -> Vec<u8> {
+    let mut inner = torch_magic().to_vec();
+    inner.extend(b"\x80\x02M\xe9\x03.\x80\x02}.");
+    inner.extend(b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\n");
+    inner.extend(b"X\x01\x00\x00\x000X\x06\x00\x00\x00cuda:0K\x02NtQ.");
+    inner.extend(b"\x80\x02]X\x01\x00\x00\x000a.");
+    inner.extend(2i64.to_le_bytes());
+    inner.extend(1.5f32.to_le_bytes());
+    inner.extend(2.5f32.to_le_bytes());
+    let mut p =
+        b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(ctorch.storage\n_load_from_bytes\nB".to_vec();
+    p.extend((inner.len() as u32).to_le_bytes());
+    p.extend(&inner);
+    p.extend(b"\x85RK\x01(");
+    for d in size {
+        p.push(b'J');
+        p.extend(d.to_le_bytes());
+    }
+    p.extend(b"t(");
+    for s in stride {
+        p.push(b'J');
+        p.extend(s.to_le_bytes());
+    }
+    p.extend(b"t\x89)tR.");
+    p
+}
+
+#[test]
+fn tensor_views_honour_offset_and_stride() {
+    let v = mmengine::io::torch::load_pickle(&view_pickle(&[2, 3], &[0, 0])).unwrap();
+    let Value::Tensor(t) = v else { panic!("{v:?}") };
+    assert_eq!(t.shape, vec![2, 3]);
+    assert_eq!(t.data, vec![2.5; 6]);
+    // Past the storage end.
+    let err = mmengine::io::torch::load_pickle(&view_pickle(&[2], &[1]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("past its storage"), "{err}");
+    // A stride-0 view asking for 10^9 x 10^9 elements is refused before anything is allocated.
+    let err =
+        mmengine::io::torch::load_pickle(&view_pickle(&[1_000_000_000, 1_000_000_000], &[0, 0]))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("expands"), "{err}");
+    // Every prefix and byte flip of the nested-stream pickle: errors or values, never a panic.
+    let good = view_pickle(&[2], &[1]);
+    for n in 0..good.len() {
+        let _ = mmengine::io::torch::load_pickle(&good[..n]);
+    }
+    for i in 0..good.len() {
+        for x in [0x01, 0x80, 0xff] {
+            let mut bad = good.clone();
+            bad[i] ^= x;
+            let _ = mmengine::io::torch::load_pickle(&bad);
+        }
+    }
 }

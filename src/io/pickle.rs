@@ -63,7 +63,7 @@ impl StorageType {
         })
     }
 
-    /// Little-endian element `i` of `bytes` as f32 (the caller checks bounds).
+    /// Little-endian elements as f32 (a trailing partial element is ignored; callers check lengths).
     fn decode(self, bytes: &[u8]) -> Vec<f32> {
         fn arr<const N: usize>(c: &[u8]) -> [u8; N] {
             let mut a = [0u8; N];
@@ -1034,7 +1034,7 @@ impl<'a> Vm<'a> {
                 raw.len()
             );
         }
-        let mut data = dtype.decode_all(raw)?;
+        let mut data = dtype.decode_all(raw);
         if fortran && dims.len() > 1 {
             // Column-major: element (i0, i1, ...) sits at i0 + d0*i1 + d0*d1*i2 + ...; gather it row-major.
             let mut strides = vec![1usize; dims.len()];
@@ -1143,7 +1143,7 @@ fn node_kind(n: &Node) -> &'static str {
 }
 
 fn pairs(items: Vec<Id>, at: usize) -> Result<Vec<(Id, Id)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         bail!("odd number of items for a dict at offset {at}");
     }
     Ok(items.chunks_exact(2).map(|c| (c[0], c[1])).collect())
@@ -1290,11 +1290,10 @@ impl NpType {
         }
     }
 
-    fn decode_all(&self, raw: &[u8]) -> Result<Vec<f32>> {
-        Ok(raw
-            .chunks_exact(self.size)
+    fn decode_all(&self, raw: &[u8]) -> Vec<f32> {
+        raw.chunks_exact(self.size)
             .map(|c| self.element(c) as f32)
-            .collect())
+            .collect()
     }
 
     fn scalar(&self, raw: &[u8]) -> Result<Value> {

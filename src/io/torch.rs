@@ -225,14 +225,22 @@ fn materialize<'d>(
 ) -> Result<()> {
     match value {
         Value::TensorView(view) => {
+            // Charge before gathering: a stride-0 view of a tiny storage could otherwise ask for gigabytes.
+            let cost = view
+                .size
+                .iter()
+                .try_fold(4u64, |a, &d| a.checked_mul(d as u64))
+                .unwrap_or(u64::MAX);
+            *budget = budget.checked_sub(cost).ok_or_else(|| {
+                crate::Error::invalid(format!(
+                    "tensor of size {:?} expands to far more data than the file holds",
+                    view.size
+                ))
+            })?;
             let tensor = match &view.storage.data {
                 Some(d) => view.gather(d)?,
                 None => view.gather(&lookup(&view.storage)?)?,
             };
-            let cost = tensor.data.len() as u64 * 4;
-            *budget = budget.checked_sub(cost).ok_or_else(|| {
-                crate::Error::invalid("tensor views expand to far more data than the file holds")
-            })?;
             *value = Value::Tensor(tensor);
         }
         Value::Storage(s) if s.data.is_none() => {
