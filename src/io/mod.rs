@@ -1,9 +1,13 @@
 //! File formats. This layer knows bytes and containers, nothing about StyleGAN.
 
+pub mod checkpoint;
 pub mod image;
 pub mod latents;
 pub mod npy;
+pub mod pickle;
 pub mod safetensors;
+pub mod torch;
+pub mod zip;
 pub mod zipfile;
 
 use crate::error::{Error, Result};
