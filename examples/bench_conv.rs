@@ -2,7 +2,7 @@
 //! (2 N H W O I 9 / time). Run with `cargo run --release --example bench_conv`; set `RAYON_NUM_THREADS` to pick
 //! the thread count.
 
-use mmengine::cpu::conv::ModConvLayer;
+use mmengine::cpu::conv::{ModConvLayer, NoiseInput};
 use mmengine::cpu::ops::Act;
 use mmengine::model::Noise;
 use mmengine::Tensor;
@@ -34,7 +34,7 @@ fn bench(n: usize, c: usize, res: usize, up: usize, reps: usize) {
         weight_gain: 1.0 / ((c * 9) as f32).sqrt(),
         demodulate: true,
         up,
-        noise: Some(&noise),
+        noise: Some(NoiseInput::Shared(&noise)),
         bias: &bias,
         act: Act::LRELU,
         act_gain: std::f32::consts::SQRT_2,

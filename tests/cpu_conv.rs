@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_close, golden};
-use mmengine::cpu::conv::ModConvLayer;
+use mmengine::cpu::conv::{ModConvLayer, NoiseInput};
 use mmengine::cpu::ops::{self, Act, BiasAct, ModConv};
 use mmengine::io::safetensors::SafeTensors;
 use mmengine::model::Noise;
@@ -60,7 +60,7 @@ fn check(c: &Case, seed: u64) {
         weight_gain,
         demodulate: c.demodulate,
         up: c.up,
-        noise: noise.as_ref(),
+        noise: noise.as_ref().map(NoiseInput::Shared),
         bias: &bias,
         act: c.act,
         act_gain: c.act.default_gain(),
@@ -244,7 +244,7 @@ fn matches_golden_modconv_cases() {
             weight_gain: 1.0,
             demodulate: p["demodulate"].as_bool().unwrap(),
             up,
-            noise: noise.as_ref(),
+            noise: noise.as_ref().map(NoiseInput::Shared),
             bias: &bias,
             act: Act::Linear,
             act_gain: 1.0,
@@ -306,7 +306,7 @@ fn bad_inputs_are_errors() {
     };
     let up2 = ModConvLayer {
         up: 2,
-        noise: Some(&noise),
+        noise: Some(NoiseInput::Shared(&noise)),
         ..layer
     };
     assert!(

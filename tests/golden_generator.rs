@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, golden};
 use mmengine::backend::{Backend, NoiseMode, Truncation};
-use mmengine::cpu::CpuBackend;
+use mmengine::cpu::{ConvPath, CpuBackend};
 use mmengine::io::safetensors::SafeTensors;
 use mmengine::model::nvlabs::{self, NvlabsConfig};
 use mmengine::model::state::StateDict;
@@ -54,8 +54,16 @@ fn first(t: &Tensor) -> Vec<f32> {
     t.slice_rows(0, 1).data
 }
 
+const PATHS: [ConvPath; 2] = [ConvPath::Fast, ConvPath::Reference];
+
 fn check_nvlabs_case(case: &str) {
-    let backend = CpuBackend::new(nvlabs_network(case));
+    for path in PATHS {
+        println!("{case}: {path:?} convolution");
+        check_nvlabs_case_on(case, CpuBackend::with_conv_path(nvlabs_network(case), path));
+    }
+}
+
+fn check_nvlabs_case_on(case: &str, backend: CpuBackend) {
     let c = cases(case);
     let ws = backend.map(&c.tensor("z").unwrap(), Truncation::default()).unwrap();
     let err = assert_close("ws", &ws.data, &c.tensor("ws").unwrap().data, WS_TOL, 0.0);
@@ -88,7 +96,13 @@ fn check_nvlabs_case(case: &str) {
 #[test]
 fn nvlabs_tiny_case_a() {
     check_nvlabs_case("nvlabs_tiny");
-    let backend = CpuBackend::new(nvlabs_network("nvlabs_tiny"));
+    for path in PATHS {
+        let backend = CpuBackend::with_conv_path(nvlabs_network("nvlabs_tiny"), path);
+        other_nvlabs_tiny_cases(&backend);
+    }
+}
+
+fn other_nvlabs_tiny_cases(backend: &CpuBackend) {
     let c = cases("nvlabs_tiny");
     let z = c.tensor("z").unwrap();
     let trunc = Truncation {
@@ -112,12 +126,14 @@ fn nvlabs_tiny_case_a() {
 fn nvlabs_tiny_clamp_case_b() {
     check_nvlabs_case("nvlabs_tiny_clamp");
     // The clamp must bite exactly where the reference's did (all 4 samples).
-    let backend = CpuBackend::new(nvlabs_network("nvlabs_tiny_clamp"));
-    let ws = cases("nvlabs_tiny_clamp").tensor("ws").unwrap();
-    let (_, seen) = traced(&backend, &ws, NoiseMode::Const);
-    for (layer, expected) in [("b16.conv1.out", 1517), ("b32.conv1.out", 2795), ("b8.conv1.out", 0)] {
-        let hit = seen[layer].data.iter().filter(|v| v.abs() == 256.0).count();
-        assert_eq!(hit, expected, "{layer}: elements at the clamp");
+    for path in PATHS {
+        let backend = CpuBackend::with_conv_path(nvlabs_network("nvlabs_tiny_clamp"), path);
+        let ws = cases("nvlabs_tiny_clamp").tensor("ws").unwrap();
+        let (_, seen) = traced(&backend, &ws, NoiseMode::Const);
+        for (layer, expected) in [("b16.conv1.out", 1517), ("b32.conv1.out", 2795), ("b8.conv1.out", 0)] {
+            let hit = seen[layer].data.iter().filter(|v| v.abs() == 256.0).count();
+            assert_eq!(hit, expected, "{path:?} {layer}: elements at the clamp");
+        }
     }
 }
 
@@ -151,7 +167,12 @@ fn rosinality_layer(name: &str) -> Option<String> {
 
 #[test]
 fn rosinality_tiny_case_c() {
-    let backend = CpuBackend::new(rosinality_network());
+    for path in PATHS {
+        rosinality_case_c_on(CpuBackend::with_conv_path(rosinality_network(), path));
+    }
+}
+
+fn rosinality_case_c_on(backend: CpuBackend) {
     let c = cases("rosinality_tiny");
     let z = c.tensor("z").unwrap();
     let w = backend.map(&z, Truncation::default()).unwrap();
@@ -190,6 +211,12 @@ fn rosinality_tiny_case_c() {
 
 #[test]
 fn random_noise_is_reproducible_and_batch_independent() {
+    // Both paths draw the same noise, so they agree with each other as well.
+    let reference = CpuBackend::with_conv_path(nvlabs_network("nvlabs_tiny"), ConvPath::Reference);
+    let ws = cases("nvlabs_tiny").tensor("ws").unwrap();
+    let expected = reference
+        .synthesize(&ws, NoiseMode::Random { seed: 5, first_image: 0 })
+        .unwrap();
     let backend = CpuBackend::new(nvlabs_network("nvlabs_tiny"));
     let ws = cases("nvlabs_tiny").tensor("ws").unwrap();
     let all = backend
@@ -199,11 +226,13 @@ fn random_noise_is_reproducible_and_batch_independent() {
         .synthesize(&ws, NoiseMode::Random { seed: 5, first_image: 0 })
         .unwrap();
     assert_eq!(all, again);
-    // Images 2..4 rendered on their own get the same noise as in the full batch.
+    assert_close("fast vs reference, random noise", &all.data, &expected.data, 1e-5, 0.0);
+    // Images 2..4 rendered on their own get the same noise as in the full batch (the fast path may sum in another
+    // order for another batch size, hence a tolerance rather than bit equality).
     let tail = backend
         .synthesize(&ws.slice_rows(2, 4), NoiseMode::Random { seed: 5, first_image: 2 })
         .unwrap();
-    assert_eq!(tail.data, all.slice_rows(2, 4).data);
+    assert_close("batch of 2 vs batch of 4", &tail.data, &all.slice_rows(2, 4).data, 1e-5, 0.0);
     // Another seed changes the images; and random noise differs from the stored buffers.
     let other = backend
         .synthesize(&ws, NoiseMode::Random { seed: 6, first_image: 0 })

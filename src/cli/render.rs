@@ -6,7 +6,7 @@ use crate::bail;
 use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::io::{image, latents, npy};
-use crate::model::{self, LayerKind, Network};
+use crate::model::{self, Network};
 use crate::seeds;
 use crate::tensor::Tensor;
 use clap::{ArgGroup, Args, ValueEnum};

@@ -32,6 +32,15 @@ const MIN_TILE_PIXELS: usize = 512;
 /// The convolution uses padding `k / 2`; `up == 1` is a cross-correlation (`flip_weight = true`), `up == 2` is a
 /// stride-2 transposed convolution with the unflipped weight followed by the [1,3,3,1] filter, as in
 /// `conv2d_resample` with `flip_weight = false`.
+/// The noise a layer adds.
+#[derive(Clone, Copy, Debug)]
+pub enum NoiseInput<'a> {
+    /// One plane `[H', W']` times its strength, shared by every sample (the stored buffers).
+    Shared(&'a Noise),
+    /// One plane per sample `[N, 1, H', W']`, already scaled (random noise).
+    PerSample(&'a Tensor),
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct ModConvLayer<'a> {
     /// Raw `[O, I, k, k]` weight, k odd.
@@ -40,8 +49,8 @@ pub struct ModConvLayer<'a> {
     pub demodulate: bool,
     /// 1 or 2.
     pub up: usize,
-    /// `buffer [H', W']` (the output resolution) times `strength`, added after demodulation.
-    pub noise: Option<&'a Noise>,
+    /// Added after demodulation, at the output resolution.
+    pub noise: Option<NoiseInput<'a>>,
     /// `[O]`.
     pub bias: &'a [f32],
     pub act: Act,
@@ -63,7 +72,7 @@ impl<'a> ModConvLayer<'a> {
             weight_gain: layer.weight_gain,
             demodulate: layer.demodulate,
             up: layer.up,
-            noise: layer.noise.as_ref(),
+            noise: layer.noise.as_ref().map(NoiseInput::Shared),
             bias: &layer.bias,
             act,
             act_gain: act.default_gain(),
@@ -128,13 +137,16 @@ impl<'a> ModConvLayer<'a> {
             );
         }
         let (oh, ow) = (h * self.up, w * self.up);
-        if let Some(noise) = self.noise {
-            if noise.buffer.shape != [oh, ow] {
-                bail!(
-                    "modulated conv: noise {:?} should be [{oh}, {ow}]",
-                    noise.buffer.shape
-                );
-            }
+        match self.noise {
+            Some(NoiseInput::Shared(noise)) if noise.buffer.shape != [oh, ow] => bail!(
+                "modulated conv: noise {:?} should be [{oh}, {ow}]",
+                noise.buffer.shape
+            ),
+            Some(NoiseInput::PerSample(t)) if t.shape != [n, 1, oh, ow] => bail!(
+                "modulated conv: per-sample noise {:?} should be [{n}, 1, {oh}, {ow}]",
+                t.shape
+            ),
+            _ => {}
         }
         Ok(Geometry {
             n,
@@ -235,7 +247,7 @@ impl<'a> ModConvLayer<'a> {
                     par,
                 );
                 for (oc, tile) in acc.chunks_mut(p).enumerate() {
-                    self.epilogue(tile, oc, dcoefs[b * g.o + oc], y0 * g.w);
+                    self.epilogue(tile, b, oc, dcoefs[b * g.o + oc], y0 * g.w);
                     // SAFETY: work item (b, t) alone writes pixels [y0*W, y1*W) of each channel of sample b, so
                     // these runs are disjoint across items; `out` outlives the parallel loop.
                     let dst = unsafe {
@@ -332,22 +344,29 @@ impl<'a> ModConvLayer<'a> {
                 for (oc, dst) in out_b.chunks_mut(ohw).enumerate() {
                     let src = &inter[oc * th * tw..][..th * tw];
                     blur_up2(src, th, tw, pad, &mut hpass, dst, g.oh, g.ow);
-                    self.epilogue(dst, oc, dcoefs[b * g.o + oc], 0);
+                    self.epilogue(dst, b, oc, dcoefs[b * g.o + oc], 0);
                 }
             });
     }
 
-    /// `v = clamp(act(v * d + noise * strength + bias) * gain)` on `dst`, a run of output pixels of channel `oc`
-    /// starting at flat pixel index `p0`.
-    fn epilogue(&self, dst: &mut [f32], oc: usize, d: f32, p0: usize) {
+    /// `v = clamp(act(v * d + noise + bias) * gain)` on `dst`, a run of output pixels of channel `oc` of sample
+    /// `b`, starting at flat pixel index `p0`.
+    fn epilogue(&self, dst: &mut [f32], b: usize, oc: usize, d: f32, p0: usize) {
         let bias = self.bias[oc];
         let (gain, clamp) = (self.act_gain, self.clamp.unwrap_or(f32::INFINITY));
         let finish = |v: f32| (self.act.apply(v + bias) * gain).clamp(-clamp, clamp);
         match self.noise {
-            Some(noise) => {
+            Some(NoiseInput::Shared(noise)) => {
                 let nz = &noise.buffer.data[p0..][..dst.len()];
                 for (v, &nv) in dst.iter_mut().zip(nz) {
                     *v = finish(*v * d + nv * noise.strength);
+                }
+            }
+            Some(NoiseInput::PerSample(planes)) => {
+                let plane = planes.numel() / planes.shape[0];
+                let nz = &planes.data[b * plane + p0..][..dst.len()];
+                for (v, &nv) in dst.iter_mut().zip(nz) {
+                    *v = finish(*v * d + nv);
                 }
             }
             None => dst.iter_mut().for_each(|v| *v = finish(*v * d)),

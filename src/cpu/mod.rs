@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::model::Network;
 use crate::tensor::Tensor;
 use mapping::Mapping;
+pub use synthesis::ConvPath;
 use synthesis::Synthesis;
 
 /// Executes a [`Network`] on the CPU (multithreaded through rayon's global pool).
@@ -21,9 +22,14 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(net: Network) -> Self {
+        Self::with_conv_path(net, ConvPath::Fast)
+    }
+
+    /// Choose the convolution implementation (the reference twin is for tests and debugging).
+    pub fn with_conv_path(net: Network, path: ConvPath) -> Self {
         CpuBackend {
             mapping: Mapping::new(&net),
-            synthesis: Synthesis::new(&net),
+            synthesis: Synthesis::new(&net, path),
             net,
         }
     }

@@ -1,5 +1,6 @@
 //! The synthesis network on the CPU: walks the layer table, one batched op per layer.
 
+use super::conv::{ModConvLayer, NoiseInput};
 use super::ops::{self, Act, BiasAct, ModConv, Upfirdn};
 use crate::backend::NoiseMode;
 use crate::bail;
@@ -21,13 +22,23 @@ struct Prepared {
 /// Receives named intermediate tensors (golden tests compare them with the reference's forward hooks).
 pub type Trace<'a> = &'a mut dyn FnMut(&str, &Tensor);
 
+/// Which implementation of the modulated convolution runs each layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    /// Shared weights, GEMM, fused epilogue (`cpu::conv`): the default.
+    Fast,
+    /// Per-sample grouped convolution followed by bias_act (`cpu::ops`): the reference twin.
+    Reference,
+}
+
 pub struct Synthesis {
     prepared: Vec<Prepared>,
     filter: Tensor,
+    path: ConvPath,
 }
 
 impl Synthesis {
-    pub fn new(net: &Network) -> Self {
+    pub fn new(net: &Network, path: ConvPath) -> Self {
         let affine_gain = 1.0 / (net.w_dim as f32).sqrt();
         let prepared = net
             .layers
@@ -41,6 +52,7 @@ impl Synthesis {
         Synthesis {
             prepared,
             filter: ops::filter_1331(),
+            path,
         }
     }
 
@@ -74,44 +86,38 @@ impl Synthesis {
         let mut noise_layer = 0;
         for (layer, prep) in net.layers.iter().zip(&self.prepared) {
             let styles = affine(ws, net, layer, &prep.affine);
-            let layer_noise = match (noise, &prep.const_noise) {
-                (_, None) => None,
-                (NoiseMode::Const, Some(c)) => Some(c.clone()),
-                (NoiseMode::None, Some(_)) => None,
-                (NoiseMode::Random { .. }, Some(_)) => {
-                    let r = random.as_ref().expect("drawn above")[noise_layer].clone();
-                    Some(r)
-                }
+            let random_planes = match (&random, &layer.noise) {
+                (Some(planes), Some(_)) => Some(&planes[noise_layer]),
+                _ => None,
             };
             if layer.noise.is_some() {
                 noise_layer += 1;
             }
-            let conv = ops::modulated_conv2d(
-                &x,
-                &prep.weight,
-                &styles,
-                layer_noise.as_ref(),
-                &self.filter,
-                &ModConv {
-                    up: layer.up,
-                    padding: layer.kernel / 2,
-                    demodulate: layer.demodulate,
-                    flip_weight: layer.up == 1,
-                    fused: true,
-                },
-            )?;
-            let act = match layer.kind {
-                LayerKind::Conv => Act::LRELU,
-                LayerKind::ToRgb => Act::Linear,
+            let out = match self.path {
+                ConvPath::Fast => {
+                    let noise = match noise {
+                        NoiseMode::Const => layer.noise.as_ref().map(NoiseInput::Shared),
+                        NoiseMode::None => None,
+                        NoiseMode::Random { .. } => random_planes.map(NoiseInput::PerSample),
+                    };
+                    // The weight gain is already folded into the prepared weight, shared with the reference path.
+                    ModConvLayer {
+                        weight: &prep.weight,
+                        weight_gain: 1.0,
+                        noise,
+                        ..ModConvLayer::from_synthesis(layer)
+                    }
+                    .forward(&x, &styles)?
+                }
+                ConvPath::Reference => {
+                    let noise = match noise {
+                        NoiseMode::Const => prep.const_noise.as_ref(),
+                        NoiseMode::None => None,
+                        NoiseMode::Random { .. } => random_planes,
+                    };
+                    self.reference_layer(layer, prep, &x, &styles, noise)?
+                }
             };
-            let out = ops::bias_act(
-                &conv,
-                Some(&layer.bias),
-                &BiasAct {
-                    clamp: layer.clamp,
-                    ..BiasAct::new(act)
-                },
-            )?;
             if let Some(t) = trace.as_mut() {
                 t(&format!("{}.styles", layer.name), &styles);
                 t(&format!("{}.out", layer.name), &out);
@@ -146,6 +152,45 @@ impl Synthesis {
             }
         }
         Ok(img.expect("the network ends with a ToRGB layer"))
+    }
+}
+
+impl Synthesis {
+    /// One layer the way the reference code computes it: grouped modulated conv, then bias_act.
+    fn reference_layer(
+        &self,
+        layer: &SynthesisLayer,
+        prep: &Prepared,
+        x: &Tensor,
+        styles: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let conv = ops::modulated_conv2d(
+            x,
+            &prep.weight,
+            styles,
+            noise,
+            &self.filter,
+            &ModConv {
+                up: layer.up,
+                padding: layer.kernel / 2,
+                demodulate: layer.demodulate,
+                flip_weight: layer.up == 1,
+                fused: true,
+            },
+        )?;
+        let act = match layer.kind {
+            LayerKind::Conv => Act::LRELU,
+            LayerKind::ToRgb => Act::Linear,
+        };
+        ops::bias_act(
+            &conv,
+            Some(&layer.bias),
+            &BiasAct {
+                clamp: layer.clamp,
+                ..BiasAct::new(act)
+            },
+        )
     }
 }
 

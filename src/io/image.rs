@@ -64,6 +64,12 @@ pub fn to_rgb8(images: &Tensor, index: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Image `index` of an `[N, C, H, W]` batch as its own PNG.
+pub fn write_image_png(path: impl AsRef<Path>, images: &Tensor, index: usize) -> Result<()> {
+    let (_, c, h, w) = image_dims(images)?;
+    write_png(path, w, h, c, &to_rgb8(images, index)?)
+}
+
 /// Write 8-bit pixels (`channels` = 1 gray, 3 RGB, 4 RGBA; rows top to bottom) as a PNG, atomically.
 pub fn write_png(
     path: impl AsRef<Path>,

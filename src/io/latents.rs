@@ -5,7 +5,9 @@
 
 use crate::error::{Error, Result};
 use crate::io::npy::{read_npy, read_npz};
+use crate::io::pickle::Value;
 use crate::io::safetensors::SafeTensors;
+use crate::io::torch;
 use crate::tensor::Tensor;
 use std::path::Path;
 
@@ -24,15 +26,41 @@ pub fn read_latents(spec: &str) -> Result<Tensor> {
         "npy" => read_npy(path),
         "npz" => pick_npz(path, name),
         "safetensors" => pick_safetensors(path, name),
-        "pt" | "pth" => Err(Error::invalid(format!(
-            "{}: `.pt` latents need the torch reader, which is not available yet",
-            path.display()
-        ))),
+        "pt" | "pth" => read_pt(path),
         _ => Err(Error::invalid(format!(
             "{}: unknown latent file type (expected .npy, .npz, .safetensors or .pt)",
             path.display()
         ))),
     }
+}
+
+/// A `torch.save`d tensor, or a list/tuple of tensors (the paper's anchor files: k tensors of `[1, L, D]`),
+/// concatenated along the first dimension.
+fn read_pt(path: &Path) -> Result<Tensor> {
+    let value = torch::load(path)?;
+    let parts: Vec<Tensor> = match &value {
+        Value::Tensor(t) => return Ok(t.clone()),
+        Value::List(items) | Value::Tuple(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::Tensor(t) => Ok(t.clone()),
+                other => Err(Error::format(
+                    path,
+                    format!("holds a list with a {} where tensors were expected", other.kind()),
+                )),
+            })
+            .collect::<Result<_>>()?,
+        other => {
+            return Err(Error::format(
+                path,
+                format!("holds a {}, expected a tensor or a list of tensors", other.kind()),
+            ))
+        }
+    };
+    if parts.is_empty() || parts.iter().any(|t| t.ndim() == 0) {
+        return Err(Error::format(path, "holds an empty list or scalar tensors"));
+    }
+    Tensor::cat_rows(&parts).map_err(|e| e.in_file(path))
 }
 
 /// Split `FILE.npz:NAME` / `FILE.safetensors:NAME`. Only those suffixes before the colon count, so paths that

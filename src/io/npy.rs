@@ -8,10 +8,12 @@
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::io::zipfile::ZipArchive;
-use crate::io::{map_file, write_atomic};
+use crate::io::{map_file, temp_sibling, write_atomic};
+use std::fs::File;
+use std::io::BufWriter;
 use crate::tensor::Tensor;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -332,6 +334,78 @@ pub fn write_npy(path: impl AsRef<Path>, tensor: &Tensor) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// A float32 `.npy` written batch by batch (outputs too large to hold in memory): the data goes to a temporary
+/// sibling, which `finish` renames into place once every value has arrived. Dropped unfinished, it removes the
+/// temporary file, so a failed job leaves nothing under the final name.
+pub struct NpyStream {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: Option<BufWriter<File>>,
+    remaining: usize,
+}
+
+impl NpyStream {
+    pub fn create(path: impl AsRef<Path>, shape: &[usize]) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let header = npy_header(shape).map_err(|e| e.in_file(&path))?;
+        let tmp = temp_sibling(&path);
+        let file = File::create(&tmp).map_err(|e| Error::io(&path, e))?;
+        let mut stream = NpyStream {
+            writer: Some(BufWriter::new(file)),
+            remaining: shape.iter().product(),
+            path,
+            tmp,
+        };
+        stream.put(&header)?;
+        Ok(stream)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        let w = self.writer.as_mut().expect("open until finish");
+        w.write_all(bytes).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Append values in C order.
+    pub fn write(&mut self, values: &[f32]) -> Result<()> {
+        if values.len() > self.remaining {
+            bail!(
+                "{}: {} more values than the declared shape holds",
+                self.path.display(),
+                values.len() - self.remaining
+            );
+        }
+        self.remaining -= values.len();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.put(&bytes)
+    }
+
+    /// Check that every value was written, then move the file into place; returns the final path.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        if self.remaining != 0 {
+            bail!(
+                "{}: {} values short of the declared shape",
+                self.path.display(),
+                self.remaining
+            );
+        }
+        let writer = self.writer.take().expect("open until finish");
+        let file = writer
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        Ok(std::mem::take(&mut self.path))
+    }
+}
+
+impl Drop for NpyStream {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Magic, version 1.0, length and dict, padded with spaces and a final newline so that the data starts on a

@@ -6,10 +6,13 @@
 //! which file format the weights came from.
 
 pub mod canonical;
+mod load;
 pub mod nvlabs;
 pub mod rosinality;
 pub mod state;
 pub mod tf;
+
+pub use load::{bundled, load, BUNDLED_NAME};
 
 use crate::bail;
 use crate::error::Result;
