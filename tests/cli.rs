@@ -32,7 +32,11 @@ fn fails(args: &[&str], needles: &[&str]) -> String {
     assert_eq!(out.status.code(), Some(1), "mmengine {args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let line = stderr.trim();
-    assert_eq!(line.lines().count(), 1, "expected one error line, got: {stderr}");
+    assert_eq!(
+        line.lines().count(),
+        1,
+        "expected one error line, got: {stderr}"
+    );
     for n in needles {
         assert!(line.contains(n), "error '{line}' should mention '{n}'");
     }
@@ -49,7 +53,10 @@ fn pkl(case: &str) -> PathBuf {
 
 /// No file, and no temporary sibling, is left in `dir`.
 fn assert_empty_dir(dir: &Path) {
-    let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
@@ -84,11 +91,34 @@ fn convert_then_render_is_bit_identical() {
         ok(&["convert", s(&model), "-o", s(&st)]);
         let a = dir.path().join(format!("{name}_a.npy"));
         let b = dir.path().join(format!("{name}_b.npy"));
-        ok(&["render", "--model", s(&model), "--seeds", "0-2", "--trunc", "0.7", "-o", s(&a)]);
-        ok(&["render", "--model", s(&st), "--seeds", "0-2", "--trunc", "0.7", "-o", s(&b)]);
+        ok(&[
+            "render",
+            "--model",
+            s(&model),
+            "--seeds",
+            "0-2",
+            "--trunc",
+            "0.7",
+            "-o",
+            s(&a),
+        ]);
+        ok(&[
+            "render",
+            "--model",
+            s(&st),
+            "--seeds",
+            "0-2",
+            "--trunc",
+            "0.7",
+            "-o",
+            s(&b),
+        ]);
         let (a, b) = (npy::read_npy(&a).unwrap(), npy::read_npy(&b).unwrap());
         assert_eq!(a.shape, vec![3, 3, 32, 32]);
-        assert_eq!(a.data, b.data, "{name}: converted model renders differently");
+        assert_eq!(
+            a.data, b.data,
+            "{name}: converted model renders differently"
+        );
         let info = ok(&["info", s(&st)]);
         assert!(info.contains("mmengine safetensors"), "{info}");
     }
@@ -101,25 +131,77 @@ fn map_and_render_match_the_golden_outputs() {
     let z = dir.path().join("z.npy");
     npy::write_npy(&z, &cases.tensor("z").unwrap()).unwrap();
     let ws = dir.path().join("ws.npy");
-    ok(&["map", "--model", s(&pkl("nvlabs_tiny")), "--z", s(&z), "--trunc", "0.7", "-o", s(&ws)]);
+    ok(&[
+        "map",
+        "--model",
+        s(&pkl("nvlabs_tiny")),
+        "--z",
+        s(&z),
+        "--trunc",
+        "0.7",
+        "-o",
+        s(&ws),
+    ]);
     let got = npy::read_npy(&ws).unwrap();
     assert_eq!(got.shape, vec![4, 8, 64]);
-    assert_close("ws_trunc", &got.data, &cases.tensor("ws_trunc").unwrap().data, 1e-5, 0.0);
+    assert_close(
+        "ws_trunc",
+        &got.data,
+        &cases.tensor("ws_trunc").unwrap().data,
+        1e-5,
+        0.0,
+    );
 
     // A W+ latent through the whole CLI, as raw float32.
     let mixed = dir.path().join("mixed.npy");
     npy::write_npy(&mixed, &cases.tensor("ws_mixed").unwrap()).unwrap();
     let img = dir.path().join("img.npy");
-    ok(&["render", "--model", s(&pkl("nvlabs_tiny")), "--ws", s(&mixed), "--batch", "3", "--quiet", "-o", s(&img)]);
+    ok(&[
+        "render",
+        "--model",
+        s(&pkl("nvlabs_tiny")),
+        "--ws",
+        s(&mixed),
+        "--batch",
+        "3",
+        "--quiet",
+        "-o",
+        s(&img),
+    ]);
     let got = npy::read_npy(&img).unwrap();
-    assert_close("img_mixed_const", &got.data, &cases.tensor("img_mixed_const").unwrap().data, 1e-4, 0.0);
+    assert_close(
+        "img_mixed_const",
+        &got.data,
+        &cases.tensor("img_mixed_const").unwrap().data,
+        1e-4,
+        0.0,
+    );
 
     // noise-mode none, W input from a safetensors file with a tensor name.
     let img = dir.path().join("none.npy");
-    let ws_file = format!("{}:ws", golden("nvlabs_tiny", "cases.safetensors").display());
-    ok(&["render", "--model", s(&pkl("nvlabs_tiny")), "--ws", &ws_file, "--noise-mode", "none", "-o", s(&img)]);
+    let ws_file = format!(
+        "{}:ws",
+        golden("nvlabs_tiny", "cases.safetensors").display()
+    );
+    ok(&[
+        "render",
+        "--model",
+        s(&pkl("nvlabs_tiny")),
+        "--ws",
+        &ws_file,
+        "--noise-mode",
+        "none",
+        "-o",
+        s(&img),
+    ]);
     let got = npy::read_npy(&img).unwrap();
-    assert_close("img_none", &got.data, &cases.tensor("img_none").unwrap().data, 1e-4, 0.0);
+    assert_close(
+        "img_none",
+        &got.data,
+        &cases.tensor("img_none").unwrap().data,
+        1e-4,
+        0.0,
+    );
 }
 
 #[test]
@@ -130,20 +212,64 @@ fn truncation_cutoff_matches_the_snapshot_case() {
     npy::write_npy(&z, &cases.tensor("z").unwrap()).unwrap();
     let model = golden("nvlabs_snapshot", "snapshot.pkl");
     let ws = dir.path().join("ws.npy");
-    ok(&["map", "--model", s(&model), "--z", s(&z), "--trunc", "0.5", "--trunc-cutoff", "4", "-o", s(&ws)]);
+    ok(&[
+        "map",
+        "--model",
+        s(&model),
+        "--z",
+        s(&z),
+        "--trunc",
+        "0.5",
+        "--trunc-cutoff",
+        "4",
+        "-o",
+        s(&ws),
+    ]);
     let got = npy::read_npy(&ws).unwrap();
-    assert_close("ws_trunc_cutoff4", &got.data, &cases.tensor("ws_trunc_cutoff4").unwrap().data, 1e-5, 0.0);
+    assert_close(
+        "ws_trunc_cutoff4",
+        &got.data,
+        &cases.tensor("ws_trunc_cutoff4").unwrap().data,
+        1e-5,
+        0.0,
+    );
     let img = dir.path().join("img.npy");
-    ok(&["render", "--model", s(&model), "--z", s(&z), "--trunc", "0.5", "--trunc-cutoff", "4", "-o", s(&img)]);
+    ok(&[
+        "render",
+        "--model",
+        s(&model),
+        "--z",
+        s(&z),
+        "--trunc",
+        "0.5",
+        "--trunc-cutoff",
+        "4",
+        "-o",
+        s(&img),
+    ]);
     let got = npy::read_npy(&img).unwrap();
-    assert_close("img_trunc_cutoff4_const", &got.data, &cases.tensor("img_trunc_cutoff4_const").unwrap().data, 1e-4, 0.0);
+    assert_close(
+        "img_trunc_cutoff4_const",
+        &got.data,
+        &cases.tensor("img_trunc_cutoff4_const").unwrap().data,
+        1e-4,
+        0.0,
+    );
 }
 
 #[test]
 fn png_outputs_a_person_can_look_at() {
     let dir = tempfile::tempdir().unwrap();
     let frames = dir.path().join("frames");
-    ok(&["render", "--seeds", "0-2,42", "--batch", "2", "-o", s(&frames)]);
+    ok(&[
+        "render",
+        "--seeds",
+        "0-2,42",
+        "--batch",
+        "2",
+        "-o",
+        s(&frames),
+    ]);
     for seed in ["seed0000", "seed0001", "seed0002", "seed0042"] {
         let (w, h) = png_size(&frames.join(format!("{seed}.png")));
         assert_eq!((w, h), (32, 32));
@@ -174,7 +300,13 @@ fn seeds_give_nvlabs_z() {
     let zfile = dir.path().join("z.npy");
     npy::write_npy(&zfile, &z).unwrap();
     let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
-    ok(&["map", "--seeds", "0,1,2,3,42,1000,123456,4294967295", "-o", s(&a)]);
+    ok(&[
+        "map",
+        "--seeds",
+        "0,1,2,3,42,1000,123456,4294967295",
+        "-o",
+        s(&a),
+    ]);
     ok(&["map", "--z", s(&zfile), "-o", s(&b)]);
     assert_eq!(npy::read_npy(&a).unwrap(), npy::read_npy(&b).unwrap());
 }
@@ -188,30 +320,65 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
 
     // Missing, truncated, corrupt and hostile checkpoints.
     let missing = dir.path().join("missing.pkl");
-    fails(&["render", "--model", s(&missing), "--seeds", "0", "-o", s(&out)], &["missing.pkl"]);
+    fails(
+        &[
+            "render",
+            "--model",
+            s(&missing),
+            "--seeds",
+            "0",
+            "-o",
+            s(&out),
+        ],
+        &["missing.pkl"],
+    );
     let bytes = std::fs::read(pkl("nvlabs_tiny")).unwrap();
     let truncated = dir.path().join("truncated.pkl");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    fails(&["render", "--model", s(&truncated), "--seeds", "0", "-o", s(&out)], &["truncated.pkl"]);
+    fails(
+        &[
+            "render",
+            "--model",
+            s(&truncated),
+            "--seeds",
+            "0",
+            "-o",
+            s(&out),
+        ],
+        &["truncated.pkl"],
+    );
     let corrupt = dir.path().join("corrupt.pt");
     std::fs::write(&corrupt, b"this is not a checkpoint at all").unwrap();
     fails(&["info", s(&corrupt)], &["corrupt.pt"]);
     let hostile = dir.path().join("hostile.pkl");
     // protocol 2: GLOBAL 'os system', the argument 'echo pwned', REDUCE, STOP.
-    std::fs::write(&hostile, b"\x80\x02cos\nsystem\nX\x0a\x00\x00\x00echo pwnedq\x00\x85q\x01Rq\x02.").unwrap();
+    std::fs::write(
+        &hostile,
+        b"\x80\x02cos\nsystem\nX\x0a\x00\x00\x00echo pwnedq\x00\x85q\x01Rq\x02.",
+    )
+    .unwrap();
     fails(&["info", s(&hostile)], &["hostile.pkl", "os"]);
     assert_empty_dir(&out_dir);
 
     // Latents of the wrong shape, and non-finite latents.
     let bad = dir.path().join("bad.npy");
     npy::write_npy(&bad, &mmengine::Tensor::zeros(vec![2, 5, 64])).unwrap();
-    fails(&["render", "--ws", s(&bad), "-o", s(&out)], &["bad.npy", "[2, 5, 64]"]);
+    fails(
+        &["render", "--ws", s(&bad), "-o", s(&out)],
+        &["bad.npy", "[2, 5, 64]"],
+    );
     let mut nan = mmengine::Tensor::zeros(vec![2, 64]);
     nan.data[70] = f32::NAN;
     let nan_file = dir.path().join("nan.npy");
     npy::write_npy(&nan_file, &nan).unwrap();
-    fails(&["render", "--z", s(&nan_file), "-o", s(&out)], &["nan.npy", "NaN"]);
-    fails(&["render", "--ws", s(&nan_file), "-o", s(&out)], &["nan.npy", "NaN"]);
+    fails(
+        &["render", "--z", s(&nan_file), "-o", s(&out)],
+        &["nan.npy", "NaN"],
+    );
+    fails(
+        &["render", "--ws", s(&nan_file), "-o", s(&out)],
+        &["nan.npy", "NaN"],
+    );
     assert_empty_dir(&out_dir);
 
     // Unwritable outputs: a folder that does not exist, an unknown extension.
@@ -219,7 +386,10 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
     fails(&["render", "--seeds", "0", "-o", s(&nowhere)], &["x.npy"]);
     let grid = dir.path().join("no").join("grid.png");
     fails(&["render", "--seeds", "0", "-o", s(&grid)], &["grid.png"]);
-    fails(&["render", "--seeds", "0", "-o", s(&out_dir.join("x.jpg"))], &["x.jpg"]);
+    fails(
+        &["render", "--seeds", "0", "-o", s(&out_dir.join("x.jpg"))],
+        &["x.jpg"],
+    );
     fails(&["render", "--seeds", "0-", "-o", s(&out)], &["0-"]);
     assert_empty_dir(&out_dir);
 }

@@ -39,7 +39,11 @@ fn cases(case: &str) -> SafeTensors {
 }
 
 /// Render `ws` and collect every traced tensor, keyed by our layer names.
-fn traced(backend: &CpuBackend, ws: &Tensor, noise: NoiseMode) -> (Tensor, HashMap<String, Tensor>) {
+fn traced(
+    backend: &CpuBackend,
+    ws: &Tensor,
+    noise: NoiseMode,
+) -> (Tensor, HashMap<String, Tensor>) {
     let mut seen = HashMap::new();
     let img = backend
         .synthesize_traced(ws, noise, &mut |name, t| {
@@ -65,13 +69,21 @@ fn check_nvlabs_case(case: &str) {
 
 fn check_nvlabs_case_on(case: &str, backend: CpuBackend) {
     let c = cases(case);
-    let ws = backend.map(&c.tensor("z").unwrap(), Truncation::default()).unwrap();
+    let ws = backend
+        .map(&c.tensor("z").unwrap(), Truncation::default())
+        .unwrap();
     let err = assert_close("ws", &ws.data, &c.tensor("ws").unwrap().data, WS_TOL, 0.0);
     println!("{case} ws max error {err:e}");
 
     let expected_ws = c.tensor("ws").unwrap();
     let (img, seen) = traced(&backend, &expected_ws, NoiseMode::Const);
-    let err = assert_close("img_const", &img.data, &c.tensor("img_const").unwrap().data, IMG_TOL, 1e-5);
+    let err = assert_close(
+        "img_const",
+        &img.data,
+        &c.tensor("img_const").unwrap().data,
+        IMG_TOL,
+        1e-5,
+    );
     println!("{case} img_const max error {err:e}");
 
     // Every per-layer intermediate the reference captured (sample 0).
@@ -90,7 +102,11 @@ fn check_nvlabs_case_on(case: &str, backend: CpuBackend) {
         compared += 1;
     }
     // 4 blocks: b4 has conv1+torgb (2 layers x styles/out) + x + img; b8..b32 have 3 layers.
-    assert_eq!(compared, (2 * 2 + 2) + 3 * (3 * 2 + 2), "intermediates compared");
+    assert_eq!(
+        compared,
+        (2 * 2 + 2) + 3 * (3 * 2 + 2),
+        "intermediates compared"
+    );
 }
 
 #[test]
@@ -110,14 +126,28 @@ fn other_nvlabs_tiny_cases(backend: &CpuBackend) {
         cutoff: None,
     };
     let ws_trunc = backend.map(&z, trunc).unwrap();
-    assert_close("ws_trunc", &ws_trunc.data, &c.tensor("ws_trunc").unwrap().data, WS_TOL, 0.0);
+    assert_close(
+        "ws_trunc",
+        &ws_trunc.data,
+        &c.tensor("ws_trunc").unwrap().data,
+        WS_TOL,
+        0.0,
+    );
     for (ws_name, noise, img_name) in [
         ("ws", NoiseMode::None, "img_none"),
         ("ws_trunc", NoiseMode::Const, "img_trunc_const"),
         ("ws_mixed", NoiseMode::Const, "img_mixed_const"),
     ] {
-        let img = backend.synthesize(&c.tensor(ws_name).unwrap(), noise).unwrap();
-        let err = assert_close(img_name, &img.data, &c.tensor(img_name).unwrap().data, IMG_TOL, 0.0);
+        let img = backend
+            .synthesize(&c.tensor(ws_name).unwrap(), noise)
+            .unwrap();
+        let err = assert_close(
+            img_name,
+            &img.data,
+            &c.tensor(img_name).unwrap().data,
+            IMG_TOL,
+            0.0,
+        );
         println!("nvlabs_tiny {img_name} max error {err:e}");
     }
 }
@@ -130,7 +160,11 @@ fn nvlabs_tiny_clamp_case_b() {
         let backend = CpuBackend::with_conv_path(nvlabs_network("nvlabs_tiny_clamp"), path);
         let ws = cases("nvlabs_tiny_clamp").tensor("ws").unwrap();
         let (_, seen) = traced(&backend, &ws, NoiseMode::Const);
-        for (layer, expected) in [("b16.conv1.out", 1517), ("b32.conv1.out", 2795), ("b8.conv1.out", 0)] {
+        for (layer, expected) in [
+            ("b16.conv1.out", 1517),
+            ("b32.conv1.out", 2795),
+            ("b8.conv1.out", 0),
+        ] {
             let hit = seen[layer].data.iter().filter(|v| v.abs() == 256.0).count();
             assert_eq!(hit, expected, "{path:?} {layer}: elements at the clamp");
         }
@@ -180,16 +214,30 @@ fn rosinality_case_c_on(backend: CpuBackend) {
     for s in 0..4 {
         for l in 0..8 {
             let row = &w.data[(s * 8 + l) * 64..(s * 8 + l + 1) * 64];
-            assert_close("w", row, &expected_w.data[s * 64..(s + 1) * 64], WS_TOL, 0.0);
+            assert_close(
+                "w",
+                row,
+                &expected_w.data[s * 64..(s + 1) * 64],
+                WS_TOL,
+                0.0,
+            );
         }
     }
     let (img, seen) = traced(&backend, &c.tensor("wplus").unwrap(), NoiseMode::Const);
-    let err = assert_close("img_fixed_noise", &img.data, &c.tensor("img_fixed_noise").unwrap().data, IMG_TOL, 0.0);
+    let err = assert_close(
+        "img_fixed_noise",
+        &img.data,
+        &c.tensor("img_fixed_noise").unwrap().data,
+        IMG_TOL,
+        0.0,
+    );
     println!("rosinality img_fixed_noise max error {err:e}");
     let inter = SafeTensors::open(golden("rosinality_tiny", "intermediates.safetensors")).unwrap();
     let mut compared = 0;
     for name in inter.names() {
-        let Some(ours) = rosinality_layer(name) else { continue };
+        let Some(ours) = rosinality_layer(name) else {
+            continue;
+        };
         let expected = inter.tensor(name).unwrap();
         let err = assert_close(name, &first(&seen[&ours]), &expected.data, IMG_TOL, 0.0);
         println!("rosinality {name} ({ours}) max error {err:e}");
@@ -199,14 +247,40 @@ fn rosinality_case_c_on(backend: CpuBackend) {
 
     // W broadcast, style mixing (as a W+ latent), and truncation with latent_avg.
     let img = backend.synthesize(&w, NoiseMode::Const).unwrap();
-    assert_close("img_w_fixed_noise", &img.data, &c.tensor("img_w_fixed_noise").unwrap().data, IMG_TOL, 0.0);
+    assert_close(
+        "img_w_fixed_noise",
+        &img.data,
+        &c.tensor("img_w_fixed_noise").unwrap().data,
+        IMG_TOL,
+        0.0,
+    );
     let img = backend
         .synthesize(&c.tensor("latent_mix_inject3").unwrap(), NoiseMode::Const)
         .unwrap();
-    assert_close("img_mix_inject3", &img.data, &c.tensor("img_mix_inject3").unwrap().data, IMG_TOL, 0.0);
-    let ws_trunc = backend.map(&z, Truncation { psi: 0.7, cutoff: None }).unwrap();
+    assert_close(
+        "img_mix_inject3",
+        &img.data,
+        &c.tensor("img_mix_inject3").unwrap().data,
+        IMG_TOL,
+        0.0,
+    );
+    let ws_trunc = backend
+        .map(
+            &z,
+            Truncation {
+                psi: 0.7,
+                cutoff: None,
+            },
+        )
+        .unwrap();
     let img = backend.synthesize(&ws_trunc, NoiseMode::Const).unwrap();
-    assert_close("img_trunc", &img.data, &c.tensor("img_trunc").unwrap().data, IMG_TOL, 0.0);
+    assert_close(
+        "img_trunc",
+        &img.data,
+        &c.tensor("img_trunc").unwrap().data,
+        IMG_TOL,
+        0.0,
+    );
 }
 
 #[test]
@@ -215,27 +289,69 @@ fn random_noise_is_reproducible_and_batch_independent() {
     let reference = CpuBackend::with_conv_path(nvlabs_network("nvlabs_tiny"), ConvPath::Reference);
     let ws = cases("nvlabs_tiny").tensor("ws").unwrap();
     let expected = reference
-        .synthesize(&ws, NoiseMode::Random { seed: 5, first_image: 0 })
+        .synthesize(
+            &ws,
+            NoiseMode::Random {
+                seed: 5,
+                first_image: 0,
+            },
+        )
         .unwrap();
     let backend = CpuBackend::new(nvlabs_network("nvlabs_tiny"));
     let ws = cases("nvlabs_tiny").tensor("ws").unwrap();
     let all = backend
-        .synthesize(&ws, NoiseMode::Random { seed: 5, first_image: 0 })
+        .synthesize(
+            &ws,
+            NoiseMode::Random {
+                seed: 5,
+                first_image: 0,
+            },
+        )
         .unwrap();
     let again = backend
-        .synthesize(&ws, NoiseMode::Random { seed: 5, first_image: 0 })
+        .synthesize(
+            &ws,
+            NoiseMode::Random {
+                seed: 5,
+                first_image: 0,
+            },
+        )
         .unwrap();
     assert_eq!(all, again);
-    assert_close("fast vs reference, random noise", &all.data, &expected.data, 1e-5, 0.0);
+    assert_close(
+        "fast vs reference, random noise",
+        &all.data,
+        &expected.data,
+        1e-5,
+        0.0,
+    );
     // Images 2..4 rendered on their own get the same noise as in the full batch (the fast path may sum in another
     // order for another batch size, hence a tolerance rather than bit equality).
     let tail = backend
-        .synthesize(&ws.slice_rows(2, 4), NoiseMode::Random { seed: 5, first_image: 2 })
+        .synthesize(
+            &ws.slice_rows(2, 4),
+            NoiseMode::Random {
+                seed: 5,
+                first_image: 2,
+            },
+        )
         .unwrap();
-    assert_close("batch of 2 vs batch of 4", &tail.data, &all.slice_rows(2, 4).data, 1e-5, 0.0);
+    assert_close(
+        "batch of 2 vs batch of 4",
+        &tail.data,
+        &all.slice_rows(2, 4).data,
+        1e-5,
+        0.0,
+    );
     // Another seed changes the images; and random noise differs from the stored buffers.
     let other = backend
-        .synthesize(&ws, NoiseMode::Random { seed: 6, first_image: 0 })
+        .synthesize(
+            &ws,
+            NoiseMode::Random {
+                seed: 6,
+                first_image: 0,
+            },
+        )
         .unwrap();
     assert!(other.max_abs_diff(&all).unwrap() > 1e-3);
     let konst = backend.synthesize(&ws, NoiseMode::Const).unwrap();
@@ -248,11 +364,21 @@ fn rosinality_from_the_paper_layout_truncation_matches_nvlabs_rule() {
     let backend = CpuBackend::new(rosinality_network());
     let z = cases("rosinality_tiny").tensor("z").unwrap();
     let full = backend.map(&z, Truncation::default()).unwrap();
-    let cut = backend.map(&z, Truncation { psi: 0.5, cutoff: Some(3) }).unwrap();
+    let cut = backend
+        .map(
+            &z,
+            Truncation {
+                psi: 0.5,
+                cutoff: Some(3),
+            },
+        )
+        .unwrap();
     let net = backend.network();
     for s in 0..4 {
         for l in 0..net.num_ws {
-            let row = |t: &Tensor| t.data[(s * net.num_ws + l) * 64..(s * net.num_ws + l + 1) * 64].to_vec();
+            let row = |t: &Tensor| {
+                t.data[(s * net.num_ws + l) * 64..(s * net.num_ws + l + 1) * 64].to_vec()
+            };
             if l >= 3 {
                 assert_eq!(row(&cut), row(&full));
             } else {

@@ -141,7 +141,10 @@ fn torch_files_hold_a_tensor_or_a_list_of_tensors() {
     let norm: f32 = age.data.iter().map(|v| v * v).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4, "unit-norm direction, got {norm}");
     // A checkpoint is not a latent: a dict is refused with a message naming the file.
-    let ckpt = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/rosinality_tiny/ckpt.pt");
-    let e = read_latents(ckpt.to_str().unwrap()).unwrap_err().to_string();
+    let ckpt = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/golden/rosinality_tiny/ckpt.pt");
+    let e = read_latents(ckpt.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("ckpt.pt") && e.contains("dict"), "{e}");
 }

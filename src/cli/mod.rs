@@ -1,5 +1,6 @@
 //! The `mmengine` command line: argument parsing and the commands. This is the only layer that prints.
 
+mod bench;
 mod progress;
 mod render;
 
@@ -36,6 +37,8 @@ pub enum Command {
     Map(render::MapArgs),
     /// Render images (PNG files, a PNG grid, or raw float32 .npy).
     Render(render::RenderArgs),
+    /// Time the generator: images/s, ms per batch, GFLOP/s, peak memory.
+    Bench(bench::BenchArgs),
 }
 
 /// Run the parsed command; errors come back for `main` to print on one line.
@@ -45,5 +48,6 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Convert { model, output } => render::convert(&model, &output),
         Command::Map(args) => render::map(args),
         Command::Render(args) => render::render(args),
+        Command::Bench(args) => bench::bench(args),
     }
 }

@@ -104,7 +104,11 @@ pub fn info(path: &Path, show_layers: bool) -> Result<()> {
     println!("z_dim:           {}", net.z_dim);
     println!("w_dim:           {}", net.w_dim);
     println!("num_ws:          {}", net.num_ws);
-    println!("mapping layers:  {} (lr multiplier {})", net.mapping.len(), net.mapping_lr_mul);
+    println!(
+        "mapping layers:  {} (lr multiplier {})",
+        net.mapping.len(),
+        net.mapping_lr_mul
+    );
     let channels: Vec<String> = net
         .channels_per_resolution()
         .iter()
@@ -118,7 +122,10 @@ pub fn info(path: &Path, show_layers: bool) -> Result<()> {
     println!("w_avg:           {}", net.w_avg_origin);
     println!("parameters:      {}", net.parameter_count());
     if show_layers {
-        println!("\n{:<10} {:>3} {:>5} {:>5} {:>5} {:>3} {:>2} {:>6} {:>6}", "layer", "ws", "in", "out", "res", "up", "k", "demod", "noise");
+        println!(
+            "\n{:<10} {:>3} {:>5} {:>5} {:>5} {:>3} {:>2} {:>6} {:>6}",
+            "layer", "ws", "in", "out", "res", "up", "k", "demod", "noise"
+        );
         for l in &net.layers {
             println!(
                 "{:<10} {:>3} {:>5} {:>5} {:>5} {:>3} {:>2} {:>6} {:>6}",
@@ -193,7 +200,10 @@ fn resolve_latents(
 
 fn check_finite(spec: &str, t: &Tensor) -> Result<()> {
     if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-        bail!("{spec}: element {i} is {} (latents must be finite)", t.data[i]);
+        bail!(
+            "{spec}: element {i} is {} (latents must be finite)",
+            t.data[i]
+        );
     }
     Ok(())
 }
@@ -216,7 +226,13 @@ fn to_ws(net: &Network, w: Tensor) -> Result<Tensor> {
     }
 }
 
-fn make_ws(backend: &CpuBackend, net: &Network, lat: &Latents, range: std::ops::Range<usize>, t: Truncation) -> Result<Tensor> {
+fn make_ws(
+    backend: &CpuBackend,
+    net: &Network,
+    lat: &Latents,
+    range: std::ops::Range<usize>,
+    t: Truncation,
+) -> Result<Tensor> {
     match lat {
         Latents::Z(z) => backend.map(&z.slice_rows(range.start, range.end), t),
         Latents::Ws(ws) => {
@@ -230,7 +246,10 @@ fn make_ws(backend: &CpuBackend, net: &Network, lat: &Latents, range: std::ops::
 fn truncation(args: &LatentArgs, net: &Network) -> Result<Truncation> {
     if let Some(c) = args.trunc_cutoff {
         if c > net.num_ws {
-            bail!("--trunc-cutoff {c} exceeds the model's num_ws ({})", net.num_ws);
+            bail!(
+                "--trunc-cutoff {c} exceeds the model's num_ws ({})",
+                net.num_ws
+            );
         }
     }
     Ok(Truncation {
@@ -244,7 +263,9 @@ pub fn map(args: MapArgs) -> Result<()> {
     let trunc = truncation(&args.latents, &net)?;
     let (lat, _) = resolve_latents(&net, &args.latents, None)?;
     let backend = CpuBackend::new(net);
-    let Latents::Z(z) = &lat else { unreachable!("map takes z or seeds") };
+    let Latents::Z(z) = &lat else {
+        unreachable!("map takes z or seeds")
+    };
     let ws = backend.map(z, trunc)?;
     check_output_ext(&args.output, &["npy"])?;
     npy::write_npy(&args.output, &ws)?;
@@ -258,7 +279,11 @@ fn check_output_ext(path: &Path, allowed: &[&str]) -> Result<()> {
         bail!(
             "{}: unsupported output type; use {}",
             path.display(),
-            allowed.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(" or ")
+            allowed
+                .iter()
+                .map(|e| format!(".{e}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
         );
     }
     Ok(())
@@ -330,16 +355,25 @@ impl Sink {
     }
 }
 
-pub fn render(args: RenderArgs) -> Result<()> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    if let Some(n) = args.threads {
+/// `--threads N`: size rayon's global pool (the CPU backend's workers).
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
             .map_err(|e| Error::invalid(format!("--threads {n}: {e}")))?;
     }
+    Ok(())
+}
+
+pub fn render(args: RenderArgs) -> Result<()> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    set_threads(args.threads)?;
     match args.device {
         DeviceArg::Cpu => {}
     }

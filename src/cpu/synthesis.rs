@@ -74,7 +74,9 @@ impl Synthesis {
         }
         let n = ws.shape[0];
         let random = match noise {
-            NoiseMode::Random { seed, first_image } => Some(random_noise(net, n, seed, first_image)),
+            NoiseMode::Random { seed, first_image } => {
+                Some(random_noise(net, n, seed, first_image))
+            }
             _ => None,
         };
         let c = &net.const_input;

@@ -46,14 +46,20 @@ fn read_pt(path: &Path) -> Result<Tensor> {
                 Value::Tensor(t) => Ok(t.clone()),
                 other => Err(Error::format(
                     path,
-                    format!("holds a list with a {} where tensors were expected", other.kind()),
+                    format!(
+                        "holds a list with a {} where tensors were expected",
+                        other.kind()
+                    ),
                 )),
             })
             .collect::<Result<_>>()?,
         other => {
             return Err(Error::format(
                 path,
-                format!("holds a {}, expected a tensor or a list of tensors", other.kind()),
+                format!(
+                    "holds a {}, expected a tensor or a list of tensors",
+                    other.kind()
+                ),
             ))
         }
     };

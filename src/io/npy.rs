@@ -9,9 +9,9 @@ use crate::bail;
 use crate::error::{Error, Result};
 use crate::io::zipfile::ZipArchive;
 use crate::io::{map_file, temp_sibling, write_atomic};
+use crate::tensor::Tensor;
 use std::fs::File;
 use std::io::BufWriter;
-use crate::tensor::Tensor;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

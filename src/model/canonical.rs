@@ -135,9 +135,10 @@ pub fn save(net: &Network, path: &Path) -> Result<()> {
 
 pub fn load(st: &SafeTensors) -> Result<Network> {
     let path = st.path();
-    let raw = st.metadata.get(CONFIG_KEY).ok_or_else(|| {
-        Error::format(path, format!("has no '{CONFIG_KEY}' metadata"))
-    })?;
+    let raw = st
+        .metadata
+        .get(CONFIG_KEY)
+        .ok_or_else(|| Error::format(path, format!("has no '{CONFIG_KEY}' metadata")))?;
     let c: NetworkConfig = serde_json::from_str(raw)
         .map_err(|e| Error::format(path, format!("invalid network metadata: {e}")))?;
     let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
@@ -145,7 +146,10 @@ pub fn load(st: &SafeTensors) -> Result<Network> {
         if t.shape != shape {
             return Err(Error::format(
                 path,
-                format!("tensor '{name}' has shape {:?}, expected {shape:?}", t.shape),
+                format!(
+                    "tensor '{name}' has shape {:?}, expected {shape:?}",
+                    t.shape
+                ),
             ));
         }
         Ok(t)
@@ -157,7 +161,10 @@ pub fn load(st: &SafeTensors) -> Result<Network> {
         if w.ndim() != 2 || w.shape[1] != features {
             return Err(Error::format(
                 path,
-                format!("mapping.{i}.weight has shape {:?}, expected [*, {features}]", w.shape),
+                format!(
+                    "mapping.{i}.weight has shape {:?}, expected [*, {features}]",
+                    w.shape
+                ),
             ));
         }
         features = w.shape[0];

@@ -8,6 +8,7 @@
 pub mod canonical;
 mod load;
 pub mod nvlabs;
+pub mod random;
 pub mod rosinality;
 pub mod state;
 pub mod tf;
@@ -25,6 +26,8 @@ pub enum SourceFormat {
     NvlabsTfPickle,
     RosinalityPt,
     Safetensors,
+    /// Random weights of a named configuration (benchmarks).
+    Random,
 }
 
 impl SourceFormat {
@@ -34,6 +37,7 @@ impl SourceFormat {
             SourceFormat::NvlabsTfPickle => "NVlabs network pickle (TensorFlow)",
             SourceFormat::RosinalityPt => "rosinality checkpoint (.pt)",
             SourceFormat::Safetensors => "mmengine safetensors",
+            SourceFormat::Random => "random weights (benchmark configuration)",
         }
     }
 }

@@ -55,12 +55,13 @@ impl NvlabsConfig {
             uint(&all, key)?
                 .ok_or_else(|| crate::Error::invalid(format!("Generator kwargs lack '{key}'")))
         };
-        let conv_clamp = match synthesis.get("conv_clamp") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_f64().ok_or_else(|| {
-                crate::Error::invalid(format!("conv_clamp is not a number: {v}"))
-            })? as f32),
-        };
+        let conv_clamp =
+            match synthesis.get("conv_clamp") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_f64().ok_or_else(|| {
+                    crate::Error::invalid(format!("conv_clamp is not a number: {v}"))
+                })? as f32),
+            };
         let architecture = match synthesis.get("architecture") {
             None => "skip".to_string(),
             Some(Value::String(s)) => s.clone(),
@@ -162,30 +163,35 @@ pub fn build(cfg: &NvlabsConfig, sd: &StateDict, source: SourceFormat) -> Result
         let block = format!("synthesis.b{res}");
         let out_ch = cfg.channels(res);
         let k = log2(res) - 2; // block index: 0 for 4x4
-        let conv = |name: &str, in_ch: usize, up: usize, ws_index: usize| -> Result<SynthesisLayer> {
-            let p = format!("{block}.{name}");
-            Ok(SynthesisLayer {
-                name: format!("b{res}.{name}"),
-                kind: LayerKind::Conv,
-                ws_index,
-                in_channels: in_ch,
-                out_channels: out_ch,
-                resolution: res,
-                up,
-                kernel: 3,
-                demodulate: true,
-                weight_gain: 1.0,
-                clamp: cfg.conv_clamp,
-                weight: sd.get(&format!("{p}.weight"), &[out_ch, in_ch, 3, 3])?.clone(),
-                affine_weight: sd.get(&format!("{p}.affine.weight"), &[in_ch, w_dim])?.clone(),
-                affine_bias: sd.vec(&format!("{p}.affine.bias"), in_ch)?,
-                bias: sd.vec(&format!("{p}.bias"), out_ch)?,
-                noise: Some(Noise {
-                    buffer: sd.get(&format!("{p}.noise_const"), &[res, res])?.clone(),
-                    strength: sd.scalar(&format!("{p}.noise_strength"))?,
-                }),
-            })
-        };
+        let conv =
+            |name: &str, in_ch: usize, up: usize, ws_index: usize| -> Result<SynthesisLayer> {
+                let p = format!("{block}.{name}");
+                Ok(SynthesisLayer {
+                    name: format!("b{res}.{name}"),
+                    kind: LayerKind::Conv,
+                    ws_index,
+                    in_channels: in_ch,
+                    out_channels: out_ch,
+                    resolution: res,
+                    up,
+                    kernel: 3,
+                    demodulate: true,
+                    weight_gain: 1.0,
+                    clamp: cfg.conv_clamp,
+                    weight: sd
+                        .get(&format!("{p}.weight"), &[out_ch, in_ch, 3, 3])?
+                        .clone(),
+                    affine_weight: sd
+                        .get(&format!("{p}.affine.weight"), &[in_ch, w_dim])?
+                        .clone(),
+                    affine_bias: sd.vec(&format!("{p}.affine.bias"), in_ch)?,
+                    bias: sd.vec(&format!("{p}.bias"), out_ch)?,
+                    noise: Some(Noise {
+                        buffer: sd.get(&format!("{p}.noise_const"), &[res, res])?.clone(),
+                        strength: sd.scalar(&format!("{p}.noise_strength"))?,
+                    }),
+                })
+            };
         if res == 4 {
             layers.push(conv("conv1", out_ch, 1, 0)?);
         } else {
@@ -208,8 +214,12 @@ pub fn build(cfg: &NvlabsConfig, sd: &StateDict, source: SourceFormat) -> Result
             // NVlabs scales the styles by 1/sqrt(in); without demodulation that equals scaling the weight.
             weight_gain: 1.0 / (out_ch as f32).sqrt(),
             clamp: cfg.conv_clamp,
-            weight: sd.get(&format!("{p}.weight"), &[img, out_ch, 1, 1])?.clone(),
-            affine_weight: sd.get(&format!("{p}.affine.weight"), &[out_ch, w_dim])?.clone(),
+            weight: sd
+                .get(&format!("{p}.weight"), &[img, out_ch, 1, 1])?
+                .clone(),
+            affine_weight: sd
+                .get(&format!("{p}.affine.weight"), &[out_ch, w_dim])?
+                .clone(),
             affine_bias: sd.vec(&format!("{p}.affine.bias"), out_ch)?,
             bias: sd.vec(&format!("{p}.bias"), img)?,
             noise: None,
@@ -234,4 +244,3 @@ pub fn build(cfg: &NvlabsConfig, sd: &StateDict, source: SourceFormat) -> Result
     debug_assert_eq!(net.layers.last().map(|l| l.ws_index + 1), Some(net.num_ws));
     Ok(net)
 }
-

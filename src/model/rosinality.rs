@@ -24,7 +24,9 @@ pub fn infer(sd: &StateDict) -> Result<RosinalityInfo> {
     let Some(&[style_dim, _]) = sd.shape("style.1.weight") else {
         bail!("missing tensor 'style.1.weight': not a rosinality generator state dict");
     };
-    let n_mlp = (1..).take_while(|i| sd.contains(&format!("style.{i}.weight"))).count();
+    let n_mlp = (1..)
+        .take_while(|i| sd.contains(&format!("style.{i}.weight")))
+        .count();
     let n_up = (0..)
         .take_while(|k| sd.contains(&format!("to_rgbs.{k}.conv.weight")))
         .count();
@@ -48,7 +50,9 @@ pub fn build(sd: &StateDict, latent_avg: Option<Vec<f32>>) -> Result<Network> {
     let mapping = (1..=info.n_mlp)
         .map(|i| {
             Ok(Dense {
-                weight: sd.get(&format!("style.{i}.weight"), &[w_dim, w_dim])?.clone(),
+                weight: sd
+                    .get(&format!("style.{i}.weight"), &[w_dim, w_dim])?
+                    .clone(),
                 bias: sd.vec(&format!("style.{i}.bias"), w_dim)?,
             })
         })
@@ -64,40 +68,41 @@ pub fn build(sd: &StateDict, latent_avg: Option<Vec<f32>>) -> Result<Network> {
             "missing or malformed tensor '{prefix}.conv.weight' (expected [1, O, I, 3, 3])"
         ))),
     };
-    let conv = |prefix: &str, in_ch: usize, res: usize, up: usize, ws_index: usize, noise: usize| {
-        let out_ch = conv_out(prefix)?;
-        Ok::<_, crate::Error>(SynthesisLayer {
-            name: String::new(),
-            kind: LayerKind::Conv,
-            ws_index,
-            in_channels: in_ch,
-            out_channels: out_ch,
-            resolution: res,
-            up,
-            kernel: 3,
-            demodulate: true,
-            weight_gain: 1.0 / ((in_ch * 9) as f32).sqrt(),
-            clamp: None,
-            weight: sd.get_as(
-                &format!("{prefix}.conv.weight"),
-                &[1, out_ch, in_ch, 3, 3],
-                &[out_ch, in_ch, 3, 3],
-            )?,
-            affine_weight: sd
-                .get(&format!("{prefix}.conv.modulation.weight"), &[in_ch, w_dim])?
-                .clone(),
-            affine_bias: sd.vec(&format!("{prefix}.conv.modulation.bias"), in_ch)?,
-            bias: sd.vec(&format!("{prefix}.activate.bias"), out_ch)?,
-            noise: Some(Noise {
-                buffer: sd.get_as(
-                    &format!("noises.noise_{noise}"),
-                    &[1, 1, res, res],
-                    &[res, res],
+    let conv =
+        |prefix: &str, in_ch: usize, res: usize, up: usize, ws_index: usize, noise: usize| {
+            let out_ch = conv_out(prefix)?;
+            Ok::<_, crate::Error>(SynthesisLayer {
+                name: String::new(),
+                kind: LayerKind::Conv,
+                ws_index,
+                in_channels: in_ch,
+                out_channels: out_ch,
+                resolution: res,
+                up,
+                kernel: 3,
+                demodulate: true,
+                weight_gain: 1.0 / ((in_ch * 9) as f32).sqrt(),
+                clamp: None,
+                weight: sd.get_as(
+                    &format!("{prefix}.conv.weight"),
+                    &[1, out_ch, in_ch, 3, 3],
+                    &[out_ch, in_ch, 3, 3],
                 )?,
-                strength: sd.scalar(&format!("{prefix}.noise.weight"))?,
-            }),
-        })
-    };
+                affine_weight: sd
+                    .get(&format!("{prefix}.conv.modulation.weight"), &[in_ch, w_dim])?
+                    .clone(),
+                affine_bias: sd.vec(&format!("{prefix}.conv.modulation.bias"), in_ch)?,
+                bias: sd.vec(&format!("{prefix}.activate.bias"), out_ch)?,
+                noise: Some(Noise {
+                    buffer: sd.get_as(
+                        &format!("noises.noise_{noise}"),
+                        &[1, 1, res, res],
+                        &[res, res],
+                    )?,
+                    strength: sd.scalar(&format!("{prefix}.noise.weight"))?,
+                }),
+            })
+        };
     let to_rgb = |prefix: &str, in_ch: usize, res: usize, ws_index: usize| {
         let Some(&[1, img, _, 1, 1]) = sd.shape(&format!("{prefix}.conv.weight")) else {
             bail!("missing or malformed tensor '{prefix}.conv.weight' (expected [1, C, I, 1, 1])");
@@ -123,7 +128,9 @@ pub fn build(sd: &StateDict, latent_avg: Option<Vec<f32>>) -> Result<Network> {
                 .get(&format!("{prefix}.conv.modulation.weight"), &[in_ch, w_dim])?
                 .clone(),
             affine_bias: sd.vec(&format!("{prefix}.conv.modulation.bias"), in_ch)?,
-            bias: sd.get_as(&format!("{prefix}.bias"), &[1, img, 1, 1], &[img])?.data,
+            bias: sd
+                .get_as(&format!("{prefix}.bias"), &[1, img, 1, 1], &[img])?
+                .data,
             noise: None,
         })
     };
@@ -133,7 +140,14 @@ pub fn build(sd: &StateDict, latent_avg: Option<Vec<f32>>) -> Result<Network> {
     let mut res = 4;
     for k in 0..(info.size.trailing_zeros() as usize - 2) {
         res *= 2;
-        let up = conv(&format!("convs.{}", 2 * k), channels, res, 2, 2 * k + 1, 2 * k + 1)?;
+        let up = conv(
+            &format!("convs.{}", 2 * k),
+            channels,
+            res,
+            2,
+            2 * k + 1,
+            2 * k + 1,
+        )?;
         channels = up.out_channels;
         layers.push(up);
         layers.push(conv(

@@ -15,17 +15,15 @@ use std::collections::BTreeMap;
 pub fn config(kwargs: &BTreeMap<String, Value>) -> Result<NvlabsConfig> {
     let uint = |key: &str, default: usize| match kwargs.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| crate::Error::invalid(format!("static kwarg '{key}' is not an integer: {v}"))),
+        Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+            crate::Error::invalid(format!("static kwarg '{key}' is not an integer: {v}"))
+        }),
     };
     let float = |key: &str| match kwargs.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(|f| Some(f as f32))
-            .ok_or_else(|| crate::Error::invalid(format!("static kwarg '{key}' is not a number: {v}"))),
+        Some(v) => v.as_f64().map(|f| Some(f as f32)).ok_or_else(|| {
+            crate::Error::invalid(format!("static kwarg '{key}' is not a number: {v}"))
+        }),
     };
     if let Some(Value::String(nl)) = kwargs.get("nonlinearity") {
         if nl != "lrelu" {
@@ -143,14 +141,18 @@ fn conv_weight(t: &Tensor, flip: bool) -> Result<Tensor> {
     let mut data = vec![0.0; t.numel()];
     for y in 0..kh {
         for x in 0..kw {
-            let (sy, sx) = if flip { (kh - 1 - y, kw - 1 - x) } else { (y, x) };
+            let (sy, sx) = if flip {
+                (kh - 1 - y, kw - 1 - x)
+            } else {
+                (y, x)
+            };
             for i in 0..cin {
                 for o in 0..cout {
-                    data[((o * cin + i) * kh + y) * kw + x] = t.data[((sy * kw + sx) * cin + i) * cout + o];
+                    data[((o * cin + i) * kh + y) * kw + x] =
+                        t.data[((sy * kw + sx) * cin + i) * cout + o];
                 }
             }
         }
     }
     Tensor::new(vec![cout, cin, kh, kw], data)
 }
-

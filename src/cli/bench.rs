@@ -1,0 +1,133 @@
+//! `mmengine bench`: throughput of the generator on a device, for a checkpoint or a random-weight configuration.
+
+use super::render::DeviceArg;
+use crate::backend::{Backend, NoiseMode, Truncation};
+use crate::bail;
+use crate::cpu::CpuBackend;
+use crate::error::Result;
+use crate::model::{self, random};
+use crate::seeds;
+use crate::tensor::Tensor;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Checkpoint to time (default: a random-weight network of --config).
+    #[arg(long, conflicts_with = "config")]
+    model: Option<PathBuf>,
+    /// Random-weight configuration: ffhq1024, ffhq512 or ffhq256.
+    #[arg(long, default_value = "ffhq256")]
+    config: String,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Timed batches.
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Untimed batches first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// Arithmetic precision; the CPU backend computes in fp32.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.batch == 0 || args.iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    if args.precision != "fp32" {
+        bail!(
+            "--precision {}: the cpu device computes in fp32 only",
+            args.precision
+        );
+    }
+    super::render::set_threads(args.threads)?;
+    let (net, name) = match &args.model {
+        Some(p) => (model::load(p)?, p.display().to_string()),
+        None => (
+            random::network(&random::config(&args.config)?, 0)?,
+            args.config.clone(),
+        ),
+    };
+    let gflop_per_image = 2.0 * random::conv_macs(&net) / 1e9;
+    let (res, z_dim) = (net.resolution, net.z_dim);
+    let backend = match args.device {
+        DeviceArg::Cpu => CpuBackend::new(net),
+    };
+    let mut z = Vec::with_capacity(args.batch * z_dim);
+    for i in 0..args.batch {
+        z.extend(seeds::z_from_seed(i as u32, z_dim));
+    }
+    let z = Tensor::new(vec![args.batch, z_dim], z)?;
+    let run = || -> Result<f64> {
+        let start = Instant::now();
+        let ws = backend.map(&z, Truncation::default())?;
+        backend.synthesize(&ws, NoiseMode::Const)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    for _ in 0..args.warmup {
+        run()?;
+    }
+    let times = (0..args.iters)
+        .map(|_| run())
+        .collect::<Result<Vec<f64>>>()?;
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let images_per_s = args.batch as f64 / mean;
+    let gflops = gflop_per_image * images_per_s;
+    let peak = peak_rss_bytes();
+    if args.json {
+        let report = serde_json::json!({
+            "model": name,
+            "device": backend.name(),
+            "precision": args.precision,
+            "resolution": res,
+            "batch": args.batch,
+            "iters": args.iters,
+            "ms_per_batch": mean * 1e3,
+            "ms_per_batch_best": best * 1e3,
+            "images_per_s": images_per_s,
+            "gflop_per_image": gflop_per_image,
+            "achieved_gflop_per_s": gflops,
+            "peak_memory_bytes": peak,
+        });
+        println!("{report}");
+    } else {
+        println!("model:        {name} ({res}x{res}, {gflop_per_image:.1} GFLOP/image)");
+        println!("device:       {} ({})", backend.name(), args.precision);
+        println!(
+            "batch {}:     {:.1} ms/batch (best {:.1}), {:.3} images/s, {:.1} GFLOP/s",
+            args.batch,
+            mean * 1e3,
+            best * 1e3,
+            images_per_s,
+            gflops
+        );
+        match peak {
+            Some(b) => println!(
+                "peak memory:  {:.0} MiB (process RSS)",
+                b as f64 / 1048576.0
+            ),
+            None => println!("peak memory:  unknown on this platform"),
+        }
+    }
+    Ok(())
+}
+
+/// The process's peak resident set (`VmHWM` in /proc/self/status), where the OS reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
