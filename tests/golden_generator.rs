@@ -184,7 +184,11 @@ fn rosinality_layer(name: &str) -> Option<String> {
         "to_rgb1" => "b4.torgb".to_string(),
         m if m.starts_with("convs.") => {
             let i: usize = m[6..].parse().ok()?;
-            let slot = if i % 2 == 0 { "conv0" } else { "conv1" };
+            let slot = if i.is_multiple_of(2) {
+                "conv0"
+            } else {
+                "conv1"
+            };
             format!("b{}.{slot}", 8 << (i / 2))
         }
         m if m.starts_with("to_rgbs.") => format!("b{}.torgb", 8 << m[8..].parse::<usize>().ok()?),

@@ -315,10 +315,23 @@ impl Sink {
         }
         match ext {
             Some("npy") => Ok(Sink::Npy(npy::NpyStream::create(path, shape)?)),
-            Some("png") => Ok(Sink::Grid {
+            Some("png") => {
+                // The grid is written at the end: refuse a missing folder now, before any rendering.
+                let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+                if let Some(dir) = parent.filter(|d| !d.is_dir()) {
+                    return Err(Error::io(
+                        path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("folder {} does not exist", dir.display()),
+                        ),
+                    ));
+                }
+                Ok(Sink::Grid {
                 path: path.to_path_buf(),
-                images: Vec::new(),
-            }),
+                    images: Vec::new(),
+                })
+            }
             _ => bail!(
                 "{}: unsupported output type; use .npy (raw float32), .png (one grid image) or a directory",
                 path.display()
@@ -335,7 +348,7 @@ impl Sink {
             }
             Sink::Dir { dir, names } => {
                 for i in 0..images.shape[0] {
-                    image::write_image_png(&dir.join(&names[first + i]), &images, i)?;
+                    image::write_image_png(dir.join(&names[first + i]), &images, i)?;
                 }
                 Ok(())
             }
