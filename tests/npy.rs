@@ -2,7 +2,7 @@
 mod zip_builder;
 
 use mmengine::io::npy::{parse_npy, read_npy, read_npz, write_npy};
-use mmengine::io::zipfile::ZipArchive;
+use mmengine::io::zip::{crc32, is_zip, ZipArchive};
 use mmengine::Tensor;
 use std::path::Path;
 use zip_builder::{build_zip, f32_bytes, member, npy_bytes};
@@ -337,6 +337,21 @@ fn zip_reader_api() {
         .contains("no member 'nope'"));
     let empty = build_zip(&[], false, b"");
     assert!(ZipArchive::parse(&empty).unwrap().names().is_empty());
+    // The directory, classic or zip64, describes the same members; `entries` and `get` expose it.
+    for zip64 in [false, true] {
+        let bytes = sample_npz(zip64);
+        let zip = ZipArchive::parse(&bytes).unwrap();
+        assert_eq!(zip.entries().len(), 3);
+        for e in zip.entries() {
+            assert_eq!(zip.get(&e.name), Some(e));
+            let data = zip.read(&e.name).unwrap();
+            assert_eq!(data.len() as u64, e.size);
+            assert_eq!(crc32(&data), e.crc32);
+            assert_eq!(e.method, if e.name == "zeta.npy" { 0 } else { 8 });
+        }
+        assert!(zip.get("nope").is_none());
+    }
+    assert!(is_zip(&sample_npz(true)) && !is_zip(b"\x93NUMPY"));
 }
 
 #[test]

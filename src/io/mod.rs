@@ -8,7 +8,6 @@ pub mod pickle;
 pub mod safetensors;
 pub mod torch;
 pub mod zip;
-pub mod zipfile;
 
 use crate::error::{Error, Result};
 use std::fs::File;

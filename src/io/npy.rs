@@ -7,7 +7,7 @@
 
 use crate::bail;
 use crate::error::{Error, Result};
-use crate::io::zipfile::ZipArchive;
+use crate::io::zip::ZipArchive;
 use crate::io::{map_file, temp_sibling, write_atomic};
 use crate::tensor::Tensor;
 use std::fs::File;

@@ -332,7 +332,7 @@ pub fn write(
     }
     let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).expect("JSON of strings");
     // Pad so that the data section starts 8-byte aligned, which keeps memory-mapped f32/i64 reads aligned.
-    while (8 + json.len()) % 8 != 0 {
+    while !(8 + json.len()).is_multiple_of(8) {
         json.push(b' ');
     }
     write_atomic(path, |w| {

@@ -2,7 +2,7 @@
 //! DEFLATE members.
 #![allow(dead_code)]
 
-use mmengine::io::zipfile::crc32;
+use mmengine::io::zip::crc32;
 
 pub struct Member<'a> {
     pub name: &'a str,
