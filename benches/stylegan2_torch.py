@@ -200,16 +200,18 @@ def bench(args, meta, t):
     z = torch.randn(args.batch, meta['z_dim'], generator=g)
     for _ in range(args.warmup):
         synthesis(meta, t, mapping(meta, t, z), 'const', args.fp16_res)
-    times = []
+    times, cpu0 = [], time.process_time()
     for _ in range(args.iters):
         t0 = time.perf_counter()
         img = synthesis(meta, t, mapping(meta, t, z), 'const', args.fp16_res)
         times.append(time.perf_counter() - t0)
+    cpu = time.process_time() - cpu0  # cores actually used = cpu / wall (other load on the machine shows here)
     assert torch.isfinite(img).all()
     ms = 1000 * float(np.median(times))
     return dict(model=args.model or args.config, resolution=meta['resolution'], batch=args.batch,
                 threads=torch.get_num_threads(), iters=args.iters, ms_per_batch=ms,
                 ms_per_batch_min=1000 * min(times), images_per_s=args.batch / (ms / 1000),
+                cpu_utilisation=cpu / sum(times),
                 peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, torch=torch.__version__)
 
 
@@ -246,7 +248,7 @@ def main():
     else:
         print(f"{r['model']} {r['resolution']}px batch {r['batch']} threads {r['threads']}: "
               f"{r['ms_per_batch']:.1f} ms/batch (min {r['ms_per_batch_min']:.1f}), {r['images_per_s']:.3f} images/s, "
-              f"peak RSS {r['peak_rss_mib']:.0f} MiB")
+              f"peak RSS {r['peak_rss_mib']:.0f} MiB, {r['cpu_utilisation']:.2f} cores busy")
 
 
 if __name__ == '__main__':

@@ -204,6 +204,13 @@ fn map_and_render_match_the_golden_outputs() {
     );
 }
 
+/// Case G's images were computed by stylegan2-ada-pytorch with its fp16 blocks (16 and 32 px, `num_fp16_res=2`)
+/// running in float16 on the CPU: that version has no device check, contrary to the case README. Our float32
+/// render therefore differs at float16 precision (measured 5e-3 to 7e-3 max abs on outputs of magnitude ~5; an
+/// fp16 emulation of those blocks reproduces the reference bit for bit, see benches/stylegan2_torch.py
+/// --fp16-res). The ws are float32 in both and are held to the usual 1e-5.
+const FP16_BLOCKS_TOL: f32 = 1e-2;
+
 #[test]
 fn truncation_cutoff_matches_the_snapshot_case() {
     let dir = tempfile::tempdir().unwrap();
@@ -248,12 +255,15 @@ fn truncation_cutoff_matches_the_snapshot_case() {
         s(&img),
     ]);
     let got = npy::read_npy(&img).unwrap();
-    assert_close(
+    let err = assert_close(
         "img_trunc_cutoff4_const",
         &got.data,
         &cases.tensor("img_trunc_cutoff4_const").unwrap().data,
-        1e-4,
+        FP16_BLOCKS_TOL,
         0.0,
+    );
+    println!(
+        "nvlabs_snapshot img_trunc_cutoff4_const max error {err:e} (the reference ran fp16 blocks)"
     );
 }
 
