@@ -1,4 +1,5 @@
-//! Times the `gemm` crate alone on conv-shaped products (column-major, M = pixels contiguous).
+//! Calibration for the conv benchmarks on a shared machine: the FMA peak of 1 and 2 threads right now, the packed
+//! microkernel in cache, and (with any argument) the `gemm` crate alone on conv-shaped products.
 use gemm::Parallelism;
 use std::time::Instant;
 
