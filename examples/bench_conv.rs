@@ -20,11 +20,11 @@ fn filled(shape: Vec<usize>, seed: u32) -> Tensor {
     Tensor::new(shape, data).unwrap()
 }
 
-fn bench(n: usize, c: usize, res: usize, up: usize, reps: usize) {
+fn bench(n: usize, c: usize, o: usize, res: usize, up: usize, reps: usize) {
     let x = filled(vec![n, c, res, res], 1);
     let styles = filled(vec![n, c], 2);
-    let weight = filled(vec![c, c, 3, 3], 3);
-    let bias = vec![0.1; c];
+    let weight = filled(vec![o, c, 3, 3], 3);
+    let bias = vec![0.1; o];
     let noise = Noise {
         buffer: filled(vec![res * up, res * up], 4),
         strength: 0.1,
@@ -47,19 +47,40 @@ fn bench(n: usize, c: usize, res: usize, up: usize, reps: usize) {
     }
     let secs = start.elapsed().as_secs_f64() / reps as f64;
     // Up-sampling layers count their transposed conv at input resolution, like the design notes.
-    let flops = 2.0 * (n * res * res * c * c * 9) as f64;
+    let flops = 2.0 * (n * res * res * c * o * 9) as f64;
     println!(
-        "3x3 up={up} {c:3} ch {res:4}x{res:<4} batch {n}: {:8.2} ms  {:6.1} GFLOP/s  ({} threads)",
+        "3x3 up={up} {c:3}->{o:3} ch {res:4}x{res:<4} batch {n}: {:8.2} ms  {:6.1} GFLOP/s  ({} threads)",
         secs * 1e3,
         flops / secs / 1e9,
         rayon::current_num_threads()
     );
 }
 
+/// The 3x3 layers of `ffhq256` (input resolution), batch 8, then a few batch-1 cases. Optional first argument:
+/// only the layers whose description contains it (e.g. `up=2`).
 fn main() {
-    bench(8, 64, 256, 1, 3);
-    bench(8, 512, 16, 1, 5);
-    bench(1, 512, 16, 1, 10);
-    bench(8, 512, 8, 2, 5);
-    bench(8, 64, 128, 2, 3);
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let layers: &[(usize, usize, usize, usize, usize, usize)] = &[
+        (8, 512, 512, 4, 1, 10),
+        (8, 512, 512, 8, 1, 5),
+        (8, 512, 512, 16, 1, 3),
+        (8, 512, 512, 32, 1, 2),
+        (8, 256, 256, 64, 1, 2),
+        (8, 128, 128, 128, 1, 2),
+        (8, 64, 64, 256, 1, 2),
+        (8, 512, 512, 4, 2, 5),
+        (8, 512, 512, 8, 2, 3),
+        (8, 512, 512, 16, 2, 2),
+        (8, 512, 256, 32, 2, 2),
+        (8, 256, 128, 64, 2, 2),
+        (8, 128, 64, 128, 2, 2),
+        (1, 512, 512, 4, 1, 20),
+        (1, 512, 512, 16, 1, 5),
+        (1, 128, 64, 128, 2, 3),
+    ];
+    for &(n, c, o, res, up, reps) in layers {
+        if format!("up={up} {c}->{o} {res}x batch {n}").contains(&filter) {
+            bench(n, c, o, res, up, reps);
+        }
+    }
 }

@@ -36,6 +36,8 @@ struct Case {
     up: usize,
     demodulate: bool,
     noise: bool,
+    /// One noise plane per sample (`NoiseInput::PerSample`) instead of the shared buffer.
+    per_sample_noise: bool,
     act: Act,
     clamp: Option<f32>,
 }
@@ -54,13 +56,19 @@ fn check(c: &Case, seed: u64) {
         buffer: rng.tensor(vec![out_res, out_res]),
         strength: 0.7,
     });
+    let planes = c
+        .per_sample_noise
+        .then(|| rng.tensor(vec![c.n, 1, out_res, out_res]));
     let weight_gain = 1.0 / ((c.i * c.k * c.k) as f32).sqrt();
     let layer = ModConvLayer {
         weight: &weight,
         weight_gain,
         demodulate: c.demodulate,
         up: c.up,
-        noise: noise.as_ref().map(NoiseInput::Shared),
+        noise: match &planes {
+            Some(p) => Some(NoiseInput::PerSample(p)),
+            None => noise.as_ref().map(NoiseInput::Shared),
+        },
         bias: &bias,
         act: c.act,
         act_gain: c.act.default_gain(),
@@ -73,12 +81,14 @@ fn check(c: &Case, seed: u64) {
         weight.data.iter().map(|v| v * weight_gain).collect(),
     )
     .unwrap();
-    let scaled_noise = noise.as_ref().map(|nz| {
-        Tensor::new(
-            nz.buffer.shape.clone(),
-            nz.buffer.data.iter().map(|v| v * nz.strength).collect(),
-        )
-        .unwrap()
+    let scaled_noise = planes.clone().or_else(|| {
+        noise.as_ref().map(|nz| {
+            Tensor::new(
+                nz.buffer.shape.clone(),
+                nz.buffer.data.iter().map(|v| v * nz.strength).collect(),
+            )
+            .unwrap()
+        })
     });
     let params = ModConv {
         up: c.up,
@@ -107,8 +117,21 @@ fn check(c: &Case, seed: u64) {
     .unwrap();
     assert_eq!(fast.shape, reference.shape);
     let what = format!(
-        "n{} i{} o{} res{} k{} up{} demod{} noise{} clamp{:?}",
-        c.n, c.i, c.o, c.res, c.k, c.up, c.demodulate, c.noise, c.clamp
+        "n{} i{} o{} res{} k{} up{} demod{} noise{}{} clamp{:?}",
+        c.n,
+        c.i,
+        c.o,
+        c.res,
+        c.k,
+        c.up,
+        c.demodulate,
+        c.noise,
+        if c.per_sample_noise {
+            "/per-sample"
+        } else {
+            ""
+        },
+        c.clamp
     );
     let err = assert_close(&what, &fast.data, &reference.data, 1e-4, 0.0);
     if let Some(cl) = c.clamp {
@@ -128,6 +151,7 @@ fn conv(n: usize, i: usize, o: usize, res: usize, up: usize) -> Case {
         up,
         demodulate: true,
         noise: false,
+        per_sample_noise: false,
         act: Act::LRELU,
         clamp: None,
     }
@@ -192,6 +216,29 @@ fn conv3x3_up2_matches_reference() {
     );
 }
 
+/// The packed-GEMM tiling: pixel tiles that span samples and end mid-sample, K split into several chunks,
+/// output channels split into chunks (large O, or batch 1 with few tiles), per-sample noise.
+#[test]
+fn tiling_edges_match_reference() {
+    let per_sample = |c: Case| Case {
+        per_sample_noise: true,
+        ..c
+    };
+    // 4x4, batch 1: one 16-pixel tile, output channels split across the pool.
+    check(&conv(1, 16, 64, 4, 1), 31);
+    // 3 samples of 5x5 in one 80-pixel tile (runs of 25 not aligned to panels); 40 input channels = 2 K chunks;
+    // 300 output channels = 2 channel chunks.
+    check(&per_sample(conv(3, 40, 300, 5, 1)), 32);
+    // 7 samples of 9x9: tiles of 256 pixels end mid-sample; the last tile is partial.
+    check(&per_sample(conv(7, 6, 10, 9, 1)), 33);
+    // 4x4 layers at batch 8, as in the generator.
+    check(&conv(8, 32, 24, 4, 1), 34);
+    // up=2, batch 1: 300 input channels = 2 K chunks, channel chunks for the pool, 5 bands of rows.
+    check(&per_sample(conv(1, 300, 20, 20, 2)), 35);
+    // up=2 with odd O (chunks of 2 channels = 3 row blocks) and a last band shorter than the others.
+    check(&per_sample(conv(2, 7, 9, 23, 2)), 36);
+}
+
 #[test]
 fn torgb_1x1_matches_reference() {
     let torgb = |n, i, res| Case {
@@ -203,6 +250,7 @@ fn torgb_1x1_matches_reference() {
         up: 1,
         demodulate: false,
         noise: false,
+        per_sample_noise: false,
         act: Act::Linear,
         clamp: None,
     };

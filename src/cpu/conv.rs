@@ -13,6 +13,7 @@
 //! the blur into a 6x6 kernel would quadruple it.
 
 use crate::bail;
+use crate::cpu::microkernel::{gemm_packed, MR, NR};
 use crate::cpu::ops::Act;
 use crate::error::Result;
 use crate::model::{LayerKind, Noise, SynthesisLayer};
@@ -20,11 +21,13 @@ use crate::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Target size of one im2col (or transposed-conv result) tile, in floats: large enough that the GEMM's
-/// per-call weight packing is amortised, small enough to stay in L2/L3.
-const TILE_FLOATS: usize = 1 << 20;
-/// Aim for at least this many pixels per GEMM so the microkernel runs on full panels.
-const MIN_TILE_PIXELS: usize = 512;
+/// Floats in a work item's accumulator tile (output rows x pixels): with the packed B chunk it stays in L2.
+const ACC_FLOATS: usize = 1 << 15;
+/// Depth (K) of one packed chunk: the A micro-panel (MR x KC) stays in L1, a B chunk (KC x tile) in L2.
+const KC: usize = 256;
+/// Pixels per up=1 tile, and about as many per up=2 band of input rows.
+const MIN_TILE_PIXELS: usize = 128;
+const MAX_TILE_PIXELS: usize = 256;
 
 /// One modulated convolution layer with its fused epilogue, with the semantics of NVlabs `SynthesisLayer` /
 /// `ToRGBLayer`: `y = clamp(act(modconv(x, W * weight_gain, s) + noise * strength + bias) * act_gain)`.
@@ -84,18 +87,12 @@ impl<'a> ModConvLayer<'a> {
     /// Work is spread over rayon's current pool.
     pub fn forward(&self, x: &Tensor, styles: &Tensor) -> Result<Tensor> {
         let g = self.check(x, styles)?;
-        let gw: Vec<f32> = self
-            .weight
-            .data
-            .iter()
-            .map(|&v| v * self.weight_gain)
-            .collect();
-        let dcoefs = self.dcoefs(&g, &gw, styles);
+        let dcoefs = self.dcoefs(&g, styles);
         let mut out = vec![0.0f32; g.n * g.o * g.oh * g.ow];
         if self.up == 1 {
-            self.forward_same(&g, x, styles, &gw, &dcoefs, &mut out);
+            self.forward_same(&g, x, styles, &dcoefs, &mut out);
         } else {
-            self.forward_up2(&g, x, styles, &gw, &dcoefs, &mut out);
+            self.forward_up2(&g, x, styles, &dcoefs, &mut out);
         }
         Tensor::new(vec![g.n, g.o, g.oh, g.ow], out)
     }
@@ -161,14 +158,17 @@ impl<'a> ModConvLayer<'a> {
     }
 
     /// `d[b, o] = rsqrt(sum_i s[b,i]^2 * sum_k gW[o,i,k]^2 + 1e-8)`, or all ones without demodulation.
-    fn dcoefs(&self, g: &Geometry, gw: &[f32], styles: &Tensor) -> Vec<f32> {
+    fn dcoefs(&self, g: &Geometry, styles: &Tensor) -> Vec<f32> {
         if !self.demodulate {
             return vec![1.0; g.n * g.o];
         }
         let kk = g.k * g.k;
-        let wsq: Vec<f32> = gw
+        let gain2 = self.weight_gain * self.weight_gain;
+        let wsq: Vec<f32> = self
+            .weight
+            .data
             .chunks(kk)
-            .map(|taps| taps.iter().map(|v| v * v).sum())
+            .map(|taps| taps.iter().map(|v| v * v).sum::<f32>() * gain2)
             .collect(); // [O, I]
         let s2: Vec<f32> = styles.data.iter().map(|s| s * s).collect(); // [N, I]
         let mut d = vec![0.0f32; g.n * g.o];
@@ -194,159 +194,216 @@ impl<'a> ModConvLayer<'a> {
         d.iter().map(|v| 1.0 / (v + 1e-8).sqrt()).collect()
     }
 
-    /// up = 1: per (sample, row tile) work item, im2col with the style folded in, GEMM, fused epilogue.
+    /// up = 1: the implicit GEMM `out[o, q] = sum_{i,t} gW[o, i, t] (s x)[i, q + shift(t)]` with M = N H W pixels
+    /// of the whole batch flattened, so a pixel tile spans samples when the images are small (4x4 .. 16x16).
+    /// Work items are (pixel tile, output-channel chunk); each packs its im2col tile (style folded in) in
+    /// K chunks that fit L2, accumulates in a private `[O_chunk, tile]` buffer, and runs the epilogue per
+    /// (sample, pixel run).
     fn forward_same(
         &self,
         g: &Geometry,
         x: &Tensor,
         styles: &Tensor,
-        gw: &[f32],
         dcoefs: &[f32],
         out: &mut [f32],
     ) {
         let (kk, hw) = (g.k * g.k, g.h * g.w);
         let kdim = g.i * kk;
-        let rows = tile_rows(g.h, g.w, kdim);
-        let tiles = g.h.div_ceil(rows);
-        let par = gemm_parallelism(g.n * tiles);
+        let m = g.n * hw;
+        let gain = self.weight_gain;
+        let w = &self.weight.data;
+        let a = PackedA::new(g.o, kdim, |o, d| w[o * kdim + d] * gain);
+        // The accumulator tile (O_chunk x pixels) and the packed im2col chunk (kc x pixels) both stay in L2.
+        let tile = (ACC_FLOATS / (a.blocks * MR).min(256))
+            .clamp(MIN_TILE_PIXELS, MAX_TILE_PIXELS)
+            .min(m.next_multiple_of(NR));
+        let tiles = m.div_ceil(tile);
+        let chunk_blocks = chunk_blocks(a.blocks, (ACC_FLOATS / tile / MR).max(1), tiles);
+        let chunks = a.blocks.div_ceil(chunk_blocks);
+        let cb = (KC / kk).max(1); // input channels per K chunk
         let out_ptr = SyncPtr(out.as_mut_ptr());
-        (0..g.n * tiles).into_par_iter().for_each_init(
+        (0..tiles * chunks).into_par_iter().for_each_init(
             || (Vec::new(), Vec::new()),
-            |(col, acc): &mut (Vec<f32>, Vec<f32>), item| {
-                let (b, t) = (item / tiles, item % tiles);
-                let (y0, y1) = (t * rows, ((t + 1) * rows).min(g.h));
-                let p = (y1 - y0) * g.w;
-                col.resize(kdim * p, 0.0);
-                im2col_scaled(
-                    g,
-                    &x.data[b * g.i * hw..][..g.i * hw],
-                    &styles.data[b * g.i..][..g.i],
-                    y0,
-                    y1,
-                    col,
-                );
-                // The GEMM writes a private [O, P] tile; the epilogue moves it to the output.
-                acc.resize(g.o * p, 0.0);
-                matmul(
-                    [p, g.o, kdim],
-                    MatMut {
-                        data: acc,
-                        rs: 1,
-                        cs: p,
-                    },
-                    MatRef {
-                        data: col,
-                        rs: 1,
-                        cs: p,
-                    },
-                    MatRef {
-                        data: gw,
-                        rs: 1,
-                        cs: kdim,
-                    },
-                    par,
-                );
-                for (oc, tile) in acc.chunks_mut(p).enumerate() {
-                    self.epilogue(tile, b, oc, dcoefs[b * g.o + oc], y0 * g.w);
-                    // SAFETY: work item (b, t) alone writes pixels [y0*W, y1*W) of each channel of sample b, so
-                    // these runs are disjoint across items; `out` outlives the parallel loop.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            out_ptr.get().add((b * g.o + oc) * hw + y0 * g.w),
-                            p,
-                        )
-                    };
-                    dst.copy_from_slice(tile);
+            |(bpack, acc): &mut (Vec<f32>, Vec<f32>), item| {
+                let (t, c) = (item / chunks, item % chunks);
+                let (q0, q1) = (t * tile, ((t + 1) * tile).min(m));
+                let panels = (q1 - q0).div_ceil(NR);
+                let ldc = panels * NR;
+                let (rb0, rb1) = (c * chunk_blocks, ((c + 1) * chunk_blocks).min(a.blocks));
+                acc.clear();
+                acc.resize((rb1 - rb0) * MR * ldc, 0.0);
+                for c0 in (0..g.i).step_by(cb) {
+                    let c1 = (c0 + cb).min(g.i);
+                    let kc = (c1 - c0) * kk;
+                    bpack.resize(panels * kc * NR, 0.0);
+                    pack_im2col(g, x, styles, q0, q1, c0, c1, bpack);
+                    gemm_packed(
+                        kc,
+                        a.at(rb0, c0 * kk),
+                        a.block_stride(),
+                        rb1 - rb0,
+                        bpack,
+                        panels,
+                        acc,
+                        ldc,
+                    );
                 }
+                let (o0, o1) = (rb0 * MR, (rb1 * MR).min(g.o));
+                for_each_run(q0, q1, hw, |b, pix0, j0, len| {
+                    for oc in o0..o1 {
+                        let run = &mut acc[(oc - o0) * ldc + j0..][..len];
+                        self.epilogue(run, b, oc, dcoefs[b * g.o + oc], pix0);
+                        // SAFETY: item (t, c) alone writes pixels [q0, q1) of channels [o0, o1), so these runs
+                        // are disjoint across items; `out` outlives the parallel loop.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out_ptr.get().add((b * g.o + oc) * hw + pix0),
+                                len,
+                            )
+                        };
+                        dst.copy_from_slice(run);
+                    }
+                });
             },
         );
     }
 
-    /// up = 2: per sample, the transposed conv as GEMM tiles scattered into the (2H+k-2)x(2W+k-2) intermediate,
-    /// then the separable blur and the epilogue, channel by channel.
+    /// up = 2: the transposed conv at input resolution, `z[o k k + t, p] = sum_i gW[o, i, t] (s x)[i, p]`, as a
+    /// packed GEMM per band of input rows, scattered into a rolling window of the (2H+k-2)^2 intermediate
+    /// (tap (ky, kx) of input pixel (y, x) lands on (2y + ky, 2x + kx)); output rows whose blur footprint is
+    /// complete are blurred and finished by the epilogue straight away, so the intermediate stays in cache.
+    /// Work items are (sample, output-channel chunk).
     fn forward_up2(
         &self,
         g: &Geometry,
         x: &Tensor,
         styles: &Tensor,
-        gw: &[f32],
         dcoefs: &[f32],
         out: &mut [f32],
     ) {
         let (k, kk, hw) = (g.k, g.k * g.k, g.h * g.w);
-        // rhs[i, t*O + o] = gW[o, i, t], stored column by column (each column contiguous over i).
-        let mut w2 = vec![0.0f32; kk * g.o * g.i];
-        for oc in 0..g.o {
-            for ic in 0..g.i {
-                for t in 0..kk {
-                    w2[(t * g.o + oc) * g.i + ic] = gw[(oc * g.i + ic) * kk + t];
-                }
-            }
-        }
+        let gain = self.weight_gain;
+        let w = &self.weight.data;
+        // Row o k k + t of the GEMM is tap t of output channel o, so a channel chunk is a contiguous row range.
+        let a = PackedA::new(g.o * kk, g.i, |row, ic| {
+            let (oc, t) = (row / kk, row % kk);
+            w[(oc * g.i + ic) * kk + t] * gain
+        });
         let (th, tw) = (2 * g.h + k - 2, 2 * g.w + k - 2);
         // Blur padding on the transposed-conv output (conv2d_resample's px0 with padding k/2); may be negative.
         let pad = (k / 2) as isize + 3 - k as isize;
-        let rows = tile_rows(g.h, g.w, kk * g.o);
-        let par = gemm_parallelism(g.n);
+        let band = (MIN_TILE_PIXELS.div_ceil(g.w)).clamp(1, g.h); // input rows per band
+        let ldc = (band * g.w).next_multiple_of(NR);
+        // Chunks start on row-block boundaries: `step` channels are a whole number of MR-row blocks.
+        let step = MR / gcd(kk, MR);
+        let max_ch = (ACC_FLOATS / (kk * ldc)).max(1).next_multiple_of(step);
+        let chunks = g.o.div_ceil(max_ch);
+        let chunk_ch = g.o.div_ceil(chunks).next_multiple_of(step);
+        let chunks = g.o.div_ceil(chunk_ch);
+        // More chunks when the batch alone cannot keep the pool busy (batch 1).
+        let (chunk_ch, chunks) = {
+            let want = (2 * rayon::current_num_threads()).div_ceil(g.n);
+            if chunks < want {
+                let ch = g.o.div_ceil(want).next_multiple_of(step);
+                (ch, g.o.div_ceil(ch))
+            } else {
+                (chunk_ch, chunks)
+            }
+        };
+        // Window rows: a band touches 2 band + k - 2 rows, plus the rows kept for the blur's look-back.
+        let cap = 2 * band + k + 2;
         let ohw = g.oh * g.ow;
-        out.par_chunks_mut(g.o * ohw)
-            .enumerate()
-            .for_each(|(b, out_b)| {
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        (0..g.n * chunks).into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new(), BlurScratch::default()),
+            |(bpack, acc, win, scratch): &mut (Vec<f32>, Vec<f32>, Vec<f32>, BlurScratch), item| {
+                let (b, c) = (item / chunks, item % chunks);
+                let (o0, o1) = (c * chunk_ch, ((c + 1) * chunk_ch).min(g.o));
+                let nch = o1 - o0;
+                let (rb0, rb1) = (o0 * kk / MR, (o1 * kk).div_ceil(MR));
                 let xb = &x.data[b * g.i * hw..][..g.i * hw];
                 let sb = &styles.data[b * g.i..][..g.i];
-                let mut inter = vec![0.0f32; g.o * th * tw];
-                let mut xs = Vec::new();
-                let mut z = Vec::new();
-                for y0 in (0..g.h).step_by(rows) {
-                    let y1 = (y0 + rows).min(g.h);
+                win.clear();
+                win.resize(nch * cap * tw, 0.0);
+                let mut base = 0usize; // intermediate row held in window row 0
+                let mut next_out = 0usize; // first output row not yet written
+                for y0 in (0..g.h).step_by(band) {
+                    let y1 = (y0 + band).min(g.h);
                     let p = (y1 - y0) * g.w;
-                    // Prologue: this tile of x_b with its channels scaled by s_b.
-                    xs.clear();
-                    for (ic, &s) in sb.iter().enumerate() {
-                        xs.extend(xb[ic * hw + y0 * g.w..][..p].iter().map(|&v| v * s));
+                    let panels = p.div_ceil(NR);
+                    acc.clear();
+                    acc.resize((rb1 - rb0) * MR * ldc, 0.0);
+                    for c0 in (0..g.i).step_by(KC) {
+                        let c1 = (c0 + KC).min(g.i);
+                        bpack.resize(panels * (c1 - c0) * NR, 0.0);
+                        pack_scaled(&xb[y0 * g.w..], hw, p, &sb[c0..c1], c0, bpack);
+                        gemm_packed(
+                            c1 - c0,
+                            a.at(rb0, c0),
+                            a.block_stride(),
+                            rb1 - rb0,
+                            bpack,
+                            panels,
+                            acc,
+                            ldc,
+                        );
                     }
-                    z.resize(kk * g.o * p, 0.0);
-                    matmul(
-                        [p, kk * g.o, g.i],
-                        MatMut {
-                            data: &mut z,
-                            rs: 1,
-                            cs: p,
-                        },
-                        MatRef {
-                            data: &xs,
-                            rs: 1,
-                            cs: p,
-                        },
-                        MatRef {
-                            data: &w2,
-                            rs: 1,
-                            cs: g.i,
-                        },
-                        par,
-                    );
                     // Scatter: input pixel (y, x) with tap (ky, kx) lands on (2y + ky, 2x + kx).
-                    for t in 0..kk {
-                        let (ky, kx) = (t / k, t % k);
-                        for oc in 0..g.o {
-                            let zc = &z[(t * g.o + oc) * p..][..p];
-                            let plane = &mut inter[oc * th * tw..][..th * tw];
-                            for (r, zrow) in zc.chunks(g.w).enumerate() {
-                                let dst = &mut plane[(2 * (y0 + r) + ky) * tw + kx..];
-                                for (xi, &v) in zrow.iter().enumerate() {
-                                    dst[2 * xi] += v;
+                    let row_off = o0 * kk - rb0 * MR;
+                    for ch in 0..nch {
+                        let plane = &mut win[ch * cap * tw..][..cap * tw];
+                        for t in 0..kk {
+                            let (ky, kx) = (t / k, t % k);
+                            let z = &acc[(row_off + ch * kk + t) * ldc..][..p];
+                            for (r, zrow) in z.chunks(g.w).enumerate() {
+                                let wr = 2 * (y0 + r) + ky - base;
+                                let dst = &mut plane[wr * tw + kx..][..2 * g.w - 1];
+                                for (d, &v) in dst.iter_mut().step_by(2).zip(zrow) {
+                                    *d += v;
                                 }
                             }
                         }
                     }
+                    // Intermediate rows below `done` receive nothing more; output row Y reads rows
+                    // Y - pad .. Y - pad + 3.
+                    let done = if y1 == g.h { th } else { 2 * y1 };
+                    let out_end = if y1 == g.h {
+                        g.oh
+                    } else {
+                        (done as isize + pad - 3).clamp(0, g.oh as isize) as usize
+                    };
+                    if out_end > next_out {
+                        for ch in 0..nch {
+                            let oc = o0 + ch;
+                            let plane = &win[ch * cap * tw..][..cap * tw];
+                            // SAFETY: item (b, c) alone writes channels [o0, o1) of sample b, and each row
+                            // once; `out` outlives the parallel loop.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    out_ptr.get().add((b * g.o + oc) * ohw + next_out * g.ow),
+                                    (out_end - next_out) * g.ow,
+                                )
+                            };
+                            blur_rows(
+                                plane, base, th, tw, pad, next_out, out_end, g.ow, scratch, dst,
+                            );
+                            self.epilogue(dst, b, oc, dcoefs[b * g.o + oc], next_out * g.ow);
+                        }
+                        next_out = out_end;
+                    }
+                    // Slide the window: keep rows from the next output row's first tap on.
+                    let new_base = (next_out as isize - pad).max(base as isize) as usize;
+                    let shift = (new_base - base).min(cap);
+                    if shift > 0 {
+                        for plane in win.chunks_mut(cap * tw) {
+                            plane.copy_within(shift * tw.., 0);
+                            plane[(cap - shift) * tw..].fill(0.0);
+                        }
+                        base = new_base;
+                    }
                 }
-                let mut hpass = vec![0.0f32; th * g.ow];
-                for (oc, dst) in out_b.chunks_mut(ohw).enumerate() {
-                    let src = &inter[oc * th * tw..][..th * tw];
-                    blur_up2(src, th, tw, pad, &mut hpass, dst, g.oh, g.ow);
-                    self.epilogue(dst, b, oc, dcoefs[b * g.o + oc], 0);
-                }
-            });
+            },
+        );
     }
 
     /// `v = clamp(act(v * d + noise + bias) * gain)` on `dst`, a run of output pixels of channel `oc` of sample
@@ -386,52 +443,175 @@ struct Geometry {
     ow: usize,
 }
 
-/// Rows of the input per tile so that a tile has at least `MIN_TILE_PIXELS` pixels when the image allows, but a
-/// `depth x pixels` tile stays within `TILE_FLOATS`.
-fn tile_rows(h: usize, w: usize, depth: usize) -> usize {
-    let wanted = MIN_TILE_PIXELS.div_ceil(w);
-    let fits = TILE_FLOATS / (depth * w).max(1);
-    wanted.min(fits).clamp(1, h)
+/// The GEMM's `A` operand (the weights), packed once per call in `MR`-row blocks, each block depth-major
+/// (`microkernel` layout); rows past the end are zero.
+struct PackedA {
+    data: Vec<f32>,
+    depth: usize,
+    blocks: usize,
 }
 
-/// Let the GEMM itself use the pool when there are too few work items to keep every thread busy.
-fn gemm_parallelism(items: usize) -> Parallelism {
-    if items < 2 * rayon::current_num_threads() {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
+impl PackedA {
+    /// `value(row, d)` for `rows x depth` entries.
+    fn new(rows: usize, depth: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        let blocks = rows.div_ceil(MR);
+        let mut data = vec![0.0f32; blocks * depth * MR];
+        data.par_chunks_mut(depth * MR)
+            .enumerate()
+            .for_each(|(rb, block)| {
+                for r in 0..MR.min(rows - rb * MR) {
+                    for (d, dst) in block.iter_mut().skip(r).step_by(MR).enumerate() {
+                        *dst = value(rb * MR + r, d);
+                    }
+                }
+            });
+        PackedA {
+            data,
+            depth,
+            blocks,
+        }
+    }
+
+    /// From row block `rb`, depth `d` on.
+    fn at(&self, rb: usize, d: usize) -> &[f32] {
+        &self.data[(rb * self.depth + d) * MR..]
+    }
+
+    fn block_stride(&self) -> usize {
+        self.depth * MR
     }
 }
 
-/// im2col for input rows `[y0, y1)` of one sample with zero padding k/2, each channel scaled by its style:
-/// `col[(i k k + ky k + kx) P + p] = x[i, y + ky - k/2, x + kx - k/2] * s[i]`, `P = (y1 - y0) W`.
-fn im2col_scaled(g: &Geometry, xb: &[f32], s: &[f32], y0: usize, y1: usize, col: &mut [f32]) {
-    let (k, w, h) = (g.k, g.w, g.h);
-    let pad = k / 2;
-    let p = (y1 - y0) * w;
-    for (ic, &sc) in s.iter().enumerate() {
-        let plane = &xb[ic * h * w..][..h * w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut col[((ic * k + ky) * k + kx) * p..][..p];
-                // Output x reads input x + kx - pad; the valid output range avoids the zero border.
-                let xlo = pad.saturating_sub(kx);
-                let xhi = (w + pad).saturating_sub(kx).min(w);
-                for (r, dst) in row.chunks_mut(w).enumerate() {
-                    let iy = (y0 + r + ky) as isize - pad as isize;
-                    if iy < 0 || iy >= h as isize || xlo >= xhi {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * w..][..w];
-                    dst[..xlo].fill(0.0);
-                    dst[xhi..].fill(0.0);
-                    let shift = xlo + kx - pad;
-                    for (d, &v) in dst[xlo..xhi].iter_mut().zip(&src[shift..]) {
-                        *d = v * sc;
+/// Row blocks per output-channel chunk: as many as the accumulator budget allows, but enough chunks that
+/// `tiles x chunks` work items keep every thread busy (small layers at small batch).
+fn chunk_blocks(blocks: usize, max_blocks: usize, tiles: usize) -> usize {
+    let mut chunks = blocks.div_ceil(max_blocks);
+    let want = (2 * rayon::current_num_threads()).div_ceil(tiles);
+    chunks = chunks.max(want).min(blocks);
+    blocks.div_ceil(chunks)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Calls `f(sample, first pixel in the sample, offset in the tile, length)` for each per-sample run of the
+/// flattened pixel range `[q0, q1)` (`hw` pixels per sample).
+fn for_each_run(q0: usize, q1: usize, hw: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    let mut q = q0;
+    while q < q1 {
+        let b = q / hw;
+        let len = q1.min((b + 1) * hw) - q;
+        f(b, q - b * hw, q - q0, len);
+        q += len;
+    }
+}
+
+/// im2col of the flattened pixels `[q0, q1)` (any samples) for input channels `[c0, c1)`, zero padding k/2,
+/// each channel scaled by its sample's style, packed as `microkernel` B panels:
+/// `bpack[(j / NR) kc NR + d NR + j % NR] = x[b, i, y + ky - k/2, x + kx - k/2] * s[b, i]` for tile pixel j,
+/// `d = ((i - c0) k + ky) k + kx`, `kc = (c1 - c0) k k`. Lanes past the last pixel are zeroed.
+#[allow(clippy::too_many_arguments)]
+fn pack_im2col(
+    g: &Geometry,
+    x: &Tensor,
+    styles: &Tensor,
+    q0: usize,
+    q1: usize,
+    c0: usize,
+    c1: usize,
+    bpack: &mut [f32],
+) {
+    let (k, w, h, hw) = (g.k, g.w, g.h, g.h * g.w);
+    let pad = (k / 2) as isize;
+    let kc = (c1 - c0) * k * k;
+    for_each_run(q0, q1, hw, |b, pix0, j0, len| {
+        // Pieces that stay within one image row and one panel.
+        let (mut pix, mut j) = (pix0, j0);
+        while pix < pix0 + len {
+            let (y, x0) = (pix / w, pix % w);
+            let lane = j % NR;
+            let n = (w - x0).min(NR - lane).min(pix0 + len - pix);
+            let panel = &mut bpack[(j / NR) * kc * NR + lane..];
+            for ic in c0..c1 {
+                let s = styles.data[b * g.i + ic];
+                let plane = &x.data[(b * g.i + ic) * hw..][..hw];
+                for ky in 0..k {
+                    let iy = y as isize + ky as isize - pad;
+                    let row = (0..h as isize)
+                        .contains(&iy)
+                        .then(|| &plane[iy as usize * w..][..w]);
+                    for kx in 0..k {
+                        let d = ((ic - c0) * k + ky) * k + kx;
+                        let dst = &mut panel[d * NR..][..n];
+                        match row {
+                            None => dst.fill(0.0),
+                            Some(row) => put_scaled(dst, row, x0 as isize + kx as isize - pad, s),
+                        }
                     }
                 }
             }
+            pix += n;
+            j += n;
+        }
+    });
+    let used = q1 - q0;
+    if !used.is_multiple_of(NR) {
+        let panel = &mut bpack[(used / NR) * kc * NR..][..kc * NR];
+        for d in 0..kc {
+            panel[d * NR + used % NR..(d + 1) * NR].fill(0.0);
+        }
+    }
+}
+
+/// `dst[j] = row[start + j] * s`, zero where `start + j` falls outside the row.
+#[inline]
+fn put_scaled(dst: &mut [f32], row: &[f32], start: isize, s: f32) {
+    let n = dst.len();
+    if start >= 0 && start as usize + n <= row.len() {
+        let src = &row[start as usize..][..n];
+        if let (Ok(d), Ok(v)) = (
+            <&mut [f32; NR]>::try_from(&mut *dst),
+            <&[f32; NR]>::try_from(src),
+        ) {
+            // The common full-panel case, as fixed-size vector code.
+            for (d, v) in d.iter_mut().zip(v) {
+                *d = v * s;
+            }
+        } else {
+            for (d, v) in dst.iter_mut().zip(src) {
+                *d = v * s;
+            }
+        }
+    } else {
+        for (j, d) in dst.iter_mut().enumerate() {
+            let ix = start + j as isize;
+            *d = if (0..row.len() as isize).contains(&ix) {
+                row[ix as usize] * s
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// `p` consecutive pixels of channels `c0..c0 + s.len()` (channel planes `hw` apart, `xrows` starting at the
+/// first pixel of channel 0), scaled by `s`, packed as `microkernel` B panels of depth `s.len()`; lanes past the
+/// last pixel are zeroed.
+fn pack_scaled(xrows: &[f32], hw: usize, p: usize, s: &[f32], c0: usize, bpack: &mut [f32]) {
+    let kc = s.len();
+    for (d, &sc) in s.iter().enumerate() {
+        let src = &xrows[(c0 + d) * hw..][..p];
+        for (pn, chunk) in src.chunks(NR).enumerate() {
+            let dst = &mut bpack[(pn * kc + d) * NR..][..NR];
+            for (o, v) in dst.iter_mut().zip(chunk) {
+                *o = v * sc;
+            }
+            dst[chunk.len()..].fill(0.0);
         }
     }
 }
@@ -439,39 +619,63 @@ fn im2col_scaled(g: &Geometry, xb: &[f32], s: &[f32], y0: usize, y1: usize, col:
 /// The up-sampling filter: separable [1,3,3,1]/8 per axis, times 2 per axis (gain 4 overall).
 const BLUR_TAPS: [f32; 4] = [0.25, 0.75, 0.75, 0.25];
 
-/// Blur one `[th, tw]` plane with `BLUR_TAPS` along x then y, padding `pad` on every side (negative crops),
-/// into `dst [oh, ow]`. `hpass` is scratch of `th * ow` floats.
+/// Scratch rows for `blur_rows`.
+#[derive(Default)]
+struct BlurScratch {
+    padded: Vec<f32>,
+    hpass: Vec<f32>,
+}
+
+/// Output rows `[y0, y1)` (width `ow`) of the blur of a `[th, tw]` plane with `BLUR_TAPS` along x then y,
+/// padding `pad` on every side (negative crops), into `dst`. `window` holds the plane's rows from `base` on;
+/// the rows the output needs must be there. The filter is symmetric, so convolution and correlation coincide.
 #[allow(clippy::too_many_arguments)]
-fn blur_up2(
-    src: &[f32],
+fn blur_rows(
+    window: &[f32],
+    base: usize,
     th: usize,
     tw: usize,
     pad: isize,
-    hpass: &mut [f32],
-    dst: &mut [f32],
-    oh: usize,
+    y0: usize,
+    y1: usize,
     ow: usize,
+    scratch: &mut BlurScratch,
+    dst: &mut [f32],
 ) {
-    // The filter is symmetric, so convolution and correlation coincide.
-    let tap = |idx: isize, len: usize| (idx >= 0 && (idx as usize) < len).then_some(idx as usize);
-    for y in 0..th {
-        let row = &src[y * tw..][..tw];
-        for x in 0..ow {
-            let mut acc = 0.0f32;
-            for (t, &f) in BLUR_TAPS.iter().enumerate() {
-                if let Some(j) = tap(x as isize + t as isize - pad, tw) {
-                    acc += row[j] * f;
-                }
-            }
-            hpass[y * ow + x] = acc;
+    let j_lo = (y0 as isize - pad).max(0) as usize;
+    let j_hi = ((y1 as isize - pad + 3).max(0) as usize).min(th);
+    // Horizontal pass over the needed plane rows, on a zero-padded copy so the 4-tap loop vectorises.
+    let BlurScratch { padded, hpass } = scratch;
+    padded.clear();
+    padded.resize(ow + 3, 0.0);
+    hpass.clear();
+    hpass.resize(j_hi.saturating_sub(j_lo) * ow, 0.0);
+    let (i_lo, i_hi) = (
+        pad.max(0) as usize,
+        ((tw as isize + pad) as usize).min(ow + 3),
+    );
+    for j in j_lo..j_hi {
+        let src = &window[(j - base) * tw..][..tw];
+        padded[i_lo..i_hi].copy_from_slice(&src[(i_lo as isize - pad) as usize..][..i_hi - i_lo]);
+        let h = &mut hpass[(j - j_lo) * ow..][..ow];
+        let [f0, f1, f2, f3] = BLUR_TAPS;
+        for ((((o, &a), &b), &c), &d) in h
+            .iter_mut()
+            .zip(&padded[0..])
+            .zip(&padded[1..])
+            .zip(&padded[2..])
+            .zip(&padded[3..])
+        {
+            *o = f0 * a + f1 * b + f2 * c + f3 * d;
         }
     }
-    for y in 0..oh {
-        let out = &mut dst[y * ow..][..ow];
+    for (y, out) in (y0..y1).zip(dst.chunks_mut(ow)) {
         out.fill(0.0);
         for (t, &f) in BLUR_TAPS.iter().enumerate() {
-            if let Some(j) = tap(y as isize + t as isize - pad, th) {
-                for (o, &v) in out.iter_mut().zip(&hpass[j * ow..][..ow]) {
+            let j = y as isize + t as isize - pad;
+            if j >= j_lo as isize && j < j_hi as isize {
+                let h = &hpass[(j as usize - j_lo) * ow..][..ow];
+                for (o, &v) in out.iter_mut().zip(h) {
                     *o += v * f;
                 }
             }

@@ -2,6 +2,7 @@
 
 pub mod conv;
 pub mod mapping;
+pub mod microkernel;
 pub mod ops;
 pub mod synthesis;
 
