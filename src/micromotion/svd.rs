@@ -37,18 +37,14 @@ impl Svd {
         self.s.len()
     }
 
-    /// `U[:, :q] diag(values) V^T[:q]` with `q = values.len()` (at most `components()`): the truncated
-    /// reconstruction when `values` is a prefix of `s`, or a reconstruction with modified singular values.
+    /// `U[:, :q] diag(values) V^T[:q]` with `q = values.len()`: the truncated reconstruction when `values` is a
+    /// prefix of `s`, or a reconstruction with modified singular values. Values beyond `components()` have no
+    /// component to scale and are ignored.
     pub fn reconstruct_with(&self, values: &[f64]) -> Vec<f64> {
         let r = self.components();
-        assert!(
-            values.len() <= r,
-            "{} values for {r} components",
-            values.len()
-        );
         let mut out = vec![0.0; self.rows * self.cols];
         for (a, out_row) in out.chunks_exact_mut(self.cols).enumerate() {
-            for (i, &value) in values.iter().enumerate() {
+            for (i, &value) in values.iter().take(r).enumerate() {
                 let coef = self.u[a * r + i] * value;
                 if coef == 0.0 {
                     continue;
@@ -62,9 +58,9 @@ impl Svd {
         out
     }
 
-    /// The best rank-`q` approximation `U[:, :q] diag(s[:q]) V^T[:q]` (`q <= components()`).
+    /// The best rank-`q` approximation `U[:, :q] diag(s[:q]) V^T[:q]`; `q >= components()` gives M itself.
     pub fn truncated(&self, q: usize) -> Vec<f64> {
-        self.reconstruct_with(&self.s[..q])
+        self.reconstruct_with(&self.s[..q.min(self.components())])
     }
 }
 
@@ -254,6 +250,17 @@ fn jacobi(mut a: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>, Ve
         // product per pair instead of three.
         let mut norm2: Vec<f64> = a.chunks_exact(n).map(|r| dot(r, r)).collect();
         for i in 0..m {
+            // de Rijk's pivoting: bring the largest remaining row to position i (fewer sweeps).
+            let best = (i..m)
+                .max_by(|&x, &y| norm2[x].total_cmp(&norm2[y]))
+                .unwrap_or(i);
+            if best != i {
+                let (ri, rb) = row_pair(&mut a, n, i, best);
+                ri.swap_with_slice(rb);
+                let (qi, qb) = row_pair(&mut q, m, i, best);
+                qi.swap_with_slice(qb);
+                norm2.swap(i, best);
+            }
             for j in i + 1..m {
                 let (ri, rj) = row_pair(&mut a, n, i, j);
                 let (alpha, beta) = (norm2[i], norm2[j]);
