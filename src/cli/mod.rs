@@ -1,6 +1,7 @@
 //! The `mmengine` command line: argument parsing and the commands. This is the only layer that prints.
 
 mod bench;
+mod fit;
 mod progress;
 mod render;
 
@@ -39,6 +40,8 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Time the generator: images/s, ms per batch, GFLOP/s, peak memory.
     Bench(bench::BenchArgs),
+    /// Fit the micromotion subspace to anchor latents (robust PCA per layer, rank-q reconstruction, direction).
+    Fit(fit::FitArgs),
 }
 
 /// Run the parsed command; errors come back for `main` to print on one line.
@@ -49,5 +52,6 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Map(args) => render::map(args),
         Command::Render(args) => render::render(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Fit(args) => fit::fit(args),
     }
 }

@@ -273,7 +273,7 @@ pub fn map(args: MapArgs) -> Result<()> {
     Ok(())
 }
 
-fn check_output_ext(path: &Path, allowed: &[&str]) -> Result<()> {
+pub(super) fn check_output_ext(path: &Path, allowed: &[&str]) -> Result<()> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     if !allowed.contains(&ext) {
         bail!(

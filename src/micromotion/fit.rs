@@ -1,0 +1,177 @@
+//! The paper's subspace step over a set of anchor latents `[k, L, D]`: robust PCA of each layer's `k x D` matrix,
+//! the best rank-q reconstruction of its low-rank part, and the micromotion direction between two anchors.
+//!
+//! The paper reconstructs with `torch.pca_lowrank` (randomized, not reproducible outside torch's RNG); here the
+//! rank-q reconstruction is the exact truncated SVD, which the randomized one approximates.
+
+use super::rpca::rpca;
+use super::svd::svd;
+use crate::bail;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// Settings of [`fit`].
+#[derive(Clone, Debug)]
+pub struct FitOptions {
+    /// Rank q of the reconstruction (the paper uses 4).
+    pub rank: usize,
+    /// Iteration cap of the robust PCA (the paper uses 1000).
+    pub max_iter: usize,
+    /// Anchor the direction starts from.
+    pub from: usize,
+    /// Anchor the direction ends at; `None` is the last anchor.
+    pub to: Option<usize>,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            rank: 4,
+            max_iter: 1000,
+            from: 0,
+            to: None,
+        }
+    }
+}
+
+/// Result of [`fit`]; tensors are `[k, L, D]` unless noted.
+#[derive(Clone, Debug)]
+pub struct Fit {
+    /// Robust PCA low-rank part (the paper's `L`).
+    pub rpca_low_rank: Tensor,
+    /// Robust PCA sparse part (`S`).
+    pub rpca_sparse: Tensor,
+    /// Rank-q truncated SVD of the low-rank part, per layer: the anchors projected onto the subspace.
+    pub lowrank: Tensor,
+    /// `lowrank[to] - lowrank[from]`, `[L, D]`.
+    pub direction: Tensor,
+    /// Robust PCA iterations per layer.
+    pub iterations: Vec<usize>,
+    /// Robust PCA error at exit per layer.
+    pub final_err: Vec<f64>,
+    /// The anchors the direction was taken between.
+    pub from: usize,
+    pub to: usize,
+}
+
+/// One layer's results, `k x D` row-major.
+struct LayerFit {
+    low_rank: Vec<f64>,
+    sparse: Vec<f64>,
+    lowrank: Vec<f64>,
+    iterations: usize,
+    final_err: f64,
+}
+
+/// Fit the micromotion subspace to `anchors` `[k, L, D]` (k anchors, L layers, width D). Layers are independent
+/// and run in parallel.
+pub fn fit(anchors: &Tensor, opts: &FitOptions) -> Result<Fit> {
+    let &[k, layers, width] = anchors.shape.as_slice() else {
+        bail!(
+            "anchors must be a 3-D tensor [anchors, layers, width], got shape {:?}",
+            anchors.shape
+        );
+    };
+    if k < 2 {
+        bail!(
+            "{k} anchor (shape {:?}); the fit needs at least 2 anchors [k >= 2, layers, width]",
+            anchors.shape
+        );
+    }
+    if layers == 0 || width == 0 {
+        bail!("anchors of shape {:?} hold no values", anchors.shape);
+    }
+    let max_rank = k.min(width);
+    if opts.rank == 0 || opts.rank > max_rank {
+        bail!(
+            "rank {} is out of range 1..={max_rank} (the smaller of {k} anchors and width {width})",
+            opts.rank
+        );
+    }
+    if opts.max_iter == 0 {
+        bail!("max_iter must be at least 1, got 0");
+    }
+    let to = opts.to.unwrap_or(k - 1);
+    for (what, index) in [("from", opts.from), ("to", to)] {
+        if index >= k {
+            bail!(
+                "{what} anchor {index} is out of range for {k} anchors (0..={})",
+                k - 1
+            );
+        }
+    }
+    if opts.from == to {
+        bail!("from and to are both anchor {to}; the direction would be zero");
+    }
+    if let Some(i) = anchors.data.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "anchors element [{}, {}, {}] is {} (anchors must be finite)",
+            i / (layers * width),
+            i / width % layers,
+            i % width,
+            anchors.data[i]
+        );
+    }
+
+    let results: Vec<LayerFit> = (0..layers)
+        .into_par_iter()
+        .map(|l| -> Result<LayerFit> {
+            let mut m = Vec::with_capacity(k * width);
+            for a in 0..k {
+                let start = (a * layers + l) * width;
+                m.extend(anchors.data[start..start + width].iter().map(|&v| v as f64));
+            }
+            let in_layer = |e: Error| Error::invalid(format!("layer {l}: {e}"));
+            let dec = rpca(&m, k, width, opts.max_iter).map_err(in_layer)?;
+            let lowrank = svd(&dec.low_rank, k, width)
+                .map_err(in_layer)?
+                .truncated(opts.rank);
+            Ok(LayerFit {
+                low_rank: dec.low_rank,
+                sparse: dec.sparse,
+                lowrank,
+                iterations: dec.iterations,
+                final_err: dec.final_err,
+            })
+        })
+        .collect::<Result<_>>()?;
+
+    // Scatter the per-layer k x D matrices back into [k, L, D].
+    let gather = |pick: fn(&LayerFit) -> &[f64]| {
+        let mut data = vec![0f32; k * layers * width];
+        for (l, r) in results.iter().enumerate() {
+            for (a, row) in pick(r).chunks_exact(width).enumerate() {
+                let start = (a * layers + l) * width;
+                for (o, &v) in data[start..start + width].iter_mut().zip(row) {
+                    *o = v as f32;
+                }
+            }
+        }
+        Tensor::new(vec![k, layers, width], data)
+    };
+    let rpca_low_rank = gather(|r| &r.low_rank)?;
+    let rpca_sparse = gather(|r| &r.sparse)?;
+    let lowrank = gather(|r| &r.lowrank)?;
+    // The difference is taken in float64 before rounding, like the rest of the computation.
+    let mut direction = Vec::with_capacity(layers * width);
+    for r in &results {
+        let row = |a: usize| &r.lowrank[a * width..(a + 1) * width];
+        direction.extend(
+            row(to)
+                .iter()
+                .zip(row(opts.from))
+                .map(|(t, f)| (t - f) as f32),
+        );
+    }
+    Ok(Fit {
+        rpca_low_rank,
+        rpca_sparse,
+        lowrank,
+        direction: Tensor::new(vec![layers, width], direction)?,
+        iterations: results.iter().map(|r| r.iterations).collect(),
+        final_err: results.iter().map(|r| r.final_err).collect(),
+        from: opts.from,
+        to,
+    })
+}
