@@ -10,16 +10,23 @@ use mmengine::{seeds, Tensor};
 use std::hint::black_box;
 
 fn seeds_z(n: usize, z_dim: usize) -> Tensor {
-    let data = (0..n as u32).flat_map(|s| seeds::z_from_seed(s, z_dim)).collect();
+    let data = (0..n as u32)
+        .flat_map(|s| seeds::z_from_seed(s, z_dim))
+        .collect();
     Tensor::new(vec![n, z_dim], data).unwrap()
 }
 
 fn render_bench(c: &mut Criterion, name: &str, backend: &CpuBackend, batch: usize) {
     let ws = backend
-        .map(&seeds_z(batch, backend.network().z_dim), Truncation::default())
+        .map(
+            &seeds_z(batch, backend.network().z_dim),
+            Truncation::default(),
+        )
         .unwrap();
     let mut group = c.benchmark_group(name);
-    group.sample_size(10).throughput(Throughput::Elements(batch as u64));
+    group
+        .sample_size(10)
+        .throughput(Throughput::Elements(batch as u64));
     group.bench_function(format!("synthesize batch {batch}"), |b| {
         b.iter(|| black_box(backend.synthesize(&ws, NoiseMode::Const).unwrap()))
     });
