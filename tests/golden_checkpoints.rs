@@ -167,8 +167,43 @@ fn case_i_legacy_training_checkpoint() {
     assert_eq!(again.w_avg, net.w_avg);
 }
 
-/// See tests/cli.rs: the reference ran case G's 16 and 32 px blocks in float16.
+/// See tests/cli.rs: the reference ran case G's 16 and 32 px blocks in float16. An exact emulation of PyTorch's
+/// CPU half ops does not close the gap: our float32 blocks (4, 8 px) differ from PyTorch's (oneDNN, MKL) in the
+/// last bits, and ~0.6% of the 16 px block's inputs then round to a different float16.
 const FP16_BLOCKS_TOL: f32 = 1e-2;
+
+/// The layer table marks the blocks NVlabs runs in float16 (`num_fp16_res`), and the canonical file keeps the mark.
+#[test]
+fn case_g_fp16_layers() {
+    let net = model::load(&golden("nvlabs_snapshot", "snapshot.pkl")).unwrap();
+    let fp16: Vec<&str> = net
+        .layers
+        .iter()
+        .filter(|l| l.fp16)
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(
+        fp16,
+        [
+            "b16.conv0",
+            "b16.conv1",
+            "b16.torgb",
+            "b32.conv0",
+            "b32.conv1",
+            "b32.torgb"
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapshot.safetensors");
+    model::canonical::save(&net, &path).unwrap();
+    let back = model::load(&path).unwrap();
+    let flags = |n: &model::Network| n.layers.iter().map(|l| l.fp16).collect::<Vec<_>>();
+    assert_eq!(flags(&back), flags(&net));
+    // num_fp16_res = 0, and a canonical file written before the field existed: float32 throughout.
+    assert!(!flags(&model::load(&golden("nvlabs_tiny", "model.pkl")).unwrap()).contains(&true));
+    let bundled = model::bundled().unwrap();
+    assert!(!flags(&bundled).contains(&true));
+}
 
 #[test]
 fn case_g_training_snapshot() {

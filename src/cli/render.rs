@@ -123,12 +123,12 @@ pub fn info(path: &Path, show_layers: bool) -> Result<()> {
     println!("parameters:      {}", net.parameter_count());
     if show_layers {
         println!(
-            "\n{:<10} {:>3} {:>5} {:>5} {:>5} {:>3} {:>2} {:>6} {:>6}",
-            "layer", "ws", "in", "out", "res", "up", "k", "demod", "noise"
+            "\n{:<10} {:>3} {:>5} {:>5} {:>5} {:>3} {:>2} {:>6} {:>6} {:>5}",
+            "layer", "ws", "in", "out", "res", "up", "k", "demod", "noise", "fp16"
         );
         for l in &net.layers {
             println!(
-                "{:<10} {:>3} {:>5} {:>5} {:>5} {:>3} {:>2} {:>6} {:>6}",
+                "{:<10} {:>3} {:>5} {:>5} {:>5} {:>3} {:>2} {:>6} {:>6} {:>5}",
                 l.name,
                 l.ws_index,
                 l.in_channels,
@@ -137,7 +137,8 @@ pub fn info(path: &Path, show_layers: bool) -> Result<()> {
                 l.up,
                 l.kernel,
                 l.demodulate,
-                l.noise.is_some()
+                l.noise.is_some(),
+                l.fp16
             );
         }
     }

@@ -28,6 +28,9 @@ struct LayerConfig {
     weight_gain: f32,
     clamp: Option<f32>,
     noise_strength: Option<f32>,
+    /// Absent in files written before the field existed: float32.
+    #[serde(default)]
+    fp16: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,6 +83,7 @@ pub fn save(net: &Network, path: &Path) -> Result<()> {
                 weight_gain: l.weight_gain,
                 clamp: l.clamp,
                 noise_strength: l.noise.as_ref().map(|n| n.strength),
+                fp16: l.fp16,
             })
             .collect(),
     };
@@ -197,6 +201,7 @@ pub fn load(st: &SafeTensors) -> Result<Network> {
             demodulate: l.demodulate,
             weight_gain: l.weight_gain,
             clamp: l.clamp,
+            fp16: l.fp16,
             weight: get(
                 &format!("{p}.weight"),
                 &[l.out_channels, l.in_channels, l.kernel, l.kernel],

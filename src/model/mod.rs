@@ -75,6 +75,9 @@ pub struct SynthesisLayer {
     pub weight_gain: f32,
     /// Clamp after the activation gain (NVlabs conv_clamp), if any.
     pub clamp: Option<f32>,
+    /// The layer's block runs in float16 in the source implementation (NVlabs `num_fp16_res`). Informational for
+    /// the CPU backend, which computes every layer in float32; a float16 backend may follow it.
+    pub fp16: bool,
     /// `[out, in, k, k]`, raw.
     pub weight: Tensor,
     /// Affine (style) layer, raw `[in, w_dim]` and `[in]`; effective weight is `affine_weight / sqrt(w_dim)`.

@@ -20,6 +20,8 @@ pub struct NvlabsConfig {
     pub channel_base: usize,
     pub channel_max: usize,
     pub conv_clamp: Option<f32>,
+    /// How many of the highest resolutions run in float16 (`synthesis_kwargs.num_fp16_res`, default 0).
+    pub num_fp16_res: usize,
     pub architecture: String,
 }
 
@@ -83,6 +85,7 @@ impl NvlabsConfig {
             channel_base: uint(&synthesis, "channel_base")?.unwrap_or(32768),
             channel_max: uint(&synthesis, "channel_max")?.unwrap_or(512),
             conv_clamp,
+            num_fp16_res: uint(&synthesis, "num_fp16_res")?.unwrap_or(0),
             architecture,
         })
     }
@@ -93,6 +96,13 @@ impl NvlabsConfig {
 
     pub fn num_ws(&self) -> usize {
         2 * log2(self.img_resolution) - 2
+    }
+
+    /// Whether the block at `res` is a float16 block: NVlabs' `res >= max(2 ** (log2(img_res) + 1 -
+    /// num_fp16_res), 8)`, i.e. the top `num_fp16_res` resolutions, never 4x4.
+    pub fn fp16_block(&self, res: usize) -> bool {
+        let shift = (log2(self.img_resolution) + 1).saturating_sub(self.num_fp16_res);
+        self.num_fp16_res > 0 && res >= (1usize << shift).max(8)
     }
 }
 
@@ -178,6 +188,7 @@ pub fn build(cfg: &NvlabsConfig, sd: &StateDict, source: SourceFormat) -> Result
                     demodulate: true,
                     weight_gain: 1.0,
                     clamp: cfg.conv_clamp,
+                    fp16: cfg.fp16_block(res),
                     weight: sd
                         .get(&format!("{p}.weight"), &[out_ch, in_ch, 3, 3])?
                         .clone(),
@@ -214,6 +225,7 @@ pub fn build(cfg: &NvlabsConfig, sd: &StateDict, source: SourceFormat) -> Result
             // NVlabs scales the styles by 1/sqrt(in); without demodulation that equals scaling the weight.
             weight_gain: 1.0 / (out_ch as f32).sqrt(),
             clamp: cfg.conv_clamp,
+            fp16: cfg.fp16_block(res),
             weight: sd
                 .get(&format!("{p}.weight"), &[img, out_ch, 1, 1])?
                 .clone(),
@@ -243,4 +255,24 @@ pub fn build(cfg: &NvlabsConfig, sd: &StateDict, source: SourceFormat) -> Result
     };
     debug_assert_eq!(net.layers.last().map(|l| l.ws_index + 1), Some(net.num_ws));
     Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    /// NVlabs' rule: the top `num_fp16_res` resolutions, never below 8 (stylegan2-ada's configs use 4).
+    #[test]
+    fn fp16_blocks_are_the_top_resolutions() {
+        let mut cfg = crate::model::random::config("ffhq1024").unwrap();
+        let blocks = |cfg: &super::NvlabsConfig| -> Vec<usize> {
+            (2..=10)
+                .map(|l| 1 << l)
+                .filter(|&r| cfg.fp16_block(r))
+                .collect()
+        };
+        assert!(blocks(&cfg).is_empty());
+        cfg.num_fp16_res = 4;
+        assert_eq!(blocks(&cfg), [128, 256, 512, 1024]);
+        cfg.num_fp16_res = 20;
+        assert_eq!(blocks(&cfg), [8, 16, 32, 64, 128, 256, 512, 1024]);
+    }
 }

@@ -37,6 +37,7 @@ pub fn config(name: &str) -> Result<NvlabsConfig> {
         channel_base: base,
         channel_max: 512,
         conv_clamp: None,
+        num_fp16_res: 0,
         architecture: "skip".into(),
     })
 }

@@ -83,6 +83,7 @@ pub fn build(sd: &StateDict, latent_avg: Option<Vec<f32>>) -> Result<Network> {
                 demodulate: true,
                 weight_gain: 1.0 / ((in_ch * 9) as f32).sqrt(),
                 clamp: None,
+                fp16: false,
                 weight: sd.get_as(
                     &format!("{prefix}.conv.weight"),
                     &[1, out_ch, in_ch, 3, 3],
@@ -119,6 +120,7 @@ pub fn build(sd: &StateDict, latent_avg: Option<Vec<f32>>) -> Result<Network> {
             demodulate: false,
             weight_gain: 1.0 / (in_ch as f32).sqrt(),
             clamp: None,
+            fp16: false,
             weight: sd.get_as(
                 &format!("{prefix}.conv.weight"),
                 &[1, img, in_ch, 1, 1],

@@ -51,6 +51,8 @@ pub fn config(kwargs: &BTreeMap<String, Value>) -> Result<NvlabsConfig> {
         channel_base: 2 * uint("fmap_base", 16384)?,
         channel_max: uint("fmap_max", 512)?,
         conv_clamp: float("conv_clamp")?,
+        // stylegan2-ada's TF generator has the same option; older TF networks lack it (no fp16 blocks).
+        num_fp16_res: uint("num_fp16_res", 0)?,
         architecture,
     })
 }
