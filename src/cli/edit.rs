@@ -1,7 +1,7 @@
 //! `edit` (one image per face, moved along a direction) and `clip` (the paper's micromotion clip of each face).
 
 use super::render::{
-    check_output_ext, load_model, load_ws, render_batches, NoiseArgs, RunArgs, Sink,
+    check_output_ext, check_parent, load_model, load_ws, render_batches, NoiseArgs, RunArgs, Sink,
 };
 use crate::backend::NoiseMode;
 use crate::bail;
@@ -138,22 +138,6 @@ fn parse_alphas(spec: &str) -> Result<Vec<f32>> {
         return Err(bad());
     }
     Ok(direction::linspace(a, b, n))
-}
-
-/// A file output must have somewhere to go: checked before rendering, not after.
-fn check_parent(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("folder {} does not exist", dir.display()),
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The clip files: OUT itself for one clip, else one per face beside it (files) or inside it (directories).

@@ -334,6 +334,22 @@ pub(super) fn check_output_ext(path: &Path, allowed: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A file output must have a folder to go to: checked before rendering, not after.
+pub(super) fn check_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("folder {} does not exist", dir.display()),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Where rendered images go.
 pub(super) enum Sink {
     /// Raw float32 NCHW, streamed to a temporary file and renamed at the end.
@@ -359,16 +375,7 @@ impl Sink {
             Some("npy") => Ok(Sink::Npy(npy::NpyStream::create(path, shape)?)),
             Some("png") => {
                 // The grid is written at the end: refuse a missing folder now, before any rendering.
-                let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-                if let Some(dir) = parent.filter(|d| !d.is_dir()) {
-                    return Err(Error::io(
-                        path,
-                        std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!("folder {} does not exist", dir.display()),
-                        ),
-                    ));
-                }
+                check_parent(path)?;
                 Ok(Sink::Grid {
                 path: path.to_path_buf(),
                     images: Vec::new(),
