@@ -451,4 +451,19 @@ fn mp4_goes_through_ffmpeg_or_fails_clearly() {
         .collect();
     left.sort();
     assert_eq!(left, ["clip.mp4", "lat.npy"]);
+
+    // An ffmpeg that fails: its last message ends our one error line, and nothing is left behind.
+    std::fs::remove_file(&mp4).unwrap();
+    std::fs::remove_file(out_dir.join("lat.npy")).unwrap();
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1\" = -version ] && exit 0\necho \"Unknown encoder 'libx264'\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    fails_env(
+        &strs(&args(&t.d_file, &mp4)),
+        Some(&bin),
+        &["clip.mp4", "ffmpeg failed", "Unknown encoder 'libx264'"],
+    );
+    assert_empty_dir(&out_dir);
 }
