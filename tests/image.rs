@@ -177,10 +177,10 @@ fn minmax_stretches_each_image_over_all_channels() {
         vec![-3.0, 1.0, 0.0, 2.0, 5.0, -1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
     )
     .unwrap();
-    // (v + 3) / 8 * 255, truncated; pixels interleaved.
+    // rint((v + 3) / 8 * 255), ties to even (127.5 -> 128) as skimage's img_as_ubyte; pixels interleaved.
     assert_eq!(
         to_rgb8_with(&images, 0, Normalize::MinMax).unwrap(),
-        vec![0, 95, 255, 127, 159, 63]
+        vec![0, 96, 255, 128, 159, 64]
     );
     assert_eq!(
         to_rgb8_with(&images, 1, Normalize::MinMax).unwrap(),

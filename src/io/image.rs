@@ -51,8 +51,9 @@ fn image_dims(images: &Tensor) -> Result<(usize, usize, usize, usize)> {
 pub enum Normalize {
     /// NVlabs' `x * 127.5 + 128`, clamped ([`to_u8`]).
     Clamp,
-    /// The micromotion paper's: each image stretched so that its minimum is 0 and its maximum 255 (over all
-    /// channels), truncated to bytes. A constant image becomes 0.
+    /// The micromotion paper's: each image stretched to [0, 1] over all its channels, `(x - min) / (max - min)`,
+    /// then to bytes as skimage's `img_as_ubyte` does (`rint(x * 255)`, ties to even, in float32). A constant
+    /// image becomes 0.
     MinMax,
 }
 
@@ -78,7 +79,7 @@ pub fn to_rgb8_with(images: &Tensor, index: usize, norm: Normalize) -> Result<Ve
             let range = hi - lo;
             Box::new(move |v| {
                 if range > 0.0 {
-                    ((v - lo) / range * 255.0) as u8
+                    ((v - lo) / range * 255.0).round_ties_even() as u8
                 } else {
                     0
                 }
