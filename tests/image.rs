@@ -1,4 +1,6 @@
-use mmengine::io::image::{grid_shape, to_rgb8, to_u8, write_grid_png, write_png};
+use mmengine::io::image::{
+    grid_shape, to_rgb8, to_rgb8_with, to_u8, write_grid_png, write_png, Normalize,
+};
 use mmengine::Tensor;
 use std::path::Path;
 
@@ -165,4 +167,27 @@ fn unwritable_path_names_it_and_leaves_nothing() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["taken.png"], "no temporary file left behind");
+}
+
+#[test]
+fn minmax_stretches_each_image_over_all_channels() {
+    // Two 1x2 RGB images: the second is constant.
+    let images = Tensor::new(
+        vec![2, 3, 1, 2],
+        vec![-3.0, 1.0, 0.0, 2.0, 5.0, -1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
+    )
+    .unwrap();
+    // rint((v + 3) / 8 * 255), ties to even (127.5 -> 128) as skimage's img_as_ubyte; pixels interleaved.
+    assert_eq!(
+        to_rgb8_with(&images, 0, Normalize::MinMax).unwrap(),
+        vec![0, 96, 255, 128, 159, 64]
+    );
+    assert_eq!(
+        to_rgb8_with(&images, 1, Normalize::MinMax).unwrap(),
+        vec![0; 6]
+    );
+    assert_eq!(
+        to_rgb8_with(&images, 0, Normalize::Clamp).unwrap(),
+        to_rgb8(&images, 0).unwrap()
+    );
 }

@@ -1,6 +1,7 @@
 //! The `mmengine` command line: argument parsing and the commands. This is the only layer that prints.
 
 mod bench;
+mod edit;
 mod fit;
 mod progress;
 mod render;
@@ -42,6 +43,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Fit the micromotion subspace to anchor latents (robust PCA per layer, rank-q reconstruction, direction).
     Fit(fit::FitArgs),
+    /// Move faces along an edit direction and render them: one image per face, w + alpha * d.
+    Edit(edit::EditArgs),
+    /// Render the micromotion clip of each face along a direction (GIF, MP4 or PNG frames).
+    Clip(edit::ClipArgs),
 }
 
 /// Run the parsed command; errors come back for `main` to print on one line.
@@ -53,5 +58,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Render(args) => render::render(args),
         Command::Bench(args) => bench::bench(args),
         Command::Fit(args) => fit::fit(args),
+        Command::Edit(args) => edit::edit(args),
+        Command::Clip(args) => edit::clip(args),
     }
 }

@@ -65,28 +65,69 @@ pub struct RenderArgs {
     /// W [N, w_dim] or W+ [N, num_ws, w_dim] latents (.npy, .npz key `w`, .pt, .safetensors[:name]).
     #[arg(long)]
     ws: Option<String>,
-    #[arg(long, value_enum, default_value_t = NoiseArg::Const)]
-    noise_mode: NoiseArg,
-    /// Seed of `--noise-mode random`.
-    #[arg(long, default_value_t = 0)]
-    noise_seed: u32,
-    /// Images per batch.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    noise: NoiseArgs,
+    #[command(flatten)]
+    run: RunArgs,
     /// OUT.npy (raw float32 NCHW), OUT.png (one grid image) or a directory (one PNG per image).
     #[arg(short, long)]
     output: PathBuf,
 }
 
-fn load_model(path: Option<&Path>) -> Result<Network> {
+/// `--noise-mode` and its seed (shared by `render` and `edit`).
+#[derive(Args)]
+pub struct NoiseArgs {
+    #[arg(long, value_enum, default_value_t = NoiseArg::Const)]
+    noise_mode: NoiseArg,
+    /// Seed of `--noise-mode random`.
+    #[arg(long, default_value_t = 0)]
+    noise_seed: u32,
+}
+
+impl NoiseArgs {
+    /// The noise of a batch that starts at image `first_image` of the job.
+    pub fn mode(&self, first_image: usize) -> NoiseMode {
+        match self.noise_mode {
+            NoiseArg::Const => NoiseMode::Const,
+            NoiseArg::None => NoiseMode::None,
+            NoiseArg::Random => NoiseMode::Random {
+                seed: self.noise_seed,
+                first_image,
+            },
+        }
+    }
+}
+
+/// How a rendering job runs (shared by every command that renders).
+#[derive(Args)]
+pub struct RunArgs {
+    /// Images per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// Check the settings and size the worker pool.
+    pub fn start(&self) -> Result<()> {
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        set_threads(self.threads)?;
+        match self.device {
+            DeviceArg::Cpu => Ok(()),
+        }
+    }
+}
+
+pub(super) fn load_model(path: Option<&Path>) -> Result<Network> {
     match path {
         Some(p) => model::load(p),
         None => model::bundled(),
@@ -193,10 +234,14 @@ fn resolve_latents(
         return Ok((Latents::Z(z), None));
     }
     let spec = ws_file.expect("clap requires one input");
+    Ok((Latents::Ws(load_ws(net, spec)?), None))
+}
+
+/// W `[N, w_dim]` or W+ `[N, num_ws, w_dim]` latents from a file, as W+.
+pub(super) fn load_ws(net: &Network, spec: &str) -> Result<Tensor> {
     let w = latents::read_latents(spec)?;
     check_finite(spec, &w)?;
-    let ws = to_ws(net, w).map_err(|e| Error::invalid(format!("{spec}: {e}")))?;
-    Ok((Latents::Ws(ws), None))
+    to_ws(net, w).map_err(|e| Error::invalid(format!("{spec}: {e}")))
 }
 
 fn check_finite(spec: &str, t: &Tensor) -> Result<()> {
@@ -290,8 +335,24 @@ pub(super) fn check_output_ext(path: &Path, allowed: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A file output must have a folder to go to: checked before rendering, not after.
+pub(super) fn check_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("folder {} does not exist", dir.display()),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Where rendered images go.
-enum Sink {
+pub(super) enum Sink {
     /// Raw float32 NCHW, streamed to a temporary file and renamed at the end.
     Npy(npy::NpyStream),
     /// One grid PNG, written once all images are in.
@@ -301,14 +362,11 @@ enum Sink {
 }
 
 impl Sink {
-    fn create(path: &Path, shape: &[usize], seeds: Option<&[u32]>) -> Result<Sink> {
+    /// `names` are the file names of the images when `path` is a directory.
+    pub(super) fn create(path: &Path, shape: &[usize], names: Vec<String>) -> Result<Sink> {
         let ext = path.extension().and_then(|e| e.to_str());
         if path.is_dir() || ext.is_none() {
             std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
-            let names = match seeds {
-                Some(seeds) => seeds.iter().map(|s| format!("seed{s:04}.png")).collect(),
-                None => (0..shape[0]).map(|i| format!("img{i:05}.png")).collect(),
-            };
             return Ok(Sink::Dir {
                 dir: path.to_path_buf(),
                 names,
@@ -318,16 +376,7 @@ impl Sink {
             Some("npy") => Ok(Sink::Npy(npy::NpyStream::create(path, shape)?)),
             Some("png") => {
                 // The grid is written at the end: refuse a missing folder now, before any rendering.
-                let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-                if let Some(dir) = parent.filter(|d| !d.is_dir()) {
-                    return Err(Error::io(
-                        path,
-                        std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!("folder {} does not exist", dir.display()),
-                        ),
-                    ));
-                }
+                check_parent(path)?;
                 Ok(Sink::Grid {
                 path: path.to_path_buf(),
                     images: Vec::new(),
@@ -340,7 +389,7 @@ impl Sink {
         }
     }
 
-    fn write(&mut self, first: usize, images: Tensor) -> Result<()> {
+    pub(super) fn write(&mut self, first: usize, images: Tensor) -> Result<()> {
         match self {
             Sink::Npy(stream) => stream.write(&images.data),
             Sink::Grid { images: all, .. } => {
@@ -356,7 +405,7 @@ impl Sink {
         }
     }
 
-    fn finish(self) -> Result<String> {
+    pub(super) fn finish(self) -> Result<String> {
         match self {
             Sink::Npy(stream) => stream.finish().map(|p| p.display().to_string()),
             Sink::Grid { path, images } => {
@@ -383,14 +432,30 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// Synthesize `n` images in batches of `run.batch`, with the progress bar: `ws_of` gives the ws of a range of
+/// images, `out` takes each batch of images with the index of its first.
+pub(super) fn render_batches(
+    backend: &CpuBackend,
+    n: usize,
+    run: &RunArgs,
+    what: &str,
+    noise: impl Fn(usize) -> NoiseMode,
+    mut ws_of: impl FnMut(std::ops::Range<usize>) -> Result<Tensor>,
+    mut out: impl FnMut(usize, Tensor) -> Result<()>,
+) -> Result<()> {
+    let bar = progress::bar(n, n.div_ceil(run.batch), run.quiet, what);
+    for start in (0..n).step_by(run.batch) {
+        let end = (start + run.batch).min(n);
+        let ws = ws_of(start..end)?;
+        out(start, backend.synthesize(&ws, noise(start))?)?;
+        bar.inc((end - start) as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
 pub fn render(args: RenderArgs) -> Result<()> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    set_threads(args.threads)?;
-    match args.device {
-        DeviceArg::Cpu => {}
-    }
+    args.run.start()?;
     let net = load_model(args.model.as_deref())?;
     let trunc = truncation(&args.latents, &net)?;
     let (lat, seeds) = resolve_latents(&net, &args.latents, args.ws.as_deref())?;
@@ -402,28 +467,23 @@ pub fn render(args: RenderArgs) -> Result<()> {
         bail!("no latents to render");
     }
     let shape = [n, net.img_channels, net.resolution, net.resolution];
-    let mut sink = Sink::create(&args.output, &shape, seeds.as_deref())?;
+    let names = match seeds {
+        Some(seeds) => seeds.iter().map(|s| format!("seed{s:04}.png")).collect(),
+        None => (0..n).map(|i| format!("img{i:05}.png")).collect(),
+    };
+    let mut sink = Sink::create(&args.output, &shape, names)?;
     let backend = CpuBackend::new(net);
-    let batches = n.div_ceil(args.batch);
-    let bar = progress::bar(n, batches, args.quiet, "render");
-    for start in (0..n).step_by(args.batch) {
-        let end = (start + args.batch).min(n);
-        let ws = make_ws(&backend, backend.network(), &lat, start..end, trunc)?;
-        let noise = match args.noise_mode {
-            NoiseArg::Const => NoiseMode::Const,
-            NoiseArg::None => NoiseMode::None,
-            NoiseArg::Random => NoiseMode::Random {
-                seed: args.noise_seed,
-                first_image: start,
-            },
-        };
-        let images = backend.synthesize(&ws, noise)?;
-        sink.write(start, images)?;
-        bar.inc((end - start) as u64);
-    }
-    bar.finish_and_clear();
+    render_batches(
+        &backend,
+        n,
+        &args.run,
+        "render",
+        |first| args.noise.mode(first),
+        |range| make_ws(&backend, backend.network(), &lat, range, trunc),
+        |first, images| sink.write(first, images),
+    )?;
     let written = sink.finish()?;
-    if !args.quiet {
+    if !args.run.quiet {
         eprintln!("wrote {written}");
     }
     Ok(())

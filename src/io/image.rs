@@ -46,19 +46,51 @@ fn image_dims(images: &Tensor) -> Result<(usize, usize, usize, usize)> {
     Ok((n, c, h, w))
 }
 
+/// How generator values become bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Normalize {
+    /// NVlabs' `x * 127.5 + 128`, clamped ([`to_u8`]).
+    Clamp,
+    /// The micromotion paper's: each image stretched to [0, 1] over all its channels, `(x - min) / (max - min)`,
+    /// then to bytes as skimage's `img_as_ubyte` does (`rint(x * 255)`, ties to even, in float32). A constant
+    /// image becomes 0.
+    MinMax,
+}
+
 /// Image `index` of an `[N, C, H, W]` batch as interleaved 8-bit pixels (RGB for C = 3, L for C = 1), row by row.
 pub fn to_rgb8(images: &Tensor, index: usize) -> Result<Vec<u8>> {
+    to_rgb8_with(images, index, Normalize::Clamp)
+}
+
+/// [`to_rgb8`] with a choice of [`Normalize`].
+pub fn to_rgb8_with(images: &Tensor, index: usize, norm: Normalize) -> Result<Vec<u8>> {
     let (n, c, h, w) = image_dims(images)?;
     if index >= n {
         bail!("image index {index} is out of range for a batch of {n}");
     }
     let plane = h * w;
     let image = &images.data[index * c * plane..(index + 1) * c * plane];
+    let byte: Box<dyn Fn(f32) -> u8> = match norm {
+        Normalize::Clamp => Box::new(to_u8),
+        Normalize::MinMax => {
+            // f32::min/max skip NaN, so one broken pixel does not blank the frame.
+            let lo = image.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = image.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let range = hi - lo;
+            Box::new(move |v| {
+                if range > 0.0 {
+                    ((v - lo) / range * 255.0).round_ties_even() as u8
+                } else {
+                    0
+                }
+            })
+        }
+    };
     let mut out = vec![0u8; c * plane];
     // NCHW planes to HWC pixels.
     for ch in 0..c {
         for (p, &v) in image[ch * plane..(ch + 1) * plane].iter().enumerate() {
-            out[p * c + ch] = to_u8(v);
+            out[p * c + ch] = byte(v);
         }
     }
     Ok(out)
@@ -151,16 +183,25 @@ pub fn write_grid_png(path: impl AsRef<Path>, images: &Tensor) -> Result<()> {
             "cannot write a grid of zero images".into(),
         ));
     }
-    let (cols, rows) = grid_shape(n);
+    let cells = (0..n)
+        .map(|i| to_rgb8(images, i))
+        .collect::<Result<Vec<_>>>()?;
+    let (grid, grid_w, grid_h) = tile(&cells, w, h, c);
+    write_png(path, grid_w, grid_h, c, &grid)
+}
+
+/// Lay out `w x h x c` pixel images in a grid (see [`grid_shape`]); empty cells are black. Returns the pixels and
+/// the grid's width and height.
+pub fn tile(cells: &[Vec<u8>], w: usize, h: usize, c: usize) -> (Vec<u8>, usize, usize) {
+    let (cols, rows) = grid_shape(cells.len());
     let (grid_w, grid_h) = (cols * w, rows * h);
     let mut grid = vec![0u8; grid_w * grid_h * c];
-    for i in 0..n {
-        let image = to_rgb8(images, i)?;
+    for (i, image) in cells.iter().enumerate() {
         let (x0, y0) = ((i % cols) * w, (i / cols) * h);
         for y in 0..h {
             let dst = ((y0 + y) * grid_w + x0) * c;
             grid[dst..dst + w * c].copy_from_slice(&image[y * w * c..(y + 1) * w * c]);
         }
     }
-    write_png(path, grid_w, grid_h, c, &grid)
+    (grid, grid_w, grid_h)
 }

@@ -7,6 +7,7 @@ pub mod npy;
 pub mod pickle;
 pub mod safetensors;
 pub mod torch;
+pub mod video;
 pub mod zip;
 
 use crate::error::{Error, Result};

@@ -1,7 +1,8 @@
-//! The micromotion method's subspace fit (Wu et al., "Micromotion StyleGAN"): robust PCA of anchor latents per
-//! W+ layer, a low-rank reconstruction, and the edit direction between two anchors. Everything runs on the CPU in
-//! float64.
+//! The micromotion method (Wu et al., "Micromotion StyleGAN"): the subspace fit of anchor latents (robust PCA per
+//! W+ layer, a low-rank reconstruction, and the edit direction between two anchors, all on the CPU in float64), and
+//! the edits along a direction.
 
+pub mod direction;
 pub mod fit;
 pub mod rpca;
 pub mod svd;
