@@ -8,7 +8,7 @@ Usage (python with torch and numpy, e.g. /work/torchenv/bin/python):
   # also compare with an `mmengine fit` output file (L, S, lowrank, direction, iterations)
   python benches/rpca_torch.py --anchors anchors.npy --check fit.safetensors
   # write anchors: golden case E's 11 anchors plus one more row (the last anchor plus noise), [12, 18, 512]
-  python benches/rpca_torch.py --make-anchors12 /work/wt/shared/golden/micromotion_rpca/rpca.safetensors out.npy
+  python benches/rpca_torch.py --make-anchors12 ../shared/golden/micromotion_rpca/rpca.safetensors out.npy
 """
 import argparse, json, struct, time
 

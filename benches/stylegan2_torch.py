@@ -10,7 +10,7 @@ Usage (python with torch and numpy, e.g. /work/torchenv/bin/python):
   python benches/stylegan2_torch.py --config ffhq256 --batch 8 --iters 3 --warmup 1 --threads 2 [--json]
   # benchmark a converted checkpoint (`mmengine convert MODEL.pkl -o OUT.safetensors`)
   python benches/stylegan2_torch.py --model weights/demo-32px.safetensors --batch 16 --iters 10
-  # prove it is the same network: compare with a golden case (path or name under /work/shared/golden)
+  # prove it is the same network: compare with a golden case (path, or name under ../shared/golden)
   python benches/stylegan2_torch.py --model weights/demo-32px.safetensors --check-golden nvlabs_tiny
   # emulate stylegan2-ada-pytorch's float16 blocks (num_fp16_res) as they run on the CPU in the d72cc7d code
   python benches/stylegan2_torch.py --model snap.safetensors --check-golden nvlabs_snapshot --fp16-res 2
@@ -181,7 +181,9 @@ def synthesis(meta, t, ws, noise_mode='const', fp16_res=0):
 def check_golden(args, meta, t):
     case = args.check_golden
     if not os.path.isdir(case):
-        case = os.path.join('/work/shared/golden', case)
+        # Golden data lives beside the repository (../shared/golden), or where MMENGINE_GOLDEN says.
+        root = os.environ.get('MMENGINE_GOLDEN') or os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'golden')
+        case = os.path.join(root, case)
     c, _ = read_safetensors(os.path.join(case, 'cases.safetensors'))
     out = {}
     if 'z' in c and 'ws' in c:
