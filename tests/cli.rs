@@ -142,7 +142,10 @@ fn convert_then_render_is_bit_identical() {
             "{name}: converted model renders differently"
         );
         let info = ok(&["info", s(&st)]);
-        assert!(info.contains("mmengine safetensors"), "{info}");
+        assert!(
+            info.contains("mmengine safetensors (converted from "),
+            "{info}"
+        );
     }
 }
 

@@ -137,7 +137,7 @@ pub(super) fn load_model(path: Option<&Path>) -> Result<Network> {
 pub fn info(path: &Path, show_layers: bool) -> Result<()> {
     let net = model::load(path)?;
     println!("file:            {}", path.display());
-    println!("format:          {}", net.source.name());
+    println!("format:          {}", net.source);
     println!(
         "resolution:      {0}x{0}, {1} channels",
         net.resolution, net.img_channels
@@ -193,7 +193,7 @@ pub fn convert(path: &Path, output: &Path) -> Result<()> {
         "wrote {} ({} parameters, from {})",
         output.display(),
         net.parameter_count(),
-        net.source.name()
+        net.source.original()
     );
     Ok(())
 }

@@ -54,7 +54,7 @@ pub fn is_canonical(st: &SafeTensors) -> bool {
 
 pub fn save(net: &Network, path: &Path) -> Result<()> {
     let config = NetworkConfig {
-        converted_from: net.source.name().to_string(),
+        converted_from: net.source.original().to_string(),
         z_dim: net.z_dim,
         w_dim: net.w_dim,
         num_ws: net.num_ws,
@@ -215,7 +215,9 @@ pub fn load(st: &SafeTensors) -> Result<Network> {
     }
     let const_ch = layers.first().map(|l| l.in_channels).unwrap_or(0);
     let net = Network {
-        source: SourceFormat::Safetensors,
+        source: SourceFormat::Safetensors {
+            converted_from: c.converted_from,
+        },
         z_dim: c.z_dim,
         w_dim: c.w_dim,
         num_ws: c.num_ws,

@@ -25,19 +25,34 @@ pub enum SourceFormat {
     NvlabsPickle,
     NvlabsTfPickle,
     RosinalityPt,
-    Safetensors,
+    /// mmengine's own file, with the format of the checkpoint it was converted from.
+    Safetensors {
+        converted_from: String,
+    },
     /// Random weights of a named configuration (benchmarks).
     Random,
 }
 
 impl SourceFormat {
-    pub fn name(&self) -> &'static str {
+    /// The original checkpoint format: for a converted file, the format it was converted from.
+    pub fn original(&self) -> &str {
         match self {
             SourceFormat::NvlabsPickle => "NVlabs network pickle (PyTorch)",
             SourceFormat::NvlabsTfPickle => "NVlabs network pickle (TensorFlow)",
             SourceFormat::RosinalityPt => "rosinality checkpoint (.pt)",
-            SourceFormat::Safetensors => "mmengine safetensors",
+            SourceFormat::Safetensors { converted_from } => converted_from,
             SourceFormat::Random => "random weights (benchmark configuration)",
+        }
+    }
+}
+
+impl std::fmt::Display for SourceFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceFormat::Safetensors { converted_from } => {
+                write!(f, "mmengine safetensors (converted from {converted_from})")
+            }
+            other => f.write_str(other.original()),
         }
     }
 }
