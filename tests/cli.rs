@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_close, golden};
+use common::{assert_close, golden, FP16_BLOCKS_TOL};
 use mmengine::io::npy;
 use mmengine::io::safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
@@ -228,14 +228,6 @@ fn map_and_render_match_the_golden_outputs() {
         0.0,
     );
 }
-
-/// Case G's images were computed by stylegan2-ada-pytorch with its fp16 blocks (16 and 32 px, `num_fp16_res=2`)
-/// running in float16 on the CPU: that version has no device check, contrary to the case README. Our float32
-/// render therefore differs at float16 precision (measured 5e-3 to 7e-3 max abs on outputs of magnitude ~5; an
-/// fp16 emulation of those blocks in PyTorch reproduces the reference bit for bit, see benches/stylegan2_torch.py
-/// --fp16-res, but one on top of our own float32 blocks does not: their last bits differ from PyTorch's and flip
-/// float16 roundings). The ws are float32 in both and are held to the usual 1e-5.
-const FP16_BLOCKS_TOL: f32 = 1e-2;
 
 #[test]
 fn truncation_cutoff_matches_the_snapshot_case() {

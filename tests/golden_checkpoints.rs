@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, golden};
+use common::{assert_close, golden, FP16_BLOCKS_TOL};
 use mmengine::backend::{Backend, NoiseMode, Truncation};
 use mmengine::cpu::CpuBackend;
 use mmengine::io::safetensors::SafeTensors;
@@ -166,11 +166,6 @@ fn case_i_legacy_training_checkpoint() {
     let again = model::load(&golden("rosinality_train", "ckpt_legacy.pt")).unwrap();
     assert_eq!(again.w_avg, net.w_avg);
 }
-
-/// See tests/cli.rs: the reference ran case G's 16 and 32 px blocks in float16. An exact emulation of PyTorch's
-/// CPU half ops does not close the gap: our float32 blocks (4, 8 px) differ from PyTorch's (oneDNN, MKL) in the
-/// last bits, and ~0.6% of the 16 px block's inputs then round to a different float16.
-const FP16_BLOCKS_TOL: f32 = 1e-2;
 
 /// The layer table marks the blocks NVlabs runs in float16 (`num_fp16_res`), and the canonical file keeps the mark.
 #[test]

@@ -1,7 +1,8 @@
 //! `edit` (one image per face, moved along a direction) and `clip` (the paper's micromotion clip of each face).
 
 use super::render::{
-    check_output_ext, check_parent, load_model, load_ws, render_batches, NoiseArgs, RunArgs, Sink,
+    check_output_ext, check_parent, load_model, load_ws, render_batches, render_to_output,
+    NoiseArgs, RunArgs,
 };
 use crate::backend::NoiseMode;
 use crate::bail;
@@ -102,24 +103,17 @@ pub fn edit(args: EditArgs) -> Result<()> {
     }
     let d = direction::load(&args.direction, net.num_ws, net.w_dim)?;
     let edited = direction::shift(&ws, &d, args.alpha)?;
-    let shape = [n, net.img_channels, net.resolution, net.resolution];
     let names = (0..n).map(|i| face_name(i) + ".png").collect();
-    let mut sink = Sink::create(&args.output, &shape, names)?;
     let backend = CpuBackend::new(net);
-    render_batches(
+    render_to_output(
         &backend,
-        n,
+        &args.output,
+        names,
         &args.run,
         "edit",
         |first| args.noise.mode(first),
         |range| Ok(edited.slice_rows(range.start, range.end)),
-        |first, images| sink.write(first, images),
-    )?;
-    let written = sink.finish()?;
-    if !args.run.quiet {
-        eprintln!("wrote {written}");
-    }
-    Ok(())
+    )
 }
 
 /// `A:B:N`.

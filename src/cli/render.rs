@@ -454,6 +454,31 @@ pub(super) fn render_batches(
     Ok(())
 }
 
+/// Render one image per entry of `names` in batches into `output` (a `.npy`, a `.png` grid, or a folder of PNGs
+/// called `names`), then say where they went. Shared by `render` and `edit`.
+pub(super) fn render_to_output(
+    backend: &CpuBackend,
+    output: &Path,
+    names: Vec<String>,
+    run: &RunArgs,
+    what: &str,
+    noise: impl Fn(usize) -> NoiseMode,
+    ws_of: impl FnMut(std::ops::Range<usize>) -> Result<Tensor>,
+) -> Result<()> {
+    let net = backend.network();
+    let n = names.len();
+    let shape = [n, net.img_channels, net.resolution, net.resolution];
+    let mut sink = Sink::create(output, &shape, names)?;
+    render_batches(backend, n, run, what, noise, ws_of, |first, images| {
+        sink.write(first, images)
+    })?;
+    let written = sink.finish()?;
+    if !run.quiet {
+        eprintln!("wrote {written}");
+    }
+    Ok(())
+}
+
 pub fn render(args: RenderArgs) -> Result<()> {
     args.run.start()?;
     let net = load_model(args.model.as_deref())?;
@@ -466,25 +491,18 @@ pub fn render(args: RenderArgs) -> Result<()> {
     if n == 0 {
         bail!("no latents to render");
     }
-    let shape = [n, net.img_channels, net.resolution, net.resolution];
     let names = match seeds {
         Some(seeds) => seeds.iter().map(|s| format!("seed{s:04}.png")).collect(),
         None => (0..n).map(|i| format!("img{i:05}.png")).collect(),
     };
-    let mut sink = Sink::create(&args.output, &shape, names)?;
     let backend = CpuBackend::new(net);
-    render_batches(
+    render_to_output(
         &backend,
-        n,
+        &args.output,
+        names,
         &args.run,
         "render",
         |first| args.noise.mode(first),
         |range| make_ws(&backend, backend.network(), &lat, range, trunc),
-        |first, images| sink.write(first, images),
-    )?;
-    let written = sink.finish()?;
-    if !args.run.quiet {
-        eprintln!("wrote {written}");
-    }
-    Ok(())
+    )
 }

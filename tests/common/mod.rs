@@ -3,6 +3,14 @@
 
 use std::path::PathBuf;
 
+/// Tolerance for case G's images. The reference (stylegan2-ada-pytorch, which has no device check) ran that
+/// network's 16 and 32 px blocks (`num_fp16_res=2`) in float16 on the CPU, contrary to the case README, so our
+/// float32 render differs at float16 precision (measured 5e-3 to 7e-3 max abs on outputs of magnitude ~5). An fp16
+/// emulation in PyTorch reproduces the reference bit for bit (benches/stylegan2_torch.py --fp16-res); one on top of
+/// our own float32 blocks does not, because their last bits differ from PyTorch's (oneDNN, MKL) and ~0.6% of the
+/// 16 px block's inputs then round to a different float16. The ws are float32 in both and keep the usual 1e-5.
+pub const FP16_BLOCKS_TOL: f32 = 1e-2;
+
 /// The golden reference data: `$MMENGINE_GOLDEN`, else `../shared/golden` beside the repository.
 pub fn golden_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("MMENGINE_GOLDEN") {
