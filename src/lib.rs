@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod cli;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod io;
 pub mod micromotion;

@@ -224,8 +224,8 @@ impl BiasAct {
     }
 }
 
-/// `y = clamp(act(x + b) * gain, -clamp, clamp)` with `b` broadcast along `p.dim`. `b` may be `None` (no bias).
-pub fn bias_act(x: &Tensor, b: Option<&[f32]>, p: &BiasAct) -> Result<Tensor> {
+/// The shape checks of [`bias_act`], shared with its device twin.
+pub fn check_bias_act(x: &Tensor, b: Option<&[f32]>, p: &BiasAct) -> Result<()> {
     if p.dim >= x.ndim() {
         bail!(
             "bias_act: dim {} out of range for shape {:?}",
@@ -244,6 +244,13 @@ pub fn bias_act(x: &Tensor, b: Option<&[f32]>, p: &BiasAct) -> Result<Tensor> {
             );
         }
     }
+    Ok(())
+}
+
+/// `y = clamp(act(x + b) * gain, -clamp, clamp)` with `b` broadcast along `p.dim`. `b` may be `None` (no bias).
+pub fn bias_act(x: &Tensor, b: Option<&[f32]>, p: &BiasAct) -> Result<Tensor> {
+    check_bias_act(x, b, p)?;
+    let channels = x.shape[p.dim];
     let inner: usize = x.shape[p.dim + 1..].iter().product();
     let data = x
         .data

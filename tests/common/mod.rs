@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod ops_cases;
+
 /// Tolerance for case G's images. The reference (stylegan2-ada-pytorch, which has no device check) ran that
 /// network's 16 and 32 px blocks (`num_fp16_res=2`) in float16 on the CPU, contrary to the case README, so our
 /// float32 render differs at float16 precision (measured 5e-3 to 7e-3 max abs on outputs of magnitude ~5). An fp16

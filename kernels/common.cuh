@@ -1,0 +1,40 @@
+// Pieces every kernel file shares. Each kernel file includes this first.
+//
+// Kernel ABI: every kernel takes one parameter struct by value (params.h, mirrored by src/cuda/params.rs). Under
+// nvcc `KERNEL` declares an `extern "C" __global__` function; in the host emulation it declares the body plus an
+// `extern "C"` entry point `mmengine_emu_<name>(const void* params)` that the emulated launch calls on every
+// thread. build.rs finds kernels by scanning for `KERNEL(` at the start of a line, so keep that spelling.
+#pragma once
+
+#include "params.h"
+
+#ifdef MMENGINE_EMU
+#define KERNEL(name, Params)                                                                     \
+  static void name##_body(const Params& p);                                                      \
+  extern "C" void mmengine_emu_##name(const void* params) {                                      \
+    name##_body(*static_cast<const Params*>(params));                                            \
+  }                                                                                              \
+  static void name##_body(const Params& p)
+#define KERNEL_BOUNDED(name, Params, max_threads) KERNEL(name, Params)
+#define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::current.dynamic_shared)
+#else
+#define KERNEL(name, Params) extern "C" __global__ void name(const Params p)
+#define KERNEL_BOUNDED(name, Params, max_threads) \
+  extern "C" __global__ void __launch_bounds__(max_threads) name(const Params p)
+#define DYNAMIC_SHARED(T, name)                                          \
+  extern __shared__ __align__(16) unsigned char mmengine_dynamic_smem[]; \
+  T* name = reinterpret_cast<T*>(mmengine_dynamic_smem)
+#endif
+
+// Grid-stride loop over [0, n): correct for any grid size, so launch sizes are a tuning choice only.
+#define GRID_STRIDE_LOOP(i, n)                                                                  \
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n);     \
+       i += (long long)blockDim.x * gridDim.x)
+
+// bias_act's activation, gain and clamp, in the reference order (golden ops README): act, then gain, then clamp.
+__device__ __forceinline__ float activate(float x, int act, float alpha, float gain, float clamp) {
+  if (act == ACT_LRELU && x < 0.0f) x *= alpha;
+  x *= gain;
+  if (clamp >= 0.0f) x = fminf(fmaxf(x, -clamp), clamp);
+  return x;
+}

@@ -1,0 +1,102 @@
+//! What the kernels need from a device: memory, copies and launches. Two implementations run the same kernels:
+//! the GPU through the CUDA driver ([`super::driver::CudaDevice`]) and the host emulation
+//! ([`super::emu::EmuDevice`]). Everything above this trait (ops, the generator) is shared by both.
+
+use super::kernels::Kernel;
+use super::params::KernelParams;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Grid and block sizes and dynamic shared memory of a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchDims {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl LaunchDims {
+    /// A 1-D launch of `threads`-thread blocks covering `n` elements, capped at `max_blocks` (kernels that take
+    /// this use grid-stride loops).
+    pub fn linear(n: usize, threads: u32, max_blocks: u32) -> Self {
+        let blocks = n.div_ceil(threads as usize).clamp(1, max_blocks as usize) as u32;
+        LaunchDims {
+            grid: [blocks, 1, 1],
+            block: [threads, 1, 1],
+            shared_bytes: 0,
+        }
+    }
+}
+
+pub trait Device: Send + Sync {
+    type Buffer: Send + Sync;
+
+    /// One line for logs and `doctor`: the device's name and what runs the kernels.
+    fn describe(&self) -> String;
+    /// Uninitialised device memory.
+    fn alloc(&self, bytes: usize) -> Result<Self::Buffer>;
+    /// The buffer's device address, as kernels receive it.
+    fn address(&self, buf: &Self::Buffer) -> u64;
+    fn upload(&self, data: &[u8], buf: &mut Self::Buffer) -> Result<()>;
+    fn download(&self, buf: &Self::Buffer, out: &mut [u8]) -> Result<()>;
+    fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()>;
+    /// Waits for all queued work.
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// A float32 tensor in device memory.
+pub struct DeviceTensor<D: Device> {
+    pub buf: D::Buffer,
+    pub shape: Vec<usize>,
+    address: u64,
+}
+
+impl<D: Device> DeviceTensor<D> {
+    pub fn alloc(dev: &D, shape: &[usize]) -> Result<Self> {
+        let buf = dev.alloc(shape.iter().product::<usize>() * 4)?;
+        let address = dev.address(&buf);
+        Ok(DeviceTensor {
+            buf,
+            shape: shape.to_vec(),
+            address,
+        })
+    }
+
+    pub fn upload(dev: &D, t: &Tensor) -> Result<Self> {
+        let mut d = Self::alloc(dev, &t.shape)?;
+        dev.upload(bytemuck::cast_slice(&t.data), &mut d.buf)?;
+        Ok(d)
+    }
+
+    pub fn download(&self, dev: &D) -> Result<Tensor> {
+        let mut data = vec![0f32; self.len()];
+        dev.download(&self.buf, bytemuck::cast_slice_mut(&mut data))?;
+        Tensor::new(self.shape.clone(), data)
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The device address of element 0.
+    pub fn ptr(&self) -> u64 {
+        self.address
+    }
+}
+
+/// A launch whose parameter struct is not the one the kernel declares would read garbage: refuse it.
+pub(super) fn check_params<P: KernelParams>(kernel: Kernel) -> Result<()> {
+    if kernel.params_type() != P::C_NAME {
+        return Err(Error::Invalid(format!(
+            "kernel {} takes {}, not {}",
+            kernel.name(),
+            kernel.params_type(),
+            P::C_NAME
+        )));
+    }
+    Ok(())
+}

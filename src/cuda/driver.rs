@@ -1,0 +1,224 @@
+//! The GPU device: the kernels embedded by build.rs, loaded and launched through the CUDA driver API (cudarc,
+//! loaded dynamically, so a machine without a driver still runs everything else).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::device::{check_params, Device, LaunchDims};
+use super::kernels::{Kernel, FATBINS, HEADERS, SOURCES};
+use super::params::KernelParams;
+use crate::error::{Error, Result};
+
+pub struct CudaDevice {
+    ordinal: usize,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: HashMap<Kernel, CudaFunction>,
+    /// How the kernels were obtained: "embedded fatbin" or "NVRTC".
+    kernel_origin: &'static str,
+}
+
+fn driver_error(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Invalid(format!("CUDA {what}: {e}"))
+}
+
+/// Whether the CUDA driver library can be loaded on this machine. Checked before any driver call, because
+/// cudarc panics when the library is missing.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// The number of CUDA devices, or an error saying why there are none usable.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(no_driver());
+    }
+    let n = CudaContext::device_count().map_err(driver_error("device count"))?;
+    Ok(n.max(0) as usize)
+}
+
+fn no_driver() -> Error {
+    Error::Invalid(
+        "no CUDA driver found (libcuda could not be loaded); use --device cpu".to_string(),
+    )
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal` and loads every kernel.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::Invalid(format!(
+                "CUDA device {ordinal} does not exist ({count} found); use --device cuda:N with N < {count}"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_error("context"))?;
+        let stream = ctx.default_stream();
+        let (modules, kernel_origin) = if FATBINS.is_empty() {
+            (compile_with_nvrtc(&ctx)?, "NVRTC")
+        } else {
+            let modules = FATBINS
+                .iter()
+                .map(|(file, image)| {
+                    let module = ctx
+                        .load_module(Ptx::from_binary(image.to_vec()))
+                        .map_err(driver_error(&format!("loading kernels/{file}.cu")))?;
+                    Ok((*file, module))
+                })
+                .collect::<Result<HashMap<_, _>>>()?;
+            (modules, "embedded fatbin")
+        };
+        let mut functions = HashMap::new();
+        for &kernel in Kernel::ALL {
+            let module = &modules[kernel.file()];
+            let f = module
+                .load_function(kernel.name())
+                .map_err(driver_error(&format!("kernel {}", kernel.name())))?;
+            functions.insert(kernel, f);
+        }
+        Ok(CudaDevice {
+            ordinal,
+            ctx,
+            stream,
+            functions,
+            kernel_origin,
+        })
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(driver_error("memory info"))
+    }
+
+    pub fn name(&self) -> Result<String> {
+        self.ctx.name().map_err(driver_error("device name"))
+    }
+
+    pub fn compute_capability(&self) -> Result<(i32, i32)> {
+        self.ctx
+            .compute_capability()
+            .map_err(driver_error("compute capability"))
+    }
+}
+
+/// The fallback when the build had no nvcc: compile the embedded sources at run time with NVRTC, for this GPU.
+fn compile_with_nvrtc(
+    ctx: &Arc<CudaContext>,
+) -> Result<HashMap<&'static str, Arc<cudarc::driver::CudaModule>>> {
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::Invalid(
+            "this mmengine was built without nvcc, so it has no compiled CUDA kernels, and NVRTC (libnvrtc) is not \
+             installed to compile them now: run scripts/cuda-toolchain.sh and rebuild, or install the CUDA toolkit"
+                .to_string(),
+        ));
+    }
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(driver_error("compute capability"))?;
+    let include_dir = tempfile_dir()?;
+    for (name, text) in HEADERS {
+        let path = include_dir.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
+    let arch = format!("compute_{major}{minor}");
+    let mut modules = HashMap::new();
+    for (file, source) in SOURCES {
+        let opts = cudarc::nvrtc::CompileOptions {
+            include_paths: vec![include_dir.to_string_lossy().into_owned()],
+            options: vec![
+                format!("--gpu-architecture={arch}"),
+                "-std=c++17".to_string(),
+            ],
+            ..Default::default()
+        };
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts)
+            .map_err(|e| Error::Invalid(format!("NVRTC compiling kernels/{file}.cu: {e}")))?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(driver_error(&format!("loading kernels/{file}.cu")))?;
+        modules.insert(*file, module);
+    }
+    let _ = std::fs::remove_dir_all(&include_dir);
+    Ok(modules)
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("mmengine-nvrtc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
+}
+
+impl Device for CudaDevice {
+    type Buffer = CudaSlice<u8>;
+
+    fn describe(&self) -> String {
+        let name = self.name().unwrap_or_else(|_| "unknown GPU".to_string());
+        format!(
+            "cuda:{} {name} (kernels: {})",
+            self.ordinal, self.kernel_origin
+        )
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        // SAFETY: u8 has no invalid bit patterns; callers write before they read.
+        unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| {
+            Error::Invalid(format!(
+                "CUDA out of memory? allocating {bytes} bytes failed: {e}"
+            ))
+        })
+    }
+
+    fn address(&self, buf: &CudaSlice<u8>) -> u64 {
+        let (ptr, _sync) = buf.device_ptr(&self.stream);
+        ptr
+    }
+
+    fn upload(&self, data: &[u8], buf: &mut CudaSlice<u8>) -> Result<()> {
+        let mut view = buf.slice_mut(0..data.len());
+        self.stream
+            .memcpy_htod(data, &mut view)
+            .map_err(driver_error("upload"))
+    }
+
+    fn download(&self, buf: &CudaSlice<u8>, out: &mut [u8]) -> Result<()> {
+        let view = buf.slice(0..out.len());
+        self.stream
+            .memcpy_dtoh(&view, out)
+            .map_err(driver_error("download"))?;
+        self.synchronize()
+    }
+
+    fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()> {
+        check_params::<P>(kernel)?;
+        let cfg = LaunchConfig {
+            grid_dim: dims.grid.into(),
+            block_dim: dims.block.into(),
+            shared_mem_bytes: dims.shared_bytes,
+        };
+        let f = &self.functions[&kernel];
+        if dims.shared_bytes > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                dims.shared_bytes as i32,
+            )
+            .map_err(driver_error("shared memory attribute"))?;
+        }
+        // SAFETY: `P` is the kernel's parameter struct (checked above) and its addresses come from this device.
+        unsafe { self.stream.launch_builder(f).arg(params).launch(cfg) }
+            .map_err(driver_error(&format!("launching {}", kernel.name())))?;
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(driver_error("synchronize"))
+    }
+}

@@ -1,0 +1,144 @@
+//! The host emulation device: runs the kernels of `kernels/*.cu`, compiled as C++ (build.rs, feature `emu`), on
+//! the CPU, with "device memory" in host memory. Slow and exact: it is how CI, which has no GPU, executes every
+//! kernel against the golden data.
+
+use std::alloc::{self, Layout};
+use std::ffi::c_void;
+use std::ptr::NonNull;
+
+use super::device::{check_params, Device, LaunchDims};
+use super::kernels::Kernel;
+use super::params::KernelParams;
+use crate::error::{Error, Result};
+
+type EmuEntry = unsafe extern "C" fn(*const c_void);
+
+include!(concat!(env!("OUT_DIR"), "/emu_entries.rs"));
+
+extern "C" {
+    fn mmengine_emu_launch(
+        entry: EmuEntry,
+        params: *const c_void,
+        gx: u32,
+        gy: u32,
+        gz: u32,
+        bx: u32,
+        by: u32,
+        bz: u32,
+        shared_bytes: usize,
+    ) -> i32;
+}
+
+#[derive(Debug, Default)]
+pub struct EmuDevice;
+
+impl EmuDevice {
+    pub fn new() -> Self {
+        EmuDevice
+    }
+}
+
+/// Host memory standing in for device memory, 256-byte aligned like cudaMalloc's.
+pub struct EmuBuffer {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: a plain heap allocation; kernels and copies are the only users, and launches are synchronous.
+unsafe impl Send for EmuBuffer {}
+unsafe impl Sync for EmuBuffer {}
+
+impl Drop for EmuBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `alloc` with this layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+impl Device for EmuDevice {
+    type Buffer = EmuBuffer;
+
+    fn describe(&self) -> String {
+        "host emulation of the CUDA kernels (one OS thread per CUDA thread)".to_string()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<EmuBuffer> {
+        let layout = Layout::from_size_align(bytes.max(1), 256)
+            .map_err(|_| Error::Invalid(format!("cannot allocate {bytes} bytes")))?;
+        // SAFETY: nonzero size. Filled with 0xff (NaN as f32) so a kernel that reads memory nobody wrote fails.
+        let ptr = unsafe {
+            let p = alloc::alloc(layout);
+            if !p.is_null() {
+                std::ptr::write_bytes(p, 0xff, layout.size());
+            }
+            p
+        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| {
+            Error::Invalid(format!("out of host memory allocating {bytes} bytes"))
+        })?;
+        Ok(EmuBuffer { ptr, layout })
+    }
+
+    fn address(&self, buf: &EmuBuffer) -> u64 {
+        buf.ptr.as_ptr() as u64
+    }
+
+    fn upload(&self, data: &[u8], buf: &mut EmuBuffer) -> Result<()> {
+        check_copy(data.len(), buf)?;
+        // SAFETY: bounds checked above; the buffer is not aliased mutably during a synchronous copy.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr.as_ptr(), data.len()) }
+        Ok(())
+    }
+
+    fn download(&self, buf: &EmuBuffer, out: &mut [u8]) -> Result<()> {
+        check_copy(out.len(), buf)?;
+        // SAFETY: bounds checked above.
+        unsafe { std::ptr::copy_nonoverlapping(buf.ptr.as_ptr(), out.as_mut_ptr(), out.len()) }
+        Ok(())
+    }
+
+    fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()> {
+        check_params::<P>(kernel)?;
+        let [gx, gy, gz] = dims.grid;
+        let [bx, by, bz] = dims.block;
+        // SAFETY: the entry point reads a `P` (checked to be the kernel's parameter type) from `params`, and
+        // every address in it was produced by this device.
+        let status = unsafe {
+            mmengine_emu_launch(
+                entry(kernel),
+                params as *const P as *const c_void,
+                gx,
+                gy,
+                gz,
+                bx,
+                by,
+                bz,
+                dims.shared_bytes as usize,
+            )
+        };
+        match status {
+            0 => Ok(()),
+            _ => Err(Error::Invalid(format!(
+                "emulated launch of {} rejected: grid {:?}, block {:?}, {} bytes shared",
+                kernel.name(),
+                dims.grid,
+                dims.block,
+                dims.shared_bytes
+            ))),
+        }
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn check_copy(len: usize, buf: &EmuBuffer) -> Result<()> {
+    if len > buf.layout.size() {
+        return Err(Error::Invalid(format!(
+            "copy of {len} bytes into a {}-byte buffer",
+            buf.layout.size()
+        )));
+    }
+    Ok(())
+}

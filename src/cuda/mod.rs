@@ -1,0 +1,11 @@
+//! The CUDA backend: kernels in `kernels/*.cu` (compiled by build.rs), launched on a GPU through cudarc or, with
+//! the `emu` feature, on the CPU by the host emulation. Both run through one [`device::Device`] trait, so the
+//! ops and the generator above it are the same code on both.
+
+pub mod device;
+pub mod driver;
+#[cfg(feature = "emu")]
+pub mod emu;
+pub mod kernels;
+pub mod ops;
+pub mod params;
