@@ -18,3 +18,64 @@ struct BiasActParams {
   float gain;
   float clamp;
 };
+
+// upfirdn2d per plane (twin: cpu::ops::upfirdn2d): x [planes, in_h, in_w] -> y [planes, out_h, out_w]. f is
+// [filter_h, filter_w] (2-D) or [filter_w] (separable; filter_h == filter_w), scaled by filter_gain and flipped
+// unless flip_filter. Each block computes a tile_out_h x tile_out_w output tile from a tile_in_h x tile_in_w input
+// tile in shared memory; the host sizes both (cuda::ops::upfirdn2d_on).
+struct UpfirdnParams {
+  float* y;
+  const float* x;
+  const float* f;
+  long long planes;
+  int in_h;
+  int in_w;
+  int out_h;
+  int out_w;
+  int up;
+  int down;
+  int pad_x0;
+  int pad_y0;
+  int filter_h;
+  int filter_w;
+  int flip_filter;
+  float filter_gain;
+  int tile_out_h;
+  int tile_out_w;
+  int tile_in_h;
+  int tile_in_w;
+};
+
+// Fully connected layer on a batch, w [out_features, in_features]:
+// y[n, o] = clamp(act(sum_k x[n, k] * (w[o, k] * weight_gain) + bias[o] * bias_gain) * gain).
+// normalize_input: x[n] is first scaled by rsqrt(mean_k x[n, k]^2 + 1e-8) (normalize_2nd_moment). bias may be
+// null. clamp < 0: none.
+struct FullyConnectedParams {
+  float* y;
+  const float* x;
+  const float* w;
+  const float* bias;
+  int batch;
+  int in_features;
+  int out_features;
+  int normalize_input;
+  int act;
+  float alpha;
+  float gain;
+  float clamp;
+  float weight_gain;
+  float bias_gain;
+};
+
+// ws [batch, num_ws, w_dim] (n elements) = w [batch, w_dim] repeated num_ws times; rows l < cutoff are truncated
+// toward w_avg with torch's lerp (psi). cutoff 0: a plain broadcast.
+struct BroadcastTruncateParams {
+  float* ws;
+  const float* w;
+  const float* w_avg;
+  long long n;
+  int num_ws;
+  int w_dim;
+  int cutoff;
+  float psi;
+};

@@ -55,12 +55,13 @@ impl Default for Upfirdn {
     }
 }
 
-/// Upsample (zero insertion), pad, FIR filter, downsample, per channel.
-///
-/// `x` is `[N, C, H, W]`; `f` is a 2-D filter `[fh, fw]` (indexed [y, x]) or a 1-D separable filter `[k]`,
-/// applied along x and then along y, each pass scaled by `gain^(1/2)`.
-pub fn upfirdn2d(x: &Tensor, f: &Tensor, p: &Upfirdn) -> Result<Tensor> {
-    let [n, c, h, w] = dims4(x, "upfirdn2d")?;
+/// The shape checks of [`upfirdn2d`], shared with its device twin: the output shape `[N, C, out_h, out_w]` of
+/// input `x_shape` and filter `f_shape`, or an error saying what does not fit.
+pub fn check_upfirdn2d(x_shape: &[usize], f_shape: &[usize], p: &Upfirdn) -> Result<[usize; 4]> {
+    let [n, c, h, w] = match x_shape[..] {
+        [n, c, h, w] => [n, c, h, w],
+        _ => bail!("upfirdn2d: expected a 4-D tensor, got shape {x_shape:?}"),
+    };
     if p.up == 0 || p.down == 0 {
         bail!(
             "upfirdn2d: up and down must be at least 1 (got {} and {})",
@@ -68,13 +69,10 @@ pub fn upfirdn2d(x: &Tensor, f: &Tensor, p: &Upfirdn) -> Result<Tensor> {
             p.down
         );
     }
-    let (fh, fw) = match f.shape[..] {
+    let (fh, fw) = match f_shape[..] {
         [fh, fw] => (fh, fw),
         [k] => (k, k),
-        _ => bail!(
-            "upfirdn2d: the filter must be 1-D or 2-D, got shape {:?}",
-            f.shape
-        ),
+        _ => bail!("upfirdn2d: the filter must be 1-D or 2-D, got shape {f_shape:?}"),
     };
     if fh == 0 || fw == 0 {
         bail!("upfirdn2d: empty filter");
@@ -89,6 +87,24 @@ pub fn upfirdn2d(x: &Tensor, f: &Tensor, p: &Upfirdn) -> Result<Tensor> {
             p.pad
         );
     }
+    let (vh, vw) = (hp as usize - fh + 1, wp as usize - fw + 1);
+    Ok([n, c, vh.div_ceil(p.down), vw.div_ceil(p.down)])
+}
+
+/// Upsample (zero insertion), pad, FIR filter, downsample, per channel.
+///
+/// `x` is `[N, C, H, W]`; `f` is a 2-D filter `[fh, fw]` (indexed [y, x]) or a 1-D separable filter `[k]`,
+/// applied along x and then along y, each pass scaled by `gain^(1/2)`.
+pub fn upfirdn2d(x: &Tensor, f: &Tensor, p: &Upfirdn) -> Result<Tensor> {
+    let [n, c, oh, ow] = check_upfirdn2d(&x.shape, &f.shape, p)?;
+    let (h, w) = (x.shape[2], x.shape[3]);
+    let (fh, fw) = match f.shape[..] {
+        [fh, fw] => (fh, fw),
+        _ => (f.numel(), f.numel()),
+    };
+    let [x0, x1, y0, y1] = p.pad.map(i64::from);
+    let hp = (h * p.up) as i64 + y0 + y1;
+    let wp = (w * p.up) as i64 + x0 + x1;
     let (hp, wp) = (hp as usize, wp as usize);
 
     // Upsample by zero insertion and pad/crop: padded[py][px] = x[u/up] where u = p - pad0 is a multiple of up.
@@ -118,8 +134,7 @@ pub fn upfirdn2d(x: &Tensor, f: &Tensor, p: &Upfirdn) -> Result<Tensor> {
     }
 
     // Valid cross-correlation, then keep every down-th pixel.
-    let (vh, vw) = (hp - fh + 1, wp - fw + 1);
-    let (oh, ow) = (vh.div_ceil(p.down), vw.div_ceil(p.down));
+    let vw = wp - fw + 1;
     let mut out = vec![0.0f32; n * c * oh * ow];
     let d = p.down;
     if f.ndim() == 2 {
@@ -226,21 +241,20 @@ impl BiasAct {
 
 /// The shape checks of [`bias_act`], shared with its device twin.
 pub fn check_bias_act(x: &Tensor, b: Option<&[f32]>, p: &BiasAct) -> Result<()> {
-    if p.dim >= x.ndim() {
-        bail!(
-            "bias_act: dim {} out of range for shape {:?}",
-            p.dim,
-            x.shape
-        );
+    check_bias_act_shape(&x.shape, b.map(<[f32]>::len), p)
+}
+
+/// [`check_bias_act`] on shapes: the input's shape and the bias length (`None`: no bias).
+pub fn check_bias_act_shape(x_shape: &[usize], bias_len: Option<usize>, p: &BiasAct) -> Result<()> {
+    if p.dim >= x_shape.len() {
+        bail!("bias_act: dim {} out of range for shape {x_shape:?}", p.dim);
     }
-    let channels = x.shape[p.dim];
-    if let Some(b) = b {
-        if b.len() != channels {
+    let channels = x_shape[p.dim];
+    if let Some(len) = bias_len {
+        if len != channels {
             bail!(
-                "bias_act: bias has {} values, dim {} of shape {:?} has {channels}",
-                b.len(),
-                p.dim,
-                x.shape
+                "bias_act: bias has {len} values, dim {} of shape {x_shape:?} has {channels}",
+                p.dim
             );
         }
     }

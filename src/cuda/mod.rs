@@ -7,5 +7,6 @@ pub mod driver;
 #[cfg(feature = "emu")]
 pub mod emu;
 pub mod kernels;
+pub mod mapping;
 pub mod ops;
 pub mod params;

@@ -3,30 +3,35 @@
 
 use super::device::{Device, DeviceTensor, LaunchDims};
 use super::kernels::Kernel;
-use super::params::{BiasActParams, ACT_LINEAR, ACT_LRELU};
-use crate::cpu::ops::{Act, BiasAct};
+use super::params::{BiasActParams, UpfirdnParams, ACT_LINEAR, ACT_LRELU};
+use crate::bail;
+use crate::cpu::ops::{Act, BiasAct, Upfirdn};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// Twin of [`crate::cpu::ops::bias_act`].
-pub fn bias_act<D: Device>(dev: &D, x: &Tensor, b: Option<&[f32]>, p: &BiasAct) -> Result<Tensor> {
-    crate::cpu::ops::check_bias_act(x, b, p)?;
+/// Twin of [`crate::cpu::ops::bias_act`] on device tensors: `b` (if any) is a 1-D device tensor of
+/// `x.shape[p.dim]` values.
+pub fn bias_act_on<D: Device>(
+    dev: &D,
+    x: &DeviceTensor<D>,
+    b: Option<&DeviceTensor<D>>,
+    p: &BiasAct,
+) -> Result<DeviceTensor<D>> {
+    if let Some(b) = b {
+        if b.shape.len() != 1 {
+            bail!("bias_act: the bias must be 1-D, got shape {:?}", b.shape);
+        }
+    }
+    crate::cpu::ops::check_bias_act_shape(&x.shape, b.map(DeviceTensor::len), p)?;
     let channels = x.shape[p.dim];
     let inner: usize = x.shape[p.dim + 1..].iter().product();
-    let xd = DeviceTensor::upload(dev, x)?;
-    let bd = b
-        .map(|b| DeviceTensor::upload(dev, &Tensor::new(vec![b.len()], b.to_vec())?))
-        .transpose()?;
     let y = DeviceTensor::alloc(dev, &x.shape)?;
-    let (act, alpha) = match p.act {
-        Act::Linear => (ACT_LINEAR, 0.0),
-        Act::Lrelu { alpha } => (ACT_LRELU, alpha),
-    };
+    let (act, alpha) = act_params(p.act);
     let params = BiasActParams {
         y: y.ptr(),
-        x: xd.ptr(),
-        bias: bd.as_ref().map_or(0, |b| b.ptr()),
-        n: x.numel() as i64,
+        x: x.ptr(),
+        bias: b.map_or(0, DeviceTensor::ptr),
+        n: x.len() as i64,
         channels: channels as i32,
         inner: inner.max(1) as i32,
         act,
@@ -36,8 +41,144 @@ pub fn bias_act<D: Device>(dev: &D, x: &Tensor, b: Option<&[f32]>, p: &BiasAct) 
     };
     dev.launch(
         Kernel::BiasAct,
-        LaunchDims::linear(x.numel(), 256, 4096),
+        LaunchDims::linear(x.len(), 256, 4096),
         &params,
     )?;
-    y.download(dev)
+    Ok(y)
+}
+
+/// Twin of [`crate::cpu::ops::bias_act`].
+pub fn bias_act<D: Device>(dev: &D, x: &Tensor, b: Option<&[f32]>, p: &BiasAct) -> Result<Tensor> {
+    crate::cpu::ops::check_bias_act(x, b, p)?;
+    let xd = DeviceTensor::upload(dev, x)?;
+    let bd = b
+        .map(|b| DeviceTensor::upload(dev, &Tensor::new(vec![b.len()], b.to_vec())?))
+        .transpose()?;
+    bias_act_on(dev, &xd, bd.as_ref(), p)?.download(dev)
+}
+
+/// The kernels' activation code and slope.
+pub(super) fn act_params(act: Act) -> (i32, f32) {
+    match act {
+        Act::Linear => (ACT_LINEAR, 0.0),
+        Act::Lrelu { alpha } => (ACT_LRELU, alpha),
+    }
+}
+
+/// Shared memory an upfirdn2d block may use: the default per-block limit, so any tile fits every architecture.
+const UPFIRDN_SHARED_BYTES: usize = 48 * 1024;
+const UPFIRDN_THREADS: u32 = 256;
+/// The largest output tile, `[h, w]`: 2 outputs per thread, rows a warp wide.
+const UPFIRDN_TILE: [usize; 2] = [16, 32];
+
+/// Twin of [`crate::cpu::ops::upfirdn2d`] on device tensors: `x [N, C, H, W]`, `f [fh, fw]` or separable `[k]`.
+pub fn upfirdn2d_on<D: Device>(
+    dev: &D,
+    x: &DeviceTensor<D>,
+    f: &DeviceTensor<D>,
+    p: &Upfirdn,
+) -> Result<DeviceTensor<D>> {
+    let [n, c, out_h, out_w] = crate::cpu::ops::check_upfirdn2d(&x.shape, &f.shape, p)?;
+    let separable = f.shape.len() == 1;
+    let (filter_h, filter_w) = match f.shape[..] {
+        [fh, fw] => (fh, fw),
+        _ => (f.len(), f.len()),
+    };
+    // The kernel indexes up-sampled positions in 32-bit integers.
+    let extent = |size: usize| {
+        size * p.up
+            + p.pad
+                .iter()
+                .map(|v| v.unsigned_abs() as usize)
+                .sum::<usize>()
+    };
+    if extent(x.shape[2]).max(extent(x.shape[3])) + out_h.max(out_w) * p.down >= i32::MAX as usize {
+        bail!(
+            "upfirdn2d: input {:?} with up {} and down {} is too large",
+            x.shape,
+            p.up,
+            p.down
+        );
+    }
+    let y = DeviceTensor::alloc(dev, &[n, c, out_h, out_w])?;
+    if y.is_empty() {
+        return Ok(y);
+    }
+
+    // The input rows (columns) a tile of t outputs reads span ((t - 1) * down + taps - 1) / up + 2 at most (the
+    // +2: the tile's first up-sampled position need not be a multiple of up). Halve the tile until it fits.
+    let span = |tile: usize, taps: usize| ((tile - 1) * p.down + taps - 1) / p.up + 2;
+    let mut tile = [UPFIRDN_TILE[0].min(out_h), UPFIRDN_TILE[1].min(out_w)];
+    let (tile_in, bytes) = loop {
+        let tile_in = [span(tile[0], filter_h), span(tile[1], filter_w)];
+        let rows = if separable { tile_in[0] * tile[1] } else { 0 };
+        let taps = if separable {
+            filter_w
+        } else {
+            filter_h * filter_w
+        };
+        let bytes = 4 * (taps + tile_in[0] * tile_in[1] + rows);
+        if bytes <= UPFIRDN_SHARED_BYTES {
+            break (tile_in, bytes);
+        }
+        if tile == [1, 1] {
+            bail!(
+                "upfirdn2d: a {filter_h}x{filter_w} filter with up {} and down {} needs more than {} KiB of shared memory",
+                p.up,
+                p.down,
+                UPFIRDN_SHARED_BYTES / 1024
+            );
+        }
+        let larger = usize::from(tile[1] > tile[0] || tile[0] == 1);
+        tile[larger] = tile[larger].div_ceil(2);
+    };
+    let grid_x = out_w.div_ceil(tile[1]);
+    let grid_y = out_h.div_ceil(tile[0]);
+    if grid_x > u32::MAX as usize || grid_y > 65535 {
+        bail!("upfirdn2d: a {out_h}x{out_w} output is too large for one launch");
+    }
+    let planes = n * c;
+    let params = UpfirdnParams {
+        y: y.ptr(),
+        x: x.ptr(),
+        f: f.ptr(),
+        planes: planes as i64,
+        in_h: x.shape[2] as i32,
+        in_w: x.shape[3] as i32,
+        out_h: out_h as i32,
+        out_w: out_w as i32,
+        up: p.up as i32,
+        down: p.down as i32,
+        pad_x0: p.pad[0],
+        pad_y0: p.pad[2],
+        filter_h: filter_h as i32,
+        filter_w: filter_w as i32,
+        flip_filter: p.flip_filter.into(),
+        // Computed as the reference does, so the taps are bit for bit the same.
+        filter_gain: p.gain.powf(f.shape.len() as f32 / 2.0),
+        tile_out_h: tile[0] as i32,
+        tile_out_w: tile[1] as i32,
+        tile_in_h: tile_in[0] as i32,
+        tile_in_w: tile_in[1] as i32,
+    };
+    let kernel = if separable {
+        Kernel::Upfirdn2dSeparable
+    } else {
+        Kernel::Upfirdn2d
+    };
+    let dims = LaunchDims {
+        grid: [grid_x as u32, grid_y as u32, planes.min(65535) as u32],
+        block: [UPFIRDN_THREADS, 1, 1],
+        shared_bytes: bytes as u32,
+    };
+    dev.launch(kernel, dims, &params)?;
+    Ok(y)
+}
+
+/// Twin of [`crate::cpu::ops::upfirdn2d`].
+pub fn upfirdn2d<D: Device>(dev: &D, x: &Tensor, f: &Tensor, p: &Upfirdn) -> Result<Tensor> {
+    crate::cpu::ops::check_upfirdn2d(&x.shape, &f.shape, p)?;
+    let xd = DeviceTensor::upload(dev, x)?;
+    let fd = DeviceTensor::upload(dev, f)?;
+    upfirdn2d_on(dev, &xd, &fd, p)?.download(dev)
 }
