@@ -43,6 +43,36 @@ pub fn device_count() -> Result<usize> {
     Ok(n.max(0) as usize)
 }
 
+/// What `doctor` reports of one GPU.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceSummary {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: String,
+    pub memory_total_bytes: usize,
+    pub memory_free_bytes: usize,
+}
+
+/// Every CUDA device with its name, compute capability and memory (no kernels are loaded).
+pub fn list_devices() -> Result<Vec<DeviceSummary>> {
+    (0..device_count()?)
+        .map(|ordinal| {
+            let ctx = CudaContext::new(ordinal).map_err(driver_error("context"))?;
+            let (major, minor) = ctx
+                .compute_capability()
+                .map_err(driver_error("compute capability"))?;
+            let (free, total) = ctx.mem_get_info().map_err(driver_error("memory info"))?;
+            Ok(DeviceSummary {
+                ordinal,
+                name: ctx.name().map_err(driver_error("device name"))?,
+                compute_capability: format!("{major}.{minor}"),
+                memory_total_bytes: total,
+                memory_free_bytes: free,
+            })
+        })
+        .collect()
+}
+
 fn no_driver() -> Error {
     Error::Invalid(
         "no CUDA driver found (libcuda could not be loaded); use --device cpu".to_string(),
