@@ -212,8 +212,14 @@ impl Device for CudaDevice {
 
     fn alloc(&self, bytes: usize) -> Result<CudaBuffer> {
         // SAFETY: u8 has no invalid bit patterns; callers write before they read.
-        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
-            .map_err(|e| Error::Invalid(format!("CUDA allocation of {bytes} bytes failed: {e}")))?;
+        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| {
+            let msg = format!("CUDA allocation of {bytes} bytes failed: {e}");
+            if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                Error::DeviceMemory(msg)
+            } else {
+                Error::Invalid(msg)
+            }
+        })?;
         self.meter.allocated(slice.len());
         Ok(CudaBuffer {
             slice,
