@@ -355,7 +355,7 @@ fn write_generated(
         .unwrap();
     }
     s.push_str("];\npub const HEADERS: &[(&str, &str)] = &[\n");
-    for header in ["common.cuh", "params.h"] {
+    for header in ["common.cuh", "mma.cuh", "params.h"] {
         writeln!(
             s,
             "    ({header:?}, include_str!({:?})),",

@@ -79,3 +79,33 @@ struct BroadcastTruncateParams {
   int cutoff;
   float psi;
 };
+
+// C = A B with A [m, k], B [k, n] and C [m, n] row-major f32 with row strides lda, ldb, ldc (gemm_tc.cu).
+struct GemmParams {
+  float* c;
+  const float* a;
+  const float* b;
+  int m;
+  int n;
+  int k;
+  int lda;
+  int ldb;
+  int ldc;
+};
+
+// One warp's mma.sync operands as raw registers, lane after lane: a [32][4], b [32][2], c and d [32][4].
+struct MmaProbeParams {
+  float* d;
+  const unsigned* a;
+  const unsigned* b;
+  const float* c;
+};
+
+// The register conversions of mma.cuh applied to x [n] (n even): tf32 [n], half2 and bfloat162 [n / 2].
+struct MmaConvertProbeParams {
+  unsigned* tf32;
+  unsigned* half2;
+  unsigned* bfloat162;
+  const float* x;
+  long long n;
+};

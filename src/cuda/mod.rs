@@ -6,6 +6,7 @@ pub mod device;
 pub mod driver;
 #[cfg(feature = "emu")]
 pub mod emu;
+pub mod gemm;
 pub mod kernels;
 pub mod mapping;
 pub mod ops;

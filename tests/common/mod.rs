@@ -49,3 +49,24 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], abs: f32, rel:
     }
     max_err
 }
+
+/// Deterministic uniform [-1, 1) values (xorshift64*), so the tests need no extra crates.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn tensor(&mut self, shape: Vec<usize>) -> mmengine::Tensor {
+        let data = (0..shape.iter().product()).map(|_| self.next()).collect();
+        mmengine::Tensor::new(shape, data).unwrap()
+    }
+}
