@@ -1,5 +1,6 @@
-//! The device twins of [`crate::cpu::ops`]: host tensors in, host tensors out, one kernel (or a few) in between.
-//! The golden op tests run these against the same cases as the CPU reference.
+//! The device twins of [`crate::cpu::ops`]. Each `op_on` works on device tensors (the form the generator chains);
+//! each `op` is its host-tensor twin (upload, `op_on`, download), which the golden op tests run against the same
+//! cases as the CPU reference.
 
 use super::device::{Device, DeviceTensor, LaunchDims};
 use super::kernels::Kernel;
@@ -58,7 +59,7 @@ pub fn bias_act<D: Device>(dev: &D, x: &Tensor, b: Option<&[f32]>, p: &BiasAct) 
 }
 
 /// The kernels' activation code and slope.
-pub(super) fn act_params(act: Act) -> (i32, f32) {
+fn act_params(act: Act) -> (i32, f32) {
     match act {
         Act::Linear => (ACT_LINEAR, 0.0),
         Act::Lrelu { alpha } => (ACT_LRELU, alpha),
