@@ -1,6 +1,7 @@
 //! What every backend offers: map latents to ws, and synthesize images from ws, in batches.
 
 use crate::error::Result;
+use crate::model::Network;
 use crate::tensor::Tensor;
 
 /// Truncation toward the average w: `w_avg + psi * (w - w_avg)` on the first `cutoff` ws (all when `None`).
@@ -33,6 +34,8 @@ pub enum NoiseMode {
 
 pub trait Backend {
     fn name(&self) -> String;
+    /// The network it executes.
+    fn network(&self) -> &Network;
     /// `z [N, z_dim]` -> ws `[N, num_ws, w_dim]`.
     fn map(&self, z: &Tensor, truncation: Truncation) -> Result<Tensor>;
     /// ws `[N, num_ws, w_dim]` -> images `[N, C, H, W]` in the generator's raw range.

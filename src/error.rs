@@ -17,6 +17,9 @@ pub enum Error {
     /// A value (latent, option, tensor) does not fit the model or the operation.
     #[error("{0}")]
     Invalid(String),
+    /// The device ran out of memory: the caller may retry with less work at once.
+    #[error("{0}")]
+    DeviceMemory(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

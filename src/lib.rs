@@ -13,6 +13,7 @@ pub mod io;
 pub mod micromotion;
 pub mod model;
 pub mod seeds;
+pub mod selftest;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -421,3 +421,68 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
     fails(&["render", "--seeds", "0-", "-o", s(&out)], &["0-"]);
     assert_empty_dir(&out_dir);
 }
+
+#[test]
+fn doctor_reports_backends_devices_and_kernels() {
+    let text = ok(&["doctor"]);
+    assert!(text.contains("backends:") && text.contains("cpu"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&["doctor", "--json"])).unwrap();
+    assert!(json["devices"].is_array(), "{json}");
+    let kernels = json["kernels"].as_array().expect("kernels list");
+    // A build with nvcc lists every kernel of kernels/*.cu with its compiled figures.
+    if json["nvcc"].is_string() {
+        let names: Vec<&str> = kernels.iter().filter_map(|k| k["name"].as_str()).collect();
+        for kernel in mmengine::cuda::kernels::Kernel::ALL {
+            assert!(
+                names.contains(&kernel.name()),
+                "{} missing from {names:?}",
+                kernel.name()
+            );
+        }
+        for k in kernels {
+            for key in [
+                "archs",
+                "registers",
+                "spill_bytes",
+                "shared_bytes",
+                "tensor_core_ops",
+                "local_memory",
+            ] {
+                assert!(k.get(key).is_some(), "kernel entry without '{key}': {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn selftest_on_the_cpu_passes_every_golden_check() {
+    let golden = common::golden_dir();
+    let text = ok(&["selftest", "--device", "cpu", "--golden", s(&golden)]);
+    assert!(text.contains(" 0 failed"), "{text}");
+    assert!(!text.contains("FAIL "), "{text}");
+    fails(
+        &["selftest", "--golden", "/nonexistent"],
+        &["/nonexistent", "no golden data"],
+    );
+}
+
+#[test]
+fn device_flag_is_checked_before_any_work() {
+    // A value clap rejects: its usage error (exit 2) names the valid devices.
+    let out = mmengine(&["render", "--device", "gpu", "--seeds", "0", "-o", "x.png"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'gpu' is not a device") && stderr.contains("cuda:N"),
+        "{stderr}"
+    );
+    if !mmengine::cuda::driver::driver_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.png");
+        fails(
+            &["render", "--device", "cuda", "--seeds", "0", "-o", s(&out)],
+            &["no CUDA driver", "--device cpu"],
+        );
+        assert_empty_dir(dir.path());
+    }
+}

@@ -3,9 +3,10 @@
 mod common;
 
 use common::golden;
-use common::ops_cases::{check_all_cases, CpuOps};
+use common::ops_cases::check_all_cases;
 use mmengine::cpu::ops::{self, Act, BiasAct, ModConv, Upfirdn};
 use mmengine::io::safetensors::SafeTensors;
+use mmengine::selftest::CpuOps;
 use mmengine::Tensor;
 
 #[test]

@@ -1,9 +1,8 @@
 //! `mmengine bench`: throughput of the generator on a device, for a checkpoint or a random-weight configuration.
 
-use super::render::DeviceArg;
-use crate::backend::{Backend, NoiseMode, Truncation};
+use super::device::{open_backend, DeviceArg};
+use crate::backend::{NoiseMode, Truncation};
 use crate::bail;
-use crate::cpu::CpuBackend;
 use crate::error::Result;
 use crate::model::{self, random};
 use crate::seeds;
@@ -28,7 +27,8 @@ pub struct BenchArgs {
     /// Untimed batches first.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    /// cpu, emu or cuda[:N].
+    #[arg(long, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
     /// Arithmetic precision; the CPU backend computes in fp32.
     #[arg(long, default_value = "fp32")]
@@ -61,9 +61,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     };
     let gflop_per_image = 2.0 * random::conv_macs(&net) / 1e9;
     let (res, z_dim) = (net.resolution, net.z_dim);
-    let backend = match args.device {
-        DeviceArg::Cpu => CpuBackend::new(net),
-    };
+    let backend = open_backend(args.device, net)?;
     let mut z = Vec::with_capacity(args.batch * z_dim);
     for i in 0..args.batch {
         z.extend(seeds::z_from_seed(i as u32, z_dim));

@@ -6,7 +6,6 @@ use super::render::{
 };
 use crate::backend::NoiseMode;
 use crate::bail;
-use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::io::image::{self, Normalize};
 use crate::io::npy::NpyStream;
@@ -104,9 +103,9 @@ pub fn edit(args: EditArgs) -> Result<()> {
     let d = direction::load(&args.direction, net.num_ws, net.w_dim)?;
     let edited = direction::shift(&ws, &d, args.alpha)?;
     let names = (0..n).map(|i| face_name(i) + ".png").collect();
-    let backend = CpuBackend::new(net);
+    let backend = super::device::open_backend(args.run.device, net)?;
     render_to_output(
-        &backend,
+        backend.as_ref(),
         &args.output,
         names,
         &args.run,
@@ -227,9 +226,9 @@ pub fn clip(args: ClipArgs) -> Result<()> {
     let mut finished: Vec<PathBuf> = Vec::new();
     let mut writer: Option<ClipWriter> = None;
     let mut cells: Vec<Vec<u8>> = Vec::with_capacity(n);
-    let backend = CpuBackend::new(net);
+    let backend = super::device::open_backend(args.run.device, net)?;
     let result = render_batches(
-        &backend,
+        backend.as_ref(),
         n * frames,
         &args.run,
         "clip",

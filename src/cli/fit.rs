@@ -1,6 +1,7 @@
 //! `fit`: the micromotion subspace of a set of anchor latents, written as one safetensors file.
 
-use super::render::{check_output_ext, DeviceArg};
+use super::device::DeviceArg;
+use super::render::check_output_ext;
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::io::latents;
@@ -29,7 +30,8 @@ pub struct FitArgs {
     /// Anchor the direction ends at (default: the last).
     #[arg(long)]
     to: Option<usize>,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    /// Only cpu in this version (the cuSOLVER device path is not built yet).
+    #[arg(long, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
     /// Output .safetensors: L, S, lowrank [k, layers, width], direction [layers, width], iterations, final_err.
     #[arg(short, long)]
@@ -37,8 +39,11 @@ pub struct FitArgs {
 }
 
 pub fn fit(args: FitArgs) -> Result<()> {
-    match args.device {
-        DeviceArg::Cpu => {}
+    if args.device != DeviceArg::Cpu {
+        bail!(
+            "--device {}: fit runs on the CPU only in this version (the cuSOLVER path is not built yet)",
+            args.device
+        );
     }
     // The iteration counts are stored as I32.
     if args.max_iter > i32::MAX as usize {

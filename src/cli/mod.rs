@@ -1,15 +1,19 @@
 //! The `mmengine` command line: argument parsing and the commands. This is the only layer that prints.
 
 mod bench;
+mod device;
+mod doctor;
 mod edit;
 mod fit;
 mod progress;
 mod render;
+mod selftest;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-pub use render::{DeviceArg, NoiseArg};
+pub use device::{open_backend, DeviceArg};
+pub use render::NoiseArg;
 
 /// StyleGAN2 rendering and micromotion editing.
 #[derive(Parser)]
@@ -47,6 +51,10 @@ pub enum Command {
     Edit(edit::EditArgs),
     /// Render the micromotion clip of each face along a direction (GIF, MP4 or PNG frames).
     Clip(edit::ClipArgs),
+    /// What this build and machine can run: backends, GPUs, and the compiled kernel table.
+    Doctor(doctor::DoctorArgs),
+    /// Run the golden reference cases on a device and print each case's error and verdict.
+    Selftest(selftest::SelftestArgs),
 }
 
 /// Run the parsed command; errors come back for `main` to print on one line.
@@ -60,5 +68,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Fit(args) => fit::fit(args),
         Command::Edit(args) => edit::edit(args),
         Command::Clip(args) => edit::clip(args),
+        Command::Doctor(args) => doctor::doctor(args),
+        Command::Selftest(args) => selftest::selftest(args),
     }
 }

@@ -1,9 +1,9 @@
 //! `info`, `convert`, `map` and `render`.
 
+use super::device::{open_backend, DeviceArg};
 use super::progress;
 use crate::backend::{Backend, NoiseMode, Truncation};
 use crate::bail;
-use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::io::{image, latents, npy};
 use crate::model::{self, Network};
@@ -11,11 +11,6 @@ use crate::seeds;
 use crate::tensor::Tensor;
 use clap::{ArgGroup, Args, ValueEnum};
 use std::path::{Path, PathBuf};
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DeviceArg {
-    Cpu,
-}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum NoiseArg {
@@ -104,7 +99,8 @@ pub struct RunArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    /// cpu, emu (the CUDA kernels in the host emulation) or cuda[:N].
+    #[arg(long, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -121,9 +117,7 @@ impl RunArgs {
             bail!("--batch must be at least 1");
         }
         set_threads(self.threads)?;
-        match self.device {
-            DeviceArg::Cpu => Ok(()),
-        }
+        self.device.check_available()
     }
 }
 
@@ -273,7 +267,7 @@ fn to_ws(net: &Network, w: Tensor) -> Result<Tensor> {
 }
 
 fn make_ws(
-    backend: &CpuBackend,
+    backend: &dyn Backend,
     net: &Network,
     lat: &Latents,
     range: std::ops::Range<usize>,
@@ -308,7 +302,7 @@ pub fn map(args: MapArgs) -> Result<()> {
     let net = load_model(args.model.as_deref())?;
     let trunc = truncation(&args.latents, &net)?;
     let (lat, _) = resolve_latents(&net, &args.latents, None)?;
-    let backend = CpuBackend::new(net);
+    let backend = open_backend(DeviceArg::Cpu, net)?;
     let Latents::Z(z) = &lat else {
         unreachable!("map takes z or seeds")
     };
@@ -435,7 +429,7 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 /// Synthesize `n` images in batches of `run.batch`, with the progress bar: `ws_of` gives the ws of a range of
 /// images, `out` takes each batch of images with the index of its first.
 pub(super) fn render_batches(
-    backend: &CpuBackend,
+    backend: &dyn Backend,
     n: usize,
     run: &RunArgs,
     what: &str,
@@ -457,7 +451,7 @@ pub(super) fn render_batches(
 /// Render one image per entry of `names` in batches into `output` (a `.npy`, a `.png` grid, or a folder of PNGs
 /// called `names`), then say where they went. Shared by `render` and `edit`.
 pub(super) fn render_to_output(
-    backend: &CpuBackend,
+    backend: &dyn Backend,
     output: &Path,
     names: Vec<String>,
     run: &RunArgs,
@@ -495,14 +489,14 @@ pub fn render(args: RenderArgs) -> Result<()> {
         Some(seeds) => seeds.iter().map(|s| format!("seed{s:04}.png")).collect(),
         None => (0..n).map(|i| format!("img{i:05}.png")).collect(),
     };
-    let backend = CpuBackend::new(net);
+    let backend = open_backend(args.run.device, net)?;
     render_to_output(
-        &backend,
+        backend.as_ref(),
         &args.output,
         names,
         &args.run,
         "render",
         |first| args.noise.mode(first),
-        |range| make_ws(&backend, backend.network(), &lat, range, trunc),
+        |range| make_ws(backend.as_ref(), backend.network(), &lat, range, trunc),
     )
 }

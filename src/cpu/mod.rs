@@ -35,10 +35,6 @@ impl CpuBackend {
         }
     }
 
-    pub fn network(&self) -> &Network {
-        &self.net
-    }
-
     /// `synthesize` that also reports every layer's styles and output (for golden tests and debugging).
     pub fn synthesize_traced(
         &self,
@@ -53,6 +49,10 @@ impl CpuBackend {
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn network(&self) -> &Network {
+        &self.net
     }
 
     fn map(&self, z: &Tensor, truncation: Truncation) -> Result<Tensor> {

@@ -2,6 +2,8 @@
 //! the GPU through the CUDA driver ([`super::driver::CudaDevice`]) and the host emulation
 //! ([`super::emu::EmuDevice`]). Everything above this trait (ops, the generator) is shared by both.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::kernels::Kernel;
 use super::params::KernelParams;
 use crate::error::{Error, Result};
@@ -28,6 +30,33 @@ impl LaunchDims {
     }
 }
 
+/// Device memory held by a device's buffers now, and the most held at once (what `bench` reports as peak
+/// memory; it counts our buffers, not the driver's own reservations).
+#[derive(Debug, Default)]
+pub struct MemoryMeter {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl MemoryMeter {
+    pub fn allocated(&self, bytes: usize) {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
+
+    pub fn freed(&self, bytes: usize) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 pub trait Device: Send + Sync {
     type Buffer: Send + Sync;
 
@@ -42,6 +71,9 @@ pub trait Device: Send + Sync {
     fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()>;
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
+    fn memory_meter(&self) -> &MemoryMeter;
+    /// Free device memory in bytes, where the device can tell (plans chunk sizes).
+    fn free_memory(&self) -> Option<usize>;
 }
 
 /// A float32 tensor in device memory.

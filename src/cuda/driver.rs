@@ -9,7 +9,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use super::device::{check_params, Device, LaunchDims};
+use super::device::{check_params, Device, LaunchDims, MemoryMeter};
 use super::kernels::{Kernel, FATBINS, HEADERS, SOURCES};
 use super::params::KernelParams;
 use crate::error::{Error, Result};
@@ -21,6 +21,19 @@ pub struct CudaDevice {
     functions: HashMap<Kernel, CudaFunction>,
     /// How the kernels were obtained: "embedded fatbin" or "NVRTC".
     kernel_origin: &'static str,
+    meter: Arc<MemoryMeter>,
+}
+
+/// Device memory, counted in the device's [`MemoryMeter`] while it lives.
+pub struct CudaBuffer {
+    slice: CudaSlice<u8>,
+    meter: Arc<MemoryMeter>,
+}
+
+impl Drop for CudaBuffer {
+    fn drop(&mut self) {
+        self.meter.freed(self.slice.len());
+    }
 }
 
 fn driver_error(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Error + '_ {
@@ -41,6 +54,36 @@ pub fn device_count() -> Result<usize> {
     }
     let n = CudaContext::device_count().map_err(driver_error("device count"))?;
     Ok(n.max(0) as usize)
+}
+
+/// What `doctor` reports of one GPU.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceSummary {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: String,
+    pub memory_total_bytes: usize,
+    pub memory_free_bytes: usize,
+}
+
+/// Every CUDA device with its name, compute capability and memory (no kernels are loaded).
+pub fn list_devices() -> Result<Vec<DeviceSummary>> {
+    (0..device_count()?)
+        .map(|ordinal| {
+            let ctx = CudaContext::new(ordinal).map_err(driver_error("context"))?;
+            let (major, minor) = ctx
+                .compute_capability()
+                .map_err(driver_error("compute capability"))?;
+            let (free, total) = ctx.mem_get_info().map_err(driver_error("memory info"))?;
+            Ok(DeviceSummary {
+                ordinal,
+                name: ctx.name().map_err(driver_error("device name"))?,
+                compute_capability: format!("{major}.{minor}"),
+                memory_total_bytes: total,
+                memory_free_bytes: free,
+            })
+        })
+        .collect()
 }
 
 fn no_driver() -> Error {
@@ -88,6 +131,7 @@ impl CudaDevice {
             stream,
             functions,
             kernel_origin,
+            meter: Arc::default(),
         })
     }
 
@@ -156,7 +200,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 }
 
 impl Device for CudaDevice {
-    type Buffer = CudaSlice<u8>;
+    type Buffer = CudaBuffer;
 
     fn describe(&self) -> String {
         let name = self.name().unwrap_or_else(|_| "unknown GPU".to_string());
@@ -166,29 +210,37 @@ impl Device for CudaDevice {
         )
     }
 
-    fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+    fn alloc(&self, bytes: usize) -> Result<CudaBuffer> {
         // SAFETY: u8 has no invalid bit patterns; callers write before they read.
-        unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| {
-            Error::Invalid(format!(
-                "CUDA out of memory? allocating {bytes} bytes failed: {e}"
-            ))
+        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| {
+            let msg = format!("CUDA allocation of {bytes} bytes failed: {e}");
+            if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                Error::DeviceMemory(msg)
+            } else {
+                Error::Invalid(msg)
+            }
+        })?;
+        self.meter.allocated(slice.len());
+        Ok(CudaBuffer {
+            slice,
+            meter: self.meter.clone(),
         })
     }
 
-    fn address(&self, buf: &CudaSlice<u8>) -> u64 {
-        let (ptr, _sync) = buf.device_ptr(&self.stream);
+    fn address(&self, buf: &CudaBuffer) -> u64 {
+        let (ptr, _sync) = buf.slice.device_ptr(&self.stream);
         ptr
     }
 
-    fn upload(&self, data: &[u8], buf: &mut CudaSlice<u8>) -> Result<()> {
-        let mut view = buf.slice_mut(0..data.len());
+    fn upload(&self, data: &[u8], buf: &mut CudaBuffer) -> Result<()> {
+        let mut view = buf.slice.slice_mut(0..data.len());
         self.stream
             .memcpy_htod(data, &mut view)
             .map_err(driver_error("upload"))
     }
 
-    fn download(&self, buf: &CudaSlice<u8>, out: &mut [u8]) -> Result<()> {
-        let view = buf.slice(0..out.len());
+    fn download(&self, buf: &CudaBuffer, out: &mut [u8]) -> Result<()> {
+        let view = buf.slice.slice(0..out.len());
         self.stream
             .memcpy_dtoh(&view, out)
             .map_err(driver_error("download"))?;
@@ -220,5 +272,13 @@ impl Device for CudaDevice {
         self.stream
             .synchronize()
             .map_err(driver_error("synchronize"))
+    }
+
+    fn memory_meter(&self) -> &MemoryMeter {
+        &self.meter
+    }
+
+    fn free_memory(&self) -> Option<usize> {
+        self.memory().ok().map(|(free, _)| free)
     }
 }

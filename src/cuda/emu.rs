@@ -5,8 +5,9 @@
 use std::alloc::{self, Layout};
 use std::ffi::c_void;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
-use super::device::{check_params, Device, LaunchDims};
+use super::device::{check_params, Device, LaunchDims, MemoryMeter};
 use super::kernels::Kernel;
 use super::params::KernelParams;
 use crate::error::{Error, Result};
@@ -30,11 +31,13 @@ extern "C" {
 }
 
 #[derive(Debug, Default)]
-pub struct EmuDevice;
+pub struct EmuDevice {
+    meter: Arc<MemoryMeter>,
+}
 
 impl EmuDevice {
     pub fn new() -> Self {
-        EmuDevice
+        EmuDevice::default()
     }
 }
 
@@ -42,6 +45,7 @@ impl EmuDevice {
 pub struct EmuBuffer {
     ptr: NonNull<u8>,
     layout: Layout,
+    meter: Arc<MemoryMeter>,
 }
 
 // SAFETY: a plain heap allocation; kernels and copies are the only users, and launches are synchronous.
@@ -52,6 +56,7 @@ impl Drop for EmuBuffer {
     fn drop(&mut self) {
         // SAFETY: allocated in `alloc` with this layout.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+        self.meter.freed(self.layout.size());
     }
 }
 
@@ -76,7 +81,12 @@ impl Device for EmuDevice {
         let ptr = NonNull::new(ptr).ok_or_else(|| {
             Error::Invalid(format!("out of host memory allocating {bytes} bytes"))
         })?;
-        Ok(EmuBuffer { ptr, layout })
+        self.meter.allocated(layout.size());
+        Ok(EmuBuffer {
+            ptr,
+            layout,
+            meter: self.meter.clone(),
+        })
     }
 
     fn address(&self, buf: &EmuBuffer) -> u64 {
@@ -130,6 +140,14 @@ impl Device for EmuDevice {
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn memory_meter(&self) -> &MemoryMeter {
+        &self.meter
+    }
+
+    fn free_memory(&self) -> Option<usize> {
+        None
     }
 }
 

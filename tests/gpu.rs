@@ -1,0 +1,91 @@
+//! The golden checks on a real CUDA GPU. CI and most development machines have none: there every test here is
+//! reported as skipped, with the reason, and counted in cargo's "ignored" total (this file has its own harness so
+//! the count is real and the reason is printed, not hidden).
+
+use mmengine::cli::{open_backend, DeviceArg};
+use mmengine::cuda::driver::CudaDevice;
+use mmengine::selftest::{self, Check, DeviceOps};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+
+fn golden_dir() -> PathBuf {
+    std::env::var_os("MMENGINE_GOLDEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"))
+}
+
+fn assert_all_pass(what: &str, checks: &[Check]) {
+    for c in checks {
+        println!(
+            "    {} {:40} max error {:.2e}",
+            c.case, c.output, c.max_abs_err
+        );
+    }
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| {
+            format!(
+                "{} {} ({:.2e}) {}",
+                c.case,
+                c.output,
+                c.max_abs_err,
+                c.problem.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(failed.is_empty(), "{what}: {}", failed.join("; "));
+    assert!(!checks.is_empty(), "{what}: nothing checked");
+}
+
+fn golden_ops(dev: CudaDevice) {
+    let report = selftest::ops_cases(&golden_dir(), &DeviceOps(dev)).unwrap();
+    assert_all_pass("golden ops on the GPU", &report.checks);
+}
+
+fn golden_generator(_dev: CudaDevice) {
+    let checks =
+        selftest::generator_cases(&golden_dir(), &|net| open_backend(DeviceArg::Cuda(0), net))
+            .unwrap();
+    assert_all_pass("golden generator cases on the GPU", &checks);
+}
+
+type GpuTest = (&'static str, fn(CudaDevice));
+
+const TESTS: &[GpuTest] = &[
+    ("golden_ops", golden_ops),
+    ("golden_generator", golden_generator),
+];
+
+fn main() {
+    println!("\nrunning {} GPU tests", TESTS.len());
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (name, test) in TESTS {
+        match CudaDevice::new(0) {
+            Err(e) => {
+                println!("test gpu::{name} ... skipped: {e}");
+                skipped += 1;
+            }
+            Ok(dev) => match catch_unwind(AssertUnwindSafe(|| test(dev))) {
+                Ok(()) => {
+                    println!("test gpu::{name} ... ok");
+                    passed += 1;
+                }
+                Err(_) => {
+                    println!("test gpu::{name} ... FAILED");
+                    failed += 1;
+                }
+            },
+        }
+    }
+    if skipped > 0 {
+        println!("{skipped} GPU tests skipped: no usable CUDA device on this machine");
+    }
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    println!(
+        "\ntest result: {verdict}. {passed} passed; {failed} failed; {skipped} ignored; 0 measured; 0 filtered out\n"
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
