@@ -124,6 +124,8 @@ impl<D: Device> DeviceConvLayer<D> {
         } else {
             pack_same(&weight.data, o, i * kk)
         };
+        // sum_k W^2 once per layer on the host at upload: O(weights), summed in the CPU backend's order, and no
+        // kernel to keep for a value that never changes.
         let wsq_t = demodulate
             .then(|| {
                 let mut t = vec![0.0f32; i * o];
