@@ -420,7 +420,7 @@ impl<D: crate::cuda::device::Device> OpBackend for DeviceOps<D> {
     }
     fn supports(&self, op: &str) -> bool {
         // conv2d_resample (down-sampling, plain convs) is not a generator op: the device has no kernel for it.
-        matches!(op, "bias_act" | "upfirdn2d")
+        matches!(op, "bias_act" | "upfirdn2d" | "modulated_conv2d")
     }
     fn upfirdn2d(&self, x: &Tensor, f: &Tensor, p: &Upfirdn) -> Result<Tensor> {
         crate::cuda::ops::upfirdn2d(&self.0, x, f, p)
@@ -430,16 +430,14 @@ impl<D: crate::cuda::device::Device> OpBackend for DeviceOps<D> {
     }
     fn modulated_conv2d(
         &self,
-        _x: &Tensor,
-        _w: &Tensor,
-        _styles: &Tensor,
-        _noise: Option<&Tensor>,
-        _f: &Tensor,
-        _p: &ModConv,
+        x: &Tensor,
+        w: &Tensor,
+        styles: &Tensor,
+        noise: Option<&Tensor>,
+        f: &Tensor,
+        p: &ModConv,
     ) -> Result<Tensor> {
-        Err(Error::Invalid(
-            "modulated_conv2d: not a device op".to_string(),
-        ))
+        crate::cuda::ops::modulated_conv2d(&self.0, x, w, styles, noise, f, p)
     }
     fn conv2d_resample(
         &self,

@@ -224,7 +224,8 @@ fn affine(ws: &Tensor, net: &Network, layer: &SynthesisLayer, weight: &Tensor) -
 
 /// Per-layer random noise `[N, 1, res, res]` (times the layer's strength). Image `first_image + b` draws all its
 /// layers, in order, from its own stream, so an image's noise does not depend on the batch it is rendered in.
-fn random_noise(net: &Network, n: usize, seed: u32, first_image: usize) -> Vec<Tensor> {
+/// The CUDA backend draws its random noise here too, so both backends render the same images.
+pub(crate) fn random_noise(net: &Network, n: usize, seed: u32, first_image: usize) -> Vec<Tensor> {
     let noisy: Vec<&SynthesisLayer> = net.layers.iter().filter(|l| l.noise.is_some()).collect();
     let mut out: Vec<Tensor> = noisy
         .iter()

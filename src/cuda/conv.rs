@@ -1,0 +1,439 @@
+//! The device modulated convolution (`kernels/modconv.cu`): one StyleGAN2 synthesis layer (modulate, convolve,
+//! demodulate, noise, bias, activation, clamp) for a whole batch on one shared weight. Twin of
+//! [`crate::cpu::conv::ModConvLayer`].
+//!
+//! A layer's weight is packed once for its kernel at upload; per call the styles come in as a device tensor and
+//! the demodulation coefficients are computed on the device from them and the precomputed `sum_k W^2`.
+
+use super::device::{Device, DeviceTensor, LaunchDims};
+use super::kernels::Kernel;
+use super::params::{ModconvDemodParams, ModconvParams, SkipUpsampleParams, ACT_LINEAR, ACT_LRELU};
+use crate::bail;
+use crate::cpu::ops::Act;
+use crate::cpu::ConvPath;
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// Tiles of the same-resolution kernels (`modconv_3x3`, `modconv_1x1`): pixels x channels, K slice, threads.
+const SAME_BM: usize = 64;
+const SAME_BN: usize = 64;
+const SAME_BK: usize = 16;
+const SAME_THREADS: u32 = 64;
+/// The fused up-sampling kernel: output tile, channels per block, taps per packed channel, K slice, threads.
+const UP2_OUT_TILE: [usize; 2] = [12, 28];
+const UP2_CH: usize = 8;
+const UP2_TAPS: usize = 12;
+const UP2_BK: usize = 16;
+const UP2_THREADS: u32 = 128;
+/// Element-wise kernels.
+const EW_THREADS: u32 = 256;
+const EW_MAX_BLOCKS: u32 = 65535;
+
+/// The noise a layer adds after demodulation.
+pub enum DeviceNoise<'a, D: Device> {
+    /// One `[H', W']` plane times `strength`, shared by every sample.
+    Shared {
+        plane: &'a DeviceTensor<D>,
+        strength: f32,
+    },
+    /// One plane per sample `[N, 1, H', W']`, already scaled.
+    PerSample(&'a DeviceTensor<D>),
+}
+
+/// How a [`DeviceConvLayer`] finishes its output: `clamp(act(v + bias) * gain)`.
+#[derive(Clone, Debug)]
+pub struct Finish<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub act: Act,
+    pub gain: f32,
+    pub clamp: Option<f32>,
+}
+
+/// One modulated convolution uploaded for its kernel.
+pub struct DeviceConvLayer<D: Device> {
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    up: usize,
+    /// The kernel's packing (see `kernels/modconv.cu`), `weight_stride` floats per packed row.
+    weight: DeviceTensor<D>,
+    weight_stride: usize,
+    /// `[O, I, 3, 3]` as given, for the unfused up-sampling twin (kept only when asked for).
+    reference_weight: Option<DeviceTensor<D>>,
+    /// `wsq_t[i, o] = sum_k W[o, i, k]^2`, when demodulating.
+    wsq_t: Option<DeviceTensor<D>>,
+    bias: Option<DeviceTensor<D>>,
+    act: i32,
+    alpha: f32,
+    gain: f32,
+    clamp: f32,
+}
+
+impl<D: Device> DeviceConvLayer<D> {
+    /// `weight [O, I, k, k]` with any weight gain applied, in the convolution's own tap order: a
+    /// cross-correlation for `up == 1`, the transposed conv's scatter (`T[2y + ky, 2x + kx] += x[y, x] W[ky, kx]`)
+    /// for `up == 2`. `k` is 1 or 3; `up == 2` with `k == 1` (conv, then the skip up-sampling) only takes a linear,
+    /// bias-free, unclamped finish, because the up-sampling follows it. `keep_reference` also uploads the weight in
+    /// its natural layout for [`ConvPath::Reference`].
+    pub fn new(
+        dev: &D,
+        weight: &Tensor,
+        demodulate: bool,
+        up: usize,
+        finish: &Finish,
+        keep_reference: bool,
+    ) -> Result<Self> {
+        let [o, i, kh, kw] = match weight.shape[..] {
+            [o, i, kh, kw] => [o, i, kh, kw],
+            _ => bail!(
+                "modulated conv: weight must be [O, I, k, k], got {:?}",
+                weight.shape
+            ),
+        };
+        if kh != kw || (kh != 1 && kh != 3) || o == 0 || i == 0 {
+            bail!(
+                "modulated conv: the device kernels take 1x1 and 3x3 weights, got {:?}",
+                weight.shape
+            );
+        }
+        if up != 1 && up != 2 {
+            bail!("modulated conv: up must be 1 or 2, got {up}");
+        }
+        if let Some(b) = finish.bias {
+            if b.len() != o {
+                bail!(
+                    "modulated conv: {} bias values for {o} output channels",
+                    b.len()
+                );
+            }
+        }
+        if up == 2
+            && kh == 1
+            && (finish.bias.is_some()
+                || finish.act != Act::Linear
+                || finish.gain != 1.0
+                || finish.clamp.is_some())
+        {
+            bail!(
+                "modulated conv: a 1x1 up-sampling conv takes no bias, activation, gain or clamp"
+            );
+        }
+        let kk = kh * kw;
+        let (packed, weight_stride) = if up == 2 && kh == 3 {
+            pack_up2(&weight.data, o, i)
+        } else {
+            pack_same(&weight.data, o, i * kk)
+        };
+        // sum_k W^2 once per layer on the host at upload: O(weights), summed in the CPU backend's order, and no
+        // kernel to keep for a value that never changes.
+        let wsq_t = demodulate
+            .then(|| {
+                let mut t = vec![0.0f32; i * o];
+                for (row, taps) in weight.data.chunks(kk).enumerate() {
+                    let (oc, ic) = (row / i, row % i);
+                    t[ic * o + oc] = taps.iter().map(|v| v * v).sum();
+                }
+                upload(dev, vec![i, o], t)
+            })
+            .transpose()?;
+        let (act, alpha) = match finish.act {
+            Act::Linear => (ACT_LINEAR, 0.0),
+            Act::Lrelu { alpha } => (ACT_LRELU, alpha),
+        };
+        Ok(DeviceConvLayer {
+            in_channels: i,
+            out_channels: o,
+            kernel: kh,
+            up,
+            weight_stride,
+            weight: upload(dev, vec![packed.len()], packed)?,
+            reference_weight: (keep_reference && up == 2 && kh == 3)
+                .then(|| DeviceTensor::upload(dev, weight))
+                .transpose()?,
+            wsq_t,
+            bias: finish
+                .bias
+                .map(|b| upload(dev, vec![o], b.to_vec()))
+                .transpose()?,
+            act,
+            alpha,
+            gain: finish.gain,
+            clamp: finish.clamp.unwrap_or(-1.0),
+        })
+    }
+
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// Demodulation coefficients `[N, O]` for `styles [N, I]`, or `None` for a layer that does not demodulate.
+    pub fn demod(&self, dev: &D, styles: &DeviceTensor<D>) -> Result<Option<DeviceTensor<D>>> {
+        let Some(wsq_t) = &self.wsq_t else {
+            return Ok(None);
+        };
+        let n = styles.shape[0];
+        let dcoefs = DeviceTensor::alloc(dev, &[n, self.out_channels])?;
+        let total = n * self.out_channels;
+        let params = ModconvDemodParams {
+            dcoefs: dcoefs.ptr(),
+            styles: styles.ptr(),
+            wsq_t: wsq_t.ptr(),
+            n: total as i64,
+            in_channels: self.in_channels as i32,
+            out_channels: self.out_channels as i32,
+        };
+        dev.launch(
+            Kernel::ModconvDemod,
+            LaunchDims::linear(total, EW_THREADS, EW_MAX_BLOCKS),
+            &params,
+        )?;
+        Ok(Some(dcoefs))
+    }
+
+    /// The layer on `x [N, I, H, W]` with `styles [N, I]` and the coefficients from [`Self::demod`]; returns
+    /// `[N, O, up H, up W]`. `path` picks the fused up-sampling kernel or its unfused twin (the same kernels
+    /// otherwise).
+    pub fn forward(
+        &self,
+        dev: &D,
+        x: &DeviceTensor<D>,
+        styles: &DeviceTensor<D>,
+        dcoefs: Option<&DeviceTensor<D>>,
+        noise: Option<DeviceNoise<D>>,
+        path: ConvPath,
+    ) -> Result<DeviceTensor<D>> {
+        let [n, i, h, w] = match x.shape[..] {
+            [n, i, h, w] => [n, i, h, w],
+            _ => bail!("modulated conv: x must be [N, C, H, W], got {:?}", x.shape),
+        };
+        if i != self.in_channels || n == 0 || h == 0 || w == 0 {
+            bail!(
+                "modulated conv: x {:?} does not fit a layer with {} input channels",
+                x.shape,
+                self.in_channels
+            );
+        }
+        if styles.shape != [n, i] {
+            bail!(
+                "modulated conv: styles {:?} should be [{n}, {i}]",
+                styles.shape
+            );
+        }
+        let dcoefs_ok = match (dcoefs, &self.wsq_t) {
+            (Some(d), Some(_)) => d.shape == [n, self.out_channels],
+            (None, None) => true,
+            _ => false,
+        };
+        if !dcoefs_ok {
+            bail!("modulated conv: demodulation coefficients missing, unexpected or of the wrong shape");
+        }
+        let (oh, ow) = (h * self.up, w * self.up);
+        let (noise_ptr, noise_sample_stride, noise_strength) = match &noise {
+            None => (0, 0, 0.0),
+            Some(DeviceNoise::Shared { plane, strength }) => {
+                if plane.shape != [oh, ow] {
+                    bail!(
+                        "modulated conv: noise {:?} should be [{oh}, {ow}]",
+                        plane.shape
+                    );
+                }
+                (plane.ptr(), 0, *strength)
+            }
+            Some(DeviceNoise::PerSample(planes)) => {
+                if planes.shape != [n, 1, oh, ow] {
+                    bail!(
+                        "modulated conv: per-sample noise {:?} should be [{n}, 1, {oh}, {ow}]",
+                        planes.shape
+                    );
+                }
+                (planes.ptr(), (oh * ow) as i64, 1.0)
+            }
+        };
+        let o = self.out_channels;
+        let mut params = ModconvParams {
+            y: 0,
+            x: x.ptr(),
+            weight: self.weight.ptr(),
+            styles: styles.ptr(),
+            dcoefs: dcoefs.map_or(0, |d| d.ptr()),
+            noise: noise_ptr,
+            bias: self.bias.as_ref().map_or(0, |b| b.ptr()),
+            noise_sample_stride,
+            batch: n as i32,
+            in_channels: i as i32,
+            out_channels: o as i32,
+            height: h as i32,
+            width: w as i32,
+            weight_stride: self.weight_stride as i32,
+            tiles_x: 0,
+            act: self.act,
+            alpha: self.alpha,
+            gain: self.gain,
+            clamp: self.clamp,
+            noise_strength,
+        };
+        if self.up == 2 && self.kernel == 1 {
+            // Conv (with demodulation) at input resolution, then the skip up-sampling adds the noise.
+            let z = DeviceTensor::alloc(dev, &[n, o, h, w])?;
+            params.y = z.ptr();
+            params.noise = 0;
+            self.launch_same(dev, &params, n * h * w)?;
+            let y = DeviceTensor::alloc(dev, &[n, o, oh, ow])?;
+            skip_upsample(
+                dev,
+                &z,
+                &y,
+                (noise_ptr != 0).then_some((noise_ptr, noise_sample_stride, 0)),
+            )?;
+            return Ok(y);
+        }
+        let y = DeviceTensor::alloc(dev, &[n, o, oh, ow])?;
+        params.y = y.ptr();
+        if self.up == 1 {
+            self.launch_same(dev, &params, n * h * w)?;
+        } else if path == ConvPath::Fast {
+            let [tile_h, tile_w] = UP2_OUT_TILE;
+            let (tiles_y, tiles_x) = (oh.div_ceil(tile_h), ow.div_ceil(tile_w));
+            params.tiles_x = tiles_x as i32;
+            let dims = LaunchDims {
+                grid: [
+                    grid_size(tiles_y * tiles_x, GRID_X_MAX)?,
+                    grid_size(o.div_ceil(UP2_CH), GRID_YZ_MAX)?,
+                    grid_size(n, GRID_YZ_MAX)?,
+                ],
+                block: [UP2_THREADS, 1, 1],
+                shared_bytes: 0,
+            };
+            dev.launch(Kernel::ModconvUp23x3, dims, &params)?;
+        } else {
+            let Some(natural) = &self.reference_weight else {
+                bail!("modulated conv: the layer was uploaded without its reference weight");
+            };
+            let t = DeviceTensor::alloc(dev, &[n, o, 2 * h + 1, 2 * w + 1])?;
+            let tparams = ModconvParams {
+                y: t.ptr(),
+                weight: natural.ptr(),
+                ..params
+            };
+            dev.launch(
+                Kernel::ModconvTransposeRef,
+                LaunchDims::linear(t.len(), EW_THREADS, EW_MAX_BLOCKS),
+                &tparams,
+            )?;
+            let bparams = ModconvParams {
+                x: t.ptr(),
+                ..params
+            };
+            dev.launch(
+                Kernel::ModconvBlurRef,
+                LaunchDims::linear(y.len(), EW_THREADS, EW_MAX_BLOCKS),
+                &bparams,
+            )?;
+        }
+        Ok(y)
+    }
+
+    fn launch_same(&self, dev: &D, params: &ModconvParams, pixels: usize) -> Result<()> {
+        let kernel = if self.kernel == 3 {
+            Kernel::Modconv3x3
+        } else {
+            Kernel::Modconv1x1
+        };
+        let dims = LaunchDims {
+            grid: [
+                grid_size(pixels.div_ceil(SAME_BM), GRID_X_MAX)?,
+                grid_size(self.out_channels.div_ceil(SAME_BN), GRID_YZ_MAX)?,
+                1,
+            ],
+            block: [SAME_THREADS, 1, 1],
+            shared_bytes: 0,
+        };
+        dev.launch(kernel, dims, params)
+    }
+}
+
+/// `y = upsample2x(x) + addend` for `x [N, C, H, W]`, `y [N, C, 2H, 2W]`; the addend is
+/// `(pointer, sample stride, channel stride)` (0 strides broadcast), read at `b * ss + c * cs + pixel`.
+pub fn skip_upsample<D: Device>(
+    dev: &D,
+    x: &DeviceTensor<D>,
+    y: &DeviceTensor<D>,
+    addend: Option<(u64, i64, i64)>,
+) -> Result<()> {
+    let [n, c, h, w] = match x.shape[..] {
+        [n, c, h, w] => [n, c, h, w],
+        _ => bail!(
+            "skip up-sampling: x must be [N, C, H, W], got {:?}",
+            x.shape
+        ),
+    };
+    if y.shape != [n, c, 2 * h, 2 * w] {
+        bail!(
+            "skip up-sampling: output {:?} should be [{n}, {c}, {}, {}]",
+            y.shape,
+            2 * h,
+            2 * w
+        );
+    }
+    let (addend, sample_stride, channel_stride) = addend.unwrap_or((0, 0, 0));
+    let params = SkipUpsampleParams {
+        y: y.ptr(),
+        x: x.ptr(),
+        addend,
+        addend_sample_stride: sample_stride,
+        addend_channel_stride: channel_stride,
+        batch: n as i32,
+        channels: c as i32,
+        height: h as i32,
+        width: w as i32,
+    };
+    dev.launch(
+        Kernel::SkipUpsample,
+        LaunchDims::linear(y.len(), EW_THREADS, EW_MAX_BLOCKS),
+        &params,
+    )
+}
+
+fn upload<D: Device>(dev: &D, shape: Vec<usize>, data: Vec<f32>) -> Result<DeviceTensor<D>> {
+    DeviceTensor::upload(dev, &Tensor::new(shape, data)?)
+}
+
+/// Grid limits: x up to 2^31 - 1 blocks, y and z up to 65535.
+const GRID_X_MAX: usize = (1 << 31) - 1;
+const GRID_YZ_MAX: usize = 65535;
+
+fn grid_size(blocks: usize, limit: usize) -> Result<u32> {
+    if blocks > limit {
+        bail!("modulated conv: {blocks} blocks along one grid axis is more than the device allows ({limit})");
+    }
+    Ok(blocks as u32)
+}
+
+/// `[K rounded up to 16][O rounded up to 64]`: row `k` holds `W[o, k]` (`k = i k k + tap`), zeros past the ends.
+fn pack_same(w: &[f32], o: usize, k: usize) -> (Vec<f32>, usize) {
+    let (rows, cols) = (k.next_multiple_of(SAME_BK), o.next_multiple_of(SAME_BN));
+    let mut packed = vec![0.0f32; rows * cols];
+    for oc in 0..o {
+        for (d, &v) in w[oc * k..(oc + 1) * k].iter().enumerate() {
+            packed[d * cols + oc] = v;
+        }
+    }
+    (packed, cols)
+}
+
+/// `[I rounded up to 16][O rounded up to 8][12]`: the 9 taps of `W[o, i]` then 3 zeros.
+fn pack_up2(w: &[f32], o: usize, i: usize) -> (Vec<f32>, usize) {
+    let stride = o.next_multiple_of(UP2_CH) * UP2_TAPS;
+    let mut packed = vec![0.0f32; i.next_multiple_of(UP2_BK) * stride];
+    for oc in 0..o {
+        for ic in 0..i {
+            let taps = &w[(oc * i + ic) * 9..][..9];
+            packed[ic * stride + oc * UP2_TAPS..][..9].copy_from_slice(taps);
+        }
+    }
+    (packed, stride)
+}

@@ -1,0 +1,262 @@
+//! The synthesis network on a device: walks the layer table like [`crate::cpu::synthesis`], one modulated-conv
+//! kernel per layer (plus the styles and demodulation kernels), the skip image up-sampled and summed on the device.
+//! Weights, noise buffers and the constant input are uploaded once.
+
+use super::conv::{skip_upsample, DeviceConvLayer, DeviceNoise, Finish};
+use super::device::{Device, DeviceTensor, LaunchDims};
+use super::kernels::Kernel;
+use super::params::ModconvAffineParams;
+use crate::backend::NoiseMode;
+use crate::bail;
+use crate::cpu::ops::Act;
+use crate::cpu::synthesis::{random_noise, Trace};
+use crate::cpu::ConvPath;
+use crate::error::Result;
+use crate::model::{LayerKind, Network};
+use crate::tensor::Tensor;
+
+const AFFINE_THREADS: u32 = 256;
+const AFFINE_MAX_BLOCKS: u32 = 65535;
+
+/// One synthesis layer on the device.
+struct DeviceLayer<D: Device> {
+    name: String,
+    kind: LayerKind,
+    ws_index: usize,
+    resolution: usize,
+    /// Effective affine weight `A / sqrt(w_dim)`, `[I, w_dim]`, and its bias `[I]`.
+    affine: DeviceTensor<D>,
+    affine_bias: DeviceTensor<D>,
+    conv: DeviceConvLayer<D>,
+    /// The stored noise buffer `[res, res]` and its strength.
+    noise: Option<(DeviceTensor<D>, f32)>,
+}
+
+pub struct DeviceSynthesis<D: Device> {
+    layers: Vec<DeviceLayer<D>>,
+    /// `[C, 4, 4]`, kept on the host: it is repeated over the batch per call.
+    const_input: Tensor,
+    path: ConvPath,
+}
+
+impl<D: Device> DeviceSynthesis<D> {
+    /// Uploads `net`'s synthesis layers. `path` picks the fused up-sampling kernel ([`ConvPath::Fast`]) or the
+    /// unfused pair ([`ConvPath::Reference`], a test twin).
+    pub fn new(dev: &D, net: &Network, path: ConvPath) -> Result<Self> {
+        let affine_gain = 1.0 / (net.w_dim as f32).sqrt();
+        let layers = net
+            .layers
+            .iter()
+            .map(|l| {
+                let act = match l.kind {
+                    LayerKind::Conv => Act::LRELU,
+                    LayerKind::ToRgb => Act::Linear,
+                };
+                let weight = Tensor::new(
+                    l.weight.shape.clone(),
+                    l.weight.data.iter().map(|v| v * l.weight_gain).collect(),
+                )?;
+                let conv = DeviceConvLayer::new(
+                    dev,
+                    &weight,
+                    l.demodulate,
+                    l.up,
+                    &Finish {
+                        bias: Some(&l.bias),
+                        act,
+                        gain: act.default_gain(),
+                        clamp: l.clamp,
+                    },
+                    path == ConvPath::Reference,
+                )?;
+                let affine = Tensor::new(
+                    l.affine_weight.shape.clone(),
+                    l.affine_weight
+                        .data
+                        .iter()
+                        .map(|v| v * affine_gain)
+                        .collect(),
+                )?;
+                Ok(DeviceLayer {
+                    name: l.name.clone(),
+                    kind: l.kind,
+                    ws_index: l.ws_index,
+                    resolution: l.resolution,
+                    affine: DeviceTensor::upload(dev, &affine)?,
+                    affine_bias: DeviceTensor::upload(
+                        dev,
+                        &Tensor::new(vec![l.affine_bias.len()], l.affine_bias.clone())?,
+                    )?,
+                    conv,
+                    noise: l
+                        .noise
+                        .as_ref()
+                        .map(|n| Ok((DeviceTensor::upload(dev, &n.buffer)?, n.strength)))
+                        .transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DeviceSynthesis {
+            layers,
+            const_input: net.const_input.clone(),
+            path,
+        })
+    }
+
+    /// ws `[N, num_ws, w_dim]` -> images `[N, C, res, res]`. `net` is the network this was built from (its
+    /// layer table drives the random-noise generator shared with the CPU backend).
+    pub fn synthesize(
+        &self,
+        dev: &D,
+        net: &Network,
+        ws: &Tensor,
+        noise: NoiseMode,
+    ) -> Result<Tensor> {
+        self.forward(dev, net, ws, noise, None)
+    }
+
+    /// [`Self::synthesize`] that also reports every layer's styles and output, and each block's `x` and `img`,
+    /// under the names of [`crate::cpu::CpuBackend::synthesize_traced`] (downloads them: for tests and debugging).
+    pub fn synthesize_traced(
+        &self,
+        dev: &D,
+        net: &Network,
+        ws: &Tensor,
+        noise: NoiseMode,
+        trace: Trace,
+    ) -> Result<Tensor> {
+        self.forward(dev, net, ws, noise, Some(trace))
+    }
+
+    fn forward(
+        &self,
+        dev: &D,
+        net: &Network,
+        ws: &Tensor,
+        noise: NoiseMode,
+        mut trace: Option<Trace>,
+    ) -> Result<Tensor> {
+        if net.layers.len() != self.layers.len() {
+            bail!("the device synthesis was built from another network");
+        }
+        if ws.ndim() != 3
+            || ws.shape[1] != net.num_ws
+            || ws.shape[2] != net.w_dim
+            || ws.shape[0] == 0
+        {
+            bail!(
+                "ws has shape {:?}, the model expects [N, {}, {}] with N > 0",
+                ws.shape,
+                net.num_ws,
+                net.w_dim
+            );
+        }
+        let n = ws.shape[0];
+        let ws_d = DeviceTensor::upload(dev, ws)?;
+        // Random noise: drawn on the host by the CPU backend's generator, one [N, 1, res, res] tensor per noisy
+        // layer in order, uploaded.
+        let random = match noise {
+            NoiseMode::Random { seed, first_image } => Some(
+                random_noise(net, n, seed, first_image)
+                    .iter()
+                    .map(|t| DeviceTensor::upload(dev, t))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            _ => None,
+        };
+        let c = &self.const_input;
+        let mut x = DeviceTensor::upload(
+            dev,
+            &Tensor::new(vec![n, c.shape[0], 4, 4], c.data.repeat(n))?,
+        )?;
+        let mut img: Option<DeviceTensor<D>> = None;
+        let mut noise_layer = 0;
+        for layer in &self.layers {
+            let styles = affine(dev, net, &ws_d, layer, n)?;
+            let layer_noise = match (noise, &layer.noise, &random) {
+                (NoiseMode::Const, Some((plane, strength)), _) => Some(DeviceNoise::Shared {
+                    plane,
+                    strength: *strength,
+                }),
+                (NoiseMode::Random { .. }, Some(_), Some(planes)) => {
+                    Some(DeviceNoise::PerSample(&planes[noise_layer]))
+                }
+                _ => None,
+            };
+            if layer.noise.is_some() {
+                noise_layer += 1;
+            }
+            let dcoefs = layer.conv.demod(dev, &styles)?;
+            let out =
+                layer
+                    .conv
+                    .forward(dev, &x, &styles, dcoefs.as_ref(), layer_noise, self.path)?;
+            if let Some(t) = trace.as_mut() {
+                t(&format!("{}.styles", layer.name), &styles.download(dev)?);
+                t(&format!("{}.out", layer.name), &out.download(dev)?);
+            }
+            match layer.kind {
+                LayerKind::Conv => x = out,
+                LayerKind::ToRgb => {
+                    let sum = match img.take() {
+                        None => out,
+                        Some(prev) => {
+                            let mut shape = prev.shape.clone();
+                            shape[2] *= 2;
+                            shape[3] *= 2;
+                            let up = DeviceTensor::alloc(dev, &shape)?;
+                            let plane = (shape[2] * shape[3]) as i64;
+                            let channels = shape[1] as i64;
+                            skip_upsample(
+                                dev,
+                                &prev,
+                                &up,
+                                Some((out.ptr(), channels * plane, plane)),
+                            )?;
+                            up
+                        }
+                    };
+                    if let Some(t) = trace.as_mut() {
+                        let block = format!("b{}", layer.resolution);
+                        t(&format!("{block}.x"), &x.download(dev)?);
+                        t(&format!("{block}.img"), &sum.download(dev)?);
+                    }
+                    img = Some(sum);
+                }
+            }
+        }
+        match img {
+            Some(img) => img.download(dev),
+            None => bail!("the network has no ToRGB layer"),
+        }
+    }
+}
+
+/// Styles `[N, I]` of one layer on the device.
+fn affine<D: Device>(
+    dev: &D,
+    net: &Network,
+    ws: &DeviceTensor<D>,
+    layer: &DeviceLayer<D>,
+    n: usize,
+) -> Result<DeviceTensor<D>> {
+    let i = layer.conv.in_channels();
+    let styles = DeviceTensor::alloc(dev, &[n, i])?;
+    let params = ModconvAffineParams {
+        styles: styles.ptr(),
+        ws: ws.ptr(),
+        affine: layer.affine.ptr(),
+        affine_bias: layer.affine_bias.ptr(),
+        ws_sample_stride: (net.num_ws * net.w_dim) as i64,
+        batch: n as i32,
+        in_channels: i as i32,
+        w_dim: net.w_dim as i32,
+        ws_index: layer.ws_index as i32,
+    };
+    dev.launch(
+        Kernel::ModconvAffine,
+        LaunchDims::linear(n * i, AFFINE_THREADS, AFFINE_MAX_BLOCKS),
+        &params,
+    )?;
+    Ok(styles)
+}
