@@ -4,6 +4,7 @@
 
 use mmengine::cli::{open_backend, DeviceArg};
 use mmengine::cuda::driver::CudaDevice;
+use mmengine::cuda::Precision;
 use mmengine::selftest::{self, Check, DeviceOps};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -44,9 +45,10 @@ fn golden_ops(dev: CudaDevice) {
 }
 
 fn golden_generator(_dev: CudaDevice) {
-    let checks =
-        selftest::generator_cases(&golden_dir(), &|net| open_backend(DeviceArg::Cuda(0), net))
-            .unwrap();
+    let checks = selftest::generator_cases(&golden_dir(), &|net| {
+        open_backend(DeviceArg::Cuda(0), net, Precision::Fp32)
+    })
+    .unwrap();
     assert_all_pass("golden generator cases on the GPU", &checks);
 }
 
