@@ -32,6 +32,9 @@ const ELEMENTS_PER_THREAD: usize = 4;
 /// Most blocks per layer: enough to fill a GPU with a few layers, few enough that the per-layer sum stays short.
 const MAX_BLOCKS_PER_LAYER: usize = 64;
 
+/// CUDA's limit on a grid's y dimension, which indexes the layers.
+const MAX_GRID_Y: usize = 65535;
+
 /// The SVD step's buffers: its input and its outputs, for `layers` matrices of `rows x cols`.
 pub struct SvdBuffers<D: Device> {
     /// `[layers, rows, cols]` row-major float64: `M - S + Y/mu`. The SVD must leave it unchanged.
@@ -68,13 +71,16 @@ pub fn fit_on<D: LayerSvd>(dev: &D, anchors: &Tensor, opts: &FitOptions) -> Resu
     let FitShape {
         k, layers, width, ..
     } = shape;
-    // The kernels index a layer's elements and count iterations in int.
+    // The kernels index a layer's elements and count iterations in int, and launch one grid row per layer.
     if k * width > i32::MAX as usize || opts.max_iter > i32::MAX as usize {
         bail!(
             "a {k} x {width} layer with max_iter {} exceeds the device fit's int range ({})",
             opts.max_iter,
             i32::MAX
         );
+    }
+    if layers > MAX_GRID_Y {
+        bail!("{layers} layers exceed the device fit's {MAX_GRID_Y} (one launch grid row each)");
     }
     let matrices: Vec<Vec<f64>> = (0..layers)
         .map(|l| shape.layer_matrix(anchors, l))
