@@ -483,6 +483,7 @@ fn write_params(out: &Path, header: &Path) {
                 "int" => "i32",
                 "unsigned" => "u32",
                 "float" => "f32",
+                "double" => "f64",
                 other => panic!("params.h: unsupported field type '{other}'"),
             };
             // Insert before the struct's closing brace written above.

@@ -2,6 +2,8 @@
 //! reported as skipped, with the reason, and counted in cargo's "ignored" total (this file has its own harness so
 //! the count is real and the reason is printed, not hidden).
 
+mod common;
+
 use mmengine::cli::{open_backend, DeviceArg};
 use mmengine::cuda::driver::CudaDevice;
 use mmengine::cuda::Precision;
@@ -52,11 +54,18 @@ fn golden_generator(_dev: CudaDevice) {
     assert_all_pass("golden generator cases on the GPU", &checks);
 }
 
+fn golden_fit(dev: CudaDevice) {
+    common::fit_case::check_case_e("cuda", |anchors, opts| {
+        mmengine::micromotion::device::fit_on(&dev, anchors, opts)
+    });
+}
+
 type GpuTest = (&'static str, fn(CudaDevice));
 
 const TESTS: &[GpuTest] = &[
     ("golden_ops", golden_ops),
     ("golden_generator", golden_generator),
+    ("golden_fit", golden_fit),
 ];
 
 fn main() {
