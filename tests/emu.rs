@@ -847,7 +847,23 @@ mod modconv {
             },
             2,
         );
-        // ToRGB-like 1x1, no demodulation, clamped.
+        // 1x1 with more channels than the narrow tile takes: the wide tile, 35-pixel planes.
+        check(
+            &Case {
+                n: 2,
+                i: 24,
+                o: 20,
+                h: 5,
+                w: 7,
+                k: 1,
+                up: 1,
+                demodulate: true,
+                noise: NoiseKind::Shared,
+                clamp: None,
+            },
+            6,
+        );
+        // ToRGB-like 1x1 (the narrow tile), no demodulation, clamped.
         check(
             &Case {
                 n: 2,
