@@ -369,8 +369,17 @@ impl<'a> ModConvLayer<'a> {
         let ohw = g.oh * g.ow;
         let out_ptr = SyncPtr(out.as_mut_ptr());
         (0..g.n * chunks).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new(), BlurScratch::default()),
-            |(bpack, acc, win, scratch): &mut (Vec<f32>, Vec<f32>, Vec<f32>, BlurScratch), item| {
+            || {
+                let cols = ColumnScratch::default();
+                (
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    cols,
+                    BlurScratch::default(),
+                )
+            },
+            |(bpack, acc, win, cols, scratch), item| {
                 let (b, c) = (item / chunks, item % chunks);
                 let (o0, o1) = (c * chunk_ch, ((c + 1) * chunk_ch).min(g.o));
                 let nch = o1 - o0;
@@ -402,21 +411,11 @@ impl<'a> ModConvLayer<'a> {
                             ldc,
                         );
                     }
-                    // Scatter: input pixel (y, x) with tap (ky, kx) lands on (2y + ky, 2x + kx).
                     let row_off = o0 * kk - rb0 * MR;
                     for ch in 0..nch {
+                        let taps = &acc[(row_off + ch * kk) * ldc..][..kk * ldc];
                         let plane = &mut win[ch * cap * tw..][..cap * tw];
-                        for t in 0..kk {
-                            let (ky, kx) = (t / k, t % k);
-                            let z = &acc[(row_off + ch * kk + t) * ldc..][..p];
-                            for (r, zrow) in z.chunks(g.w).enumerate() {
-                                let wr = 2 * (y0 + r) + ky - base;
-                                let dst = &mut plane[wr * tw + kx..][..2 * g.w - 1];
-                                for (d, &v) in dst.iter_mut().step_by(2).zip(zrow) {
-                                    *d += v;
-                                }
-                            }
-                        }
+                        scatter_taps(taps, ldc, k, g.w, y1 - y0, 2 * y0 - base, plane, tw, cols);
                     }
                     // Intermediate rows below `done` receive nothing more; output row Y reads rows
                     // Y - pad .. Y - pad + 3.
@@ -672,6 +671,7 @@ fn put_scaled(dst: &mut [f32], row: &[f32], start: isize, s: f32) {
     }
 }
 
+avx2_twin! {
 /// `p` consecutive pixels of channels `c0..c0 + s.len()` (channel planes `hw` apart, `xrows` starting at the
 /// first pixel of channel 0), scaled by `s`, packed as `microkernel` B panels of depth `s.len()`; lanes past the
 /// last pixel are zeroed.
@@ -688,6 +688,59 @@ fn pack_scaled(xrows: &[f32], hw: usize, p: usize, s: &[f32], c0: usize, bpack: 
         }
     }
 }
+}
+
+/// Scratch rows for `scatter_taps`: one kernel row's contributions to the even and the odd columns.
+#[derive(Default)]
+struct ColumnScratch {
+    even: Vec<f32>,
+    odd: Vec<f32>,
+}
+
+avx2_twin! {
+/// Adds the transposed-conv taps of `rows` input rows to the intermediate plane: `taps[t ldc + r w + x]` (tap
+/// t = ky k + kx, row r, column x) lands on plane row `row0 + 2 r + ky` (rows `tw` apart), column `2 x + kx`.
+/// Per kernel row the taps are first summed into the even and odd columns, then added interleaved, so every
+/// pass is contiguous.
+#[allow(clippy::too_many_arguments)]
+fn scatter_taps(
+    taps: &[f32],
+    ldc: usize,
+    k: usize,
+    w: usize,
+    rows: usize,
+    row0: usize,
+    plane: &mut [f32],
+    tw: usize,
+    cols: &mut ColumnScratch,
+) {
+    let ColumnScratch { even, odd } = cols;
+    for r in 0..rows {
+        for ky in 0..k {
+            let dst = &mut plane[(row0 + 2 * r + ky) * tw..][..tw];
+            even.clear();
+            even.resize(tw.div_ceil(2), 0.0);
+            odd.clear();
+            odd.resize(tw / 2, 0.0);
+            for kx in 0..k {
+                // Column 2 x + kx is even column x + kx / 2 or odd column x + kx / 2.
+                let lane = if kx % 2 == 0 { &mut *even } else { &mut *odd };
+                let src = &taps[(ky * k + kx) * ldc + r * w..][..w];
+                for (d, &v) in lane[kx / 2..][..w].iter_mut().zip(src) {
+                    *d += v;
+                }
+            }
+            for (pair, (&e, &o)) in dst.chunks_exact_mut(2).zip(even.iter().zip(odd.iter())) {
+                pair[0] += e;
+                pair[1] += o;
+            }
+            if tw % 2 == 1 {
+                dst[tw - 1] += even[tw / 2];
+            }
+        }
+    }
+}
+}
 
 /// The up-sampling filter: separable [1,3,3,1]/8 per axis, times 2 per axis (gain 4 overall).
 const BLUR_TAPS: [f32; 4] = [0.25, 0.75, 0.75, 0.25];
@@ -699,6 +752,7 @@ struct BlurScratch {
     hpass: Vec<f32>,
 }
 
+avx2_twin! {
 /// Output rows `[y0, y1)` (width `ow`) of the blur of a `[th, tw]` plane with `BLUR_TAPS` along x then y,
 /// padding `pad` on every side (negative crops), into `dst`. `window` holds the plane's rows from `base` on;
 /// the rows the output needs must be there. The filter is symmetric, so convolution and correlation coincide.
@@ -754,6 +808,7 @@ fn blur_rows(
             }
         }
     }
+}
 }
 
 /// A raw output pointer shared by work items that write disjoint regions.

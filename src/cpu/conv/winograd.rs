@@ -10,7 +10,7 @@
 //! output transform feeds the layer's epilogue, as in the im2col path.
 
 use super::{Geometry, ModConvLayer, PackedA, SyncPtr, KC};
-use crate::cpu::microkernel::{gemm_packed, has_avx2_fma, MR, NR};
+use crate::cpu::microkernel::{gemm_packed, MR, NR};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -197,24 +197,10 @@ struct ItemTiles<'a> {
     ldc: usize,
 }
 
+avx2_twin! {
 /// `V = B^T (s d) B` for the item's tiles and every input channel, into `scratch.v` (lanes past the last tile
-/// zeroed), compiled for AVX2 where the CPU has it: the transforms are plain loops that LLVM vectorises 8 wide
-/// only then (the crate is built for baseline x86-64).
+/// zeroed).
 fn transform_input(tiles: &ItemTiles, x: &[f32], styles: &[f32], scratch: &mut Scratch) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2(tiles: &ItemTiles, x: &[f32], styles: &[f32], scratch: &mut Scratch) {
-            transform_input_body(tiles, x, styles, scratch)
-        }
-        // SAFETY: the CPU has both features.
-        return unsafe { avx2(tiles, x, styles, scratch) };
-    }
-    transform_input_body(tiles, x, styles, scratch)
-}
-
-#[inline(always)]
-fn transform_input_body(tiles: &ItemTiles, x: &[f32], styles: &[f32], scratch: &mut Scratch) {
     let ItemTiles {
         g,
         grid,
@@ -287,6 +273,7 @@ fn transform_input_body(tiles: &ItemTiles, x: &[f32], styles: &[f32], scratch: &
         }
     }
 }
+}
 
 /// `odd[t] = s row[2 (tx0 + t) - 1]`, `even[t] = s row[2 (tx0 + t)]` for `t` in `0..odd.len()`, zero outside
 /// the row: the columns each tile's 4x4 patch starts with, left of and at its first output column.
@@ -312,37 +299,9 @@ fn split_columns(row: &[f32], tx0: usize, s: f32, odd: &mut [f32], even: &mut [f
     }
 }
 
-/// `Y = A^T M A` for the item's tiles and output channels `oc`, then the epilogue, into `out`; compiled for
-/// AVX2 where the CPU has it, like `transform_input`.
+avx2_twin! {
+/// `Y = A^T M A` for the item's tiles and output channels `channels`, then the epilogue, into `out`.
 fn transform_output(
-    tiles: &ItemTiles,
-    layer: &ModConvLayer,
-    oc: Range<usize>,
-    dcoefs: &[f32],
-    scratch: &mut Scratch,
-    out: SyncPtr,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2(
-            tiles: &ItemTiles,
-            layer: &ModConvLayer,
-            oc: Range<usize>,
-            dcoefs: &[f32],
-            scratch: &mut Scratch,
-            out: SyncPtr,
-        ) {
-            transform_output_body(tiles, layer, oc, dcoefs, scratch, out)
-        }
-        // SAFETY: the CPU has both features.
-        return unsafe { avx2(tiles, layer, oc, dcoefs, scratch, out) };
-    }
-    transform_output_body(tiles, layer, oc, dcoefs, scratch, out)
-}
-
-#[inline(always)]
-fn transform_output_body(
     tiles: &ItemTiles,
     layer: &ModConvLayer,
     channels: Range<usize>,
@@ -421,4 +380,5 @@ fn transform_output_body(
             }
         }
     }
+}
 }
