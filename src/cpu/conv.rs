@@ -12,7 +12,8 @@
 //! (gain 4), then the epilogue. This is the same multiply-add count as a k x k conv at input resolution; folding
 //! the blur into a 6x6 kernel would quadruple it.
 //!
-//! 3x3 layers without up-sampling use Winograd F(2x2, 3x3) instead of im2col (`winograd`).
+//! 3x3 layers without up-sampling use Winograd F(2x2, 3x3) instead of im2col (`winograd`): 16 instead of 36
+//! multiply-adds per 2x2 output tile; the im2col GEMM remains for the other kernels (ToRGB's 1x1).
 //!
 //! The packed weights depend only on the weight, its gain and `up`: [`ModConvLayer::pack`] builds them once (the
 //! generator does so per network) and [`ModConvLayer::forward_packed`] uses them.
@@ -257,7 +258,7 @@ impl<'a> ModConvLayer<'a> {
         d.iter().map(|v| 1.0 / (v + 1e-8).sqrt()).collect()
     }
 
-    /// up = 1: the implicit GEMM `out[o, q] = sum_{i,t} gW[o, i, t] (s x)[i, q + shift(t)]` with M = N H W pixels
+    /// up = 1 (kernels other than 3x3): the implicit GEMM `out[o, q] = sum_{i,t} gW[o, i, t] (s x)[i, q + shift(t)]` with M = N H W pixels
     /// of the whole batch flattened, so a pixel tile spans samples when the images are small (4x4 .. 16x16).
     /// Work items are (pixel tile, output-channel chunk); each packs its im2col tile (style folded in) in
     /// K chunks that fit L2, accumulates in a private `[O_chunk, tile]` buffer, and runs the epilogue per
