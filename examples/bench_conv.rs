@@ -1,6 +1,7 @@
-//! Times the fast modulated 3x3 convolution (weights packed beforehand) on the generator-shaped layers and reports GFLOP/s
-//! (2 N H W O I 9 / time). Run with `cargo run --release --example bench_conv`; set `RAYON_NUM_THREADS` to pick
-//! the thread count.
+//! Times the fast modulated 3x3 convolution (weights packed beforehand, as the generator does) on the
+//! generator-shaped layers and reports GFLOP/s of direct-convolution work (2 N H W O I 9 / time; the Winograd
+//! up = 1 layers do 4/9 of those multiply-adds, so they can exceed the FMA peak). Run with
+//! `cargo run --release --example bench_conv`; set `RAYON_NUM_THREADS` to pick the thread count.
 
 use mmengine::cpu::conv::{ModConvLayer, NoiseInput};
 use mmengine::cpu::ops::Act;
