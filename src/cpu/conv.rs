@@ -11,6 +11,12 @@
 //! k k C_out whose results are scattered to the (2H+k-2)^2 intermediate), then the separable [1,3,3,1] blur
 //! (gain 4), then the epilogue. This is the same multiply-add count as a k x k conv at input resolution; folding
 //! the blur into a 6x6 kernel would quadruple it.
+//!
+//! 3x3 layers without up-sampling use Winograd F(2x2, 3x3) instead of im2col (`winograd`): 16 instead of 36
+//! multiply-adds per 2x2 output tile; the im2col GEMM remains for the other kernels (ToRGB's 1x1).
+//!
+//! The packed weights depend only on the weight, its gain and `up`: [`ModConvLayer::pack`] builds them once (the
+//! generator does so per network) and [`ModConvLayer::forward_packed`] uses them.
 
 use crate::bail;
 use crate::cpu::microkernel::{gemm_packed, MR, NR};
@@ -20,6 +26,8 @@ use crate::model::{LayerKind, Noise, SynthesisLayer};
 use crate::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+mod winograd;
 
 /// Floats in a work item's accumulator tile (output rows x pixels): with the packed B chunk it stays in L2.
 const ACC_FLOATS: usize = 1 << 15;
@@ -84,24 +92,73 @@ impl<'a> ModConvLayer<'a> {
     }
 
     /// Run the layer on `x [N, I, H, W]` with per-sample `styles [N, I]`; returns `[N, O, up H, up W]`.
-    /// Work is spread over rayon's current pool.
+    /// Work is spread over rayon's current pool. Packs the weights first; see [`Self::forward_packed`].
     pub fn forward(&self, x: &Tensor, styles: &Tensor) -> Result<Tensor> {
-        let g = self.check(x, styles)?;
-        let dcoefs = self.dcoefs(&g, styles);
-        let mut out = vec![0.0f32; g.n * g.o * g.oh * g.ow];
-        if self.up == 1 {
-            self.forward_same(&g, x, styles, &dcoefs, &mut out);
+        self.forward_packed(&self.pack()?, x, styles)
+    }
+
+    /// The layer's weights (with the gain) packed for [`Self::forward_packed`].
+    pub fn pack(&self) -> Result<PackedWeights> {
+        let [o, i, k] = self.weight_dims()?;
+        if self.up != 1 && self.up != 2 {
+            bail!("modulated conv: up must be 1 or 2, got {}", self.up);
+        }
+        let (kk, gain) = (k * k, self.weight_gain);
+        let w = &self.weight.data;
+        let gemm = if self.up == 2 {
+            // Row o k k + t of the GEMM is tap t of output channel o, so a channel chunk is a contiguous row range.
+            GemmWeights::Transposed(PackedA::new(o * kk, i, |row, ic| {
+                let (oc, t) = (row / kk, row % kk);
+                w[(oc * i + ic) * kk + t] * gain
+            }))
+        } else if k == 3 {
+            GemmWeights::Winograd(winograd::transform_weight(w, o, i, gain))
         } else {
-            self.forward_up2(&g, x, styles, &dcoefs, &mut out);
+            GemmWeights::Im2col(PackedA::new(o, i * kk, |oc, d| w[oc * i * kk + d] * gain))
+        };
+        let tap_energy = w
+            .chunks(kk)
+            .map(|taps| taps.iter().map(|v| v * v).sum::<f32>() * gain * gain)
+            .collect();
+        Ok(PackedWeights {
+            shape: self.weight.shape.clone(),
+            up: self.up,
+            tap_energy,
+            gemm,
+        })
+    }
+
+    /// [`Self::forward`] with weights from [`Self::pack`] on this layer's weight, gain and `up`.
+    pub fn forward_packed(
+        &self,
+        packed: &PackedWeights,
+        x: &Tensor,
+        styles: &Tensor,
+    ) -> Result<Tensor> {
+        let g = self.check(x, styles)?;
+        if packed.shape != self.weight.shape || packed.up != self.up {
+            bail!(
+                "modulated conv: weights packed for {:?} up={}, layer has {:?} up={}",
+                packed.shape,
+                packed.up,
+                self.weight.shape,
+                self.up
+            );
+        }
+        let dcoefs = self.dcoefs(&g, &packed.tap_energy, styles);
+        let mut out = vec![0.0f32; g.n * g.o * g.oh * g.ow];
+        match &packed.gemm {
+            GemmWeights::Winograd(u) => {
+                winograd::forward(self, &g, u, &x.data, &styles.data, &dcoefs, &mut out)
+            }
+            GemmWeights::Im2col(a) => self.forward_same(&g, a, x, styles, &dcoefs, &mut out),
+            GemmWeights::Transposed(a) => self.forward_up2(&g, a, x, styles, &dcoefs, &mut out),
         }
         Tensor::new(vec![g.n, g.o, g.oh, g.ow], out)
     }
 
-    fn check(&self, x: &Tensor, styles: &Tensor) -> Result<Geometry> {
-        let [n, i, h, w] = match x.shape[..] {
-            [n, i, h, w] => [n, i, h, w],
-            _ => bail!("modulated conv: x must be [N, C, H, W], got {:?}", x.shape),
-        };
+    /// `[O, I, k]` of the weight, which must be `[O, I, k, k]` with k odd.
+    fn weight_dims(&self) -> Result<[usize; 3]> {
         let [o, wi, kh, kw] = match self.weight.shape[..] {
             [o, wi, kh, kw] => [o, wi, kh, kw],
             _ => bail!(
@@ -109,9 +166,24 @@ impl<'a> ModConvLayer<'a> {
                 self.weight.shape
             ),
         };
-        if wi != i || kh != kw || kh % 2 == 0 {
+        if kh != kw || kh % 2 == 0 {
             bail!(
-                "modulated conv: weight {:?} needs {i} input channels and an odd square kernel",
+                "modulated conv: weight {:?} needs an odd square kernel",
+                self.weight.shape
+            );
+        }
+        Ok([o, wi, kh])
+    }
+
+    fn check(&self, x: &Tensor, styles: &Tensor) -> Result<Geometry> {
+        let [n, i, h, w] = match x.shape[..] {
+            [n, i, h, w] => [n, i, h, w],
+            _ => bail!("modulated conv: x must be [N, C, H, W], got {:?}", x.shape),
+        };
+        let [o, wi, k] = self.weight_dims()?;
+        if wi != i {
+            bail!(
+                "modulated conv: weight {:?} needs {i} input channels",
                 self.weight.shape
             );
         }
@@ -151,25 +223,17 @@ impl<'a> ModConvLayer<'a> {
             h,
             w,
             o,
-            k: kh,
+            k,
             oh,
             ow,
         })
     }
 
-    /// `d[b, o] = rsqrt(sum_i s[b,i]^2 * sum_k gW[o,i,k]^2 + 1e-8)`, or all ones without demodulation.
-    fn dcoefs(&self, g: &Geometry, styles: &Tensor) -> Vec<f32> {
+    /// `d[b, o] = rsqrt(sum_i s[b,i]^2 * tap_energy[o, i] + 1e-8)`, or all ones without demodulation.
+    fn dcoefs(&self, g: &Geometry, tap_energy: &[f32], styles: &Tensor) -> Vec<f32> {
         if !self.demodulate {
             return vec![1.0; g.n * g.o];
         }
-        let kk = g.k * g.k;
-        let gain2 = self.weight_gain * self.weight_gain;
-        let wsq: Vec<f32> = self
-            .weight
-            .data
-            .chunks(kk)
-            .map(|taps| taps.iter().map(|v| v * v).sum::<f32>() * gain2)
-            .collect(); // [O, I]
         let s2: Vec<f32> = styles.data.iter().map(|s| s * s).collect(); // [N, I]
         let mut d = vec![0.0f32; g.n * g.o];
         matmul(
@@ -185,7 +249,7 @@ impl<'a> ModConvLayer<'a> {
                 cs: 1,
             },
             MatRef {
-                data: &wsq,
+                data: tap_energy,
                 rs: 1,
                 cs: g.i,
             },
@@ -194,7 +258,7 @@ impl<'a> ModConvLayer<'a> {
         d.iter().map(|v| 1.0 / (v + 1e-8).sqrt()).collect()
     }
 
-    /// up = 1: the implicit GEMM `out[o, q] = sum_{i,t} gW[o, i, t] (s x)[i, q + shift(t)]` with M = N H W pixels
+    /// up = 1 (kernels other than 3x3): the implicit GEMM `out[o, q] = sum_{i,t} gW[o, i, t] (s x)[i, q + shift(t)]` with M = N H W pixels
     /// of the whole batch flattened, so a pixel tile spans samples when the images are small (4x4 .. 16x16).
     /// Work items are (pixel tile, output-channel chunk); each packs its im2col tile (style folded in) in
     /// K chunks that fit L2, accumulates in a private `[O_chunk, tile]` buffer, and runs the epilogue per
@@ -202,17 +266,14 @@ impl<'a> ModConvLayer<'a> {
     fn forward_same(
         &self,
         g: &Geometry,
+        a: &PackedA,
         x: &Tensor,
         styles: &Tensor,
         dcoefs: &[f32],
         out: &mut [f32],
     ) {
         let (kk, hw) = (g.k * g.k, g.h * g.w);
-        let kdim = g.i * kk;
         let m = g.n * hw;
-        let gain = self.weight_gain;
-        let w = &self.weight.data;
-        let a = PackedA::new(g.o, kdim, |o, d| w[o * kdim + d] * gain);
         // The accumulator tile (O_chunk x pixels) and the packed im2col chunk (kc x pixels) both stay in L2.
         let tile = (ACC_FLOATS / (a.blocks * MR).min(256))
             .clamp(MIN_TILE_PIXELS, MAX_TILE_PIXELS)
@@ -276,19 +337,13 @@ impl<'a> ModConvLayer<'a> {
     fn forward_up2(
         &self,
         g: &Geometry,
+        a: &PackedA,
         x: &Tensor,
         styles: &Tensor,
         dcoefs: &[f32],
         out: &mut [f32],
     ) {
         let (k, kk, hw) = (g.k, g.k * g.k, g.h * g.w);
-        let gain = self.weight_gain;
-        let w = &self.weight.data;
-        // Row o k k + t of the GEMM is tap t of output channel o, so a channel chunk is a contiguous row range.
-        let a = PackedA::new(g.o * kk, g.i, |row, ic| {
-            let (oc, t) = (row / kk, row % kk);
-            w[(oc * g.i + ic) * kk + t] * gain
-        });
         let (th, tw) = (2 * g.h + k - 2, 2 * g.w + k - 2);
         // Blur padding on the transposed-conv output (conv2d_resample's px0 with padding k/2); may be negative.
         let pad = (k / 2) as isize + 3 - k as isize;
@@ -315,8 +370,17 @@ impl<'a> ModConvLayer<'a> {
         let ohw = g.oh * g.ow;
         let out_ptr = SyncPtr(out.as_mut_ptr());
         (0..g.n * chunks).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new(), BlurScratch::default()),
-            |(bpack, acc, win, scratch): &mut (Vec<f32>, Vec<f32>, Vec<f32>, BlurScratch), item| {
+            || {
+                let cols = ColumnScratch::default();
+                (
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    cols,
+                    BlurScratch::default(),
+                )
+            },
+            |(bpack, acc, win, cols, scratch), item| {
                 let (b, c) = (item / chunks, item % chunks);
                 let (o0, o1) = (c * chunk_ch, ((c + 1) * chunk_ch).min(g.o));
                 let nch = o1 - o0;
@@ -348,21 +412,11 @@ impl<'a> ModConvLayer<'a> {
                             ldc,
                         );
                     }
-                    // Scatter: input pixel (y, x) with tap (ky, kx) lands on (2y + ky, 2x + kx).
                     let row_off = o0 * kk - rb0 * MR;
                     for ch in 0..nch {
+                        let taps = &acc[(row_off + ch * kk) * ldc..][..kk * ldc];
                         let plane = &mut win[ch * cap * tw..][..cap * tw];
-                        for t in 0..kk {
-                            let (ky, kx) = (t / k, t % k);
-                            let z = &acc[(row_off + ch * kk + t) * ldc..][..p];
-                            for (r, zrow) in z.chunks(g.w).enumerate() {
-                                let wr = 2 * (y0 + r) + ky - base;
-                                let dst = &mut plane[wr * tw + kx..][..2 * g.w - 1];
-                                for (d, &v) in dst.iter_mut().step_by(2).zip(zrow) {
-                                    *d += v;
-                                }
-                            }
-                        }
+                        scatter_taps(taps, ldc, k, g.w, y1 - y0, 2 * y0 - base, plane, tw, cols);
                     }
                     // Intermediate rows below `done` receive nothing more; output row Y reads rows
                     // Y - pad .. Y - pad + 3.
@@ -429,6 +483,25 @@ impl<'a> ModConvLayer<'a> {
             None => dst.iter_mut().for_each(|v| *v = finish(*v * d)),
         }
     }
+}
+
+/// A layer's weights prepared for [`ModConvLayer::forward_packed`].
+pub struct PackedWeights {
+    shape: Vec<usize>,
+    up: usize,
+    /// `sum_k (gW[o, i, k])^2`, `[O, I]`, for the demodulation coefficients.
+    tap_energy: Vec<f32>,
+    gemm: GemmWeights,
+}
+
+/// The GEMM `A` operand(s) of each convolution algorithm.
+enum GemmWeights {
+    /// 3x3, up = 1: the Winograd-transformed weight, one `[O, I]` matrix per tile position.
+    Winograd(Vec<PackedA>),
+    /// Other up = 1 kernels: `[O, I k k]` for the im2col GEMM.
+    Im2col(PackedA),
+    /// up = 2: `[O k k, I]` for the transposed convolution.
+    Transposed(PackedA),
 }
 
 /// Shapes of one forward call.
@@ -599,6 +672,7 @@ fn put_scaled(dst: &mut [f32], row: &[f32], start: isize, s: f32) {
     }
 }
 
+avx2_twin! {
 /// `p` consecutive pixels of channels `c0..c0 + s.len()` (channel planes `hw` apart, `xrows` starting at the
 /// first pixel of channel 0), scaled by `s`, packed as `microkernel` B panels of depth `s.len()`; lanes past the
 /// last pixel are zeroed.
@@ -615,6 +689,59 @@ fn pack_scaled(xrows: &[f32], hw: usize, p: usize, s: &[f32], c0: usize, bpack: 
         }
     }
 }
+}
+
+/// Scratch rows for `scatter_taps`: one kernel row's contributions to the even and the odd columns.
+#[derive(Default)]
+struct ColumnScratch {
+    even: Vec<f32>,
+    odd: Vec<f32>,
+}
+
+avx2_twin! {
+/// Adds the transposed-conv taps of `rows` input rows to the intermediate plane: `taps[t ldc + r w + x]` (tap
+/// t = ky k + kx, row r, column x) lands on plane row `row0 + 2 r + ky` (rows `tw` apart), column `2 x + kx`.
+/// Per kernel row the taps are first summed into the even and odd columns, then added interleaved, so every
+/// pass is contiguous.
+#[allow(clippy::too_many_arguments)]
+fn scatter_taps(
+    taps: &[f32],
+    ldc: usize,
+    k: usize,
+    w: usize,
+    rows: usize,
+    row0: usize,
+    plane: &mut [f32],
+    tw: usize,
+    cols: &mut ColumnScratch,
+) {
+    let ColumnScratch { even, odd } = cols;
+    for r in 0..rows {
+        for ky in 0..k {
+            let dst = &mut plane[(row0 + 2 * r + ky) * tw..][..tw];
+            even.clear();
+            even.resize(tw.div_ceil(2), 0.0);
+            odd.clear();
+            odd.resize(tw / 2, 0.0);
+            for kx in 0..k {
+                // Column 2 x + kx is even column x + kx / 2 or odd column x + kx / 2.
+                let lane = if kx % 2 == 0 { &mut *even } else { &mut *odd };
+                let src = &taps[(ky * k + kx) * ldc + r * w..][..w];
+                for (d, &v) in lane[kx / 2..][..w].iter_mut().zip(src) {
+                    *d += v;
+                }
+            }
+            for (pair, (&e, &o)) in dst.chunks_exact_mut(2).zip(even.iter().zip(odd.iter())) {
+                pair[0] += e;
+                pair[1] += o;
+            }
+            if tw % 2 == 1 {
+                dst[tw - 1] += even[tw / 2];
+            }
+        }
+    }
+}
+}
 
 /// The up-sampling filter: separable [1,3,3,1]/8 per axis, times 2 per axis (gain 4 overall).
 const BLUR_TAPS: [f32; 4] = [0.25, 0.75, 0.75, 0.25];
@@ -626,6 +753,7 @@ struct BlurScratch {
     hpass: Vec<f32>,
 }
 
+avx2_twin! {
 /// Output rows `[y0, y1)` (width `ow`) of the blur of a `[th, tw]` plane with `BLUR_TAPS` along x then y,
 /// padding `pad` on every side (negative crops), into `dst`. `window` holds the plane's rows from `base` on;
 /// the rows the output needs must be there. The filter is symmetric, so convolution and correlation coincide.
@@ -681,6 +809,7 @@ fn blur_rows(
             }
         }
     }
+}
 }
 
 /// A raw output pointer shared by work items that write disjoint regions.

@@ -36,6 +36,14 @@ static HAS_FMA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 });
 
+/// Whether this CPU has AVX2 and FMA (checked once).
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return *HAS_FMA;
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Plain Rust twin for CPUs without AVX2/FMA (and the reference for the vector version).
 unsafe fn kernel_portable(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
     let mut acc = [[0.0f32; NR]; MR];

@@ -1,5 +1,27 @@
 //! The CPU backend: exact float32 reference ops and the generator built on them.
 
+/// `fn name(args) { body }` whose body runs compiled with AVX2 and FMA where the CPU has them (and as plain
+/// code elsewhere): the crate is built for baseline x86-64, where LLVM vectorises plain loops 4 wide only.
+macro_rules! avx2_twin {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            if $crate::cpu::microkernel::has_avx2_fma() {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                // SAFETY: the CPU has both features.
+                return unsafe { avx2($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 pub mod conv;
 pub mod mapping;
 pub mod microkernel;

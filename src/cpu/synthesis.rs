@@ -1,6 +1,6 @@
 //! The synthesis network on the CPU: walks the layer table, one batched op per layer.
 
-use super::conv::{ModConvLayer, NoiseInput};
+use super::conv::{ModConvLayer, NoiseInput, PackedWeights};
 use super::ops::{self, Act, BiasAct, ModConv, Upfirdn};
 use crate::backend::NoiseMode;
 use crate::bail;
@@ -17,6 +17,9 @@ struct Prepared {
     affine: Tensor,
     /// `noise buffer * strength` for `--noise-mode const`.
     const_noise: Option<Tensor>,
+    /// The fast path's packed weights; `None` on the reference path, or where packing failed (the layer then
+    /// reports the error when it runs).
+    packed: Option<PackedWeights>,
 }
 
 /// Receives named intermediate tensors (golden tests compare them with the reference's forward hooks).
@@ -43,10 +46,17 @@ impl Synthesis {
         let prepared = net
             .layers
             .iter()
-            .map(|l| Prepared {
-                weight: scaled(&l.weight, l.weight_gain),
-                affine: scaled(&l.affine_weight, affine_gain),
-                const_noise: l.noise.as_ref().map(|n| scaled(&n.buffer, n.strength)),
+            .map(|l| {
+                let weight = scaled(&l.weight, l.weight_gain);
+                let packed = (path == ConvPath::Fast)
+                    .then(|| fast_layer(l, &weight, None).pack().ok())
+                    .flatten();
+                Prepared {
+                    affine: scaled(&l.affine_weight, affine_gain),
+                    const_noise: l.noise.as_ref().map(|n| scaled(&n.buffer, n.strength)),
+                    packed,
+                    weight,
+                }
             })
             .collect();
         Synthesis {
@@ -102,14 +112,11 @@ impl Synthesis {
                         NoiseMode::None => None,
                         NoiseMode::Random { .. } => random_planes.map(NoiseInput::PerSample),
                     };
-                    // The weight gain is already folded into the prepared weight, shared with the reference path.
-                    ModConvLayer {
-                        weight: &prep.weight,
-                        weight_gain: 1.0,
-                        noise,
-                        ..ModConvLayer::from_synthesis(layer)
+                    let conv = fast_layer(layer, &prep.weight, noise);
+                    match &prep.packed {
+                        Some(packed) => conv.forward_packed(packed, &x, &styles)?,
+                        None => conv.forward(&x, &styles)?,
                     }
-                    .forward(&x, &styles)?
                 }
                 ConvPath::Reference => {
                     let noise = match noise {
@@ -193,6 +200,21 @@ impl Synthesis {
                 ..BiasAct::new(act)
             },
         )
+    }
+}
+
+/// The fast path's layer on the prepared weight, which already holds the weight gain (the reference path
+/// shares it).
+fn fast_layer<'a>(
+    layer: &'a SynthesisLayer,
+    weight: &'a Tensor,
+    noise: Option<NoiseInput<'a>>,
+) -> ModConvLayer<'a> {
+    ModConvLayer {
+        weight,
+        weight_gain: 1.0,
+        noise,
+        ..ModConvLayer::from_synthesis(layer)
     }
 }
 
