@@ -73,9 +73,8 @@ fn main() {
     write_params(&out, &kernel_dir.join("params.h"));
     write_emu_entries(&out, &entries);
 
-    if env::var_os("CARGO_FEATURE_EMU").is_some() {
-        build_emulation(&kernel_dir, &sources);
-    }
+    #[cfg(feature = "emu")]
+    build_emulation(&kernel_dir, &sources);
 }
 
 fn kernel_sources(dir: &Path) -> Vec<PathBuf> {
@@ -421,6 +420,7 @@ fn write_generated(
     fs::write(out.join("kernels.rs"), s).unwrap();
 }
 
+#[cfg(feature = "emu")]
 fn build_emulation(kernel_dir: &Path, sources: &[PathBuf]) {
     let emu_dir = kernel_dir.join("emu");
     let mut build = cc::Build::new();
@@ -483,6 +483,7 @@ fn write_params(out: &Path, header: &Path) {
                 "int" => "i32",
                 "unsigned" => "u32",
                 "float" => "f32",
+                "double" => "f64",
                 other => panic!("params.h: unsupported field type '{other}'"),
             };
             // Insert before the struct's closing brace written above.

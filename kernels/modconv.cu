@@ -64,44 +64,52 @@ __device__ __forceinline__ void copy_async_wait() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Same-resolution conv (3x3 padding 1, or 1x1): 64 pixels x 64 channels per block, 64 threads with 8x8 register
-// tiles, K in slices of 16 through double-buffered shared memory (one barrier per slice).
-// Weight packing: [K rounded up to 16][out_channels rounded up to 64], row k = i * k * k + tap (zeros past the end),
-// so a slice of B is 16 rows of 128-bit loads with no bounds checks.
+// Same-resolution conv (3x3 padding 1, or 1x1). 64 threads with 8x8 register tiles, K in slices through
+// double-buffered shared memory (one barrier per slice). Two tile shapes: 64 pixels x 64 channels (the convs), and
+// 256 pixels x 16 channels for layers with few output channels (ToRGB's 3), which would waste most of a 64-wide
+// channel tile. Weight packing: [K rounded up to 16][out_channels rounded up to BN], row k = i * k * k + tap (zeros
+// past the ends), so a slice of B is BK rows of 128-bit copies with no bounds checks.
 
-namespace same {
-constexpr int BM = 64, BN = 64, BK = 16, THREADS = 64, TM = 8, TN = 8;
-}
+template <int BM_, int BN_, int BK_>
+struct SameTile {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, THREADS = 64, TM = 8, TN = 8;
+  static constexpr int TX = BM / 8;                     // threads along the pixels; BN / 8 along the channels
+  static constexpr int PIXELS_PER_THREAD = BM / THREADS;  // A-tile pixels each thread gathers
+  static_assert(TX * (BN / 8) == THREADS, "one 8x8 register tile per thread");
+};
+using WideTile = SameTile<64, 64, 16>;
+using NarrowTile = SameTile<256, 16, 8>;
 
 // One K-slice of the block's product: acc[i][j] += sum_k As[k][pixel i] * Bs[k][channel j] for this thread's
-// pixels (tx * 4 + {0..3}, 32 + tx * 4 + {0..3}) and channels (ty * 4 + ..., 32 + ty * 4 + ...). A tensor-core
-// variant replaces this function; the tiles and the loop around it stay.
+// pixels (tx * 4 + {0..3}, BM / 2 + tx * 4 + {0..3}) and channels (ty * 4 + {0..3}, BN / 2 + ty * 4 + {0..3}).
+// A tensor-core variant replaces this function; the tiles and the loop around it stay.
+template <class Tile>
 __device__ __forceinline__ void same_slice_product_fp32(const float* As, const float* Bs, int tx, int ty,
-                                                         float (&acc)[same::TM][same::TN]) {
-  using namespace same;
+                                                         float (&acc)[Tile::TM][Tile::TN]) {
+  constexpr int BM = Tile::BM, BN = Tile::BN;
 #pragma unroll
-  for (int k = 0; k < BK; ++k) {
+  for (int k = 0; k < Tile::BK; ++k) {
     const float4 a0 = *reinterpret_cast<const float4*>(&As[k * BM + tx * 4]);
-    const float4 a1 = *reinterpret_cast<const float4*>(&As[k * BM + 32 + tx * 4]);
+    const float4 a1 = *reinterpret_cast<const float4*>(&As[k * BM + BM / 2 + tx * 4]);
     const float4 b0 = *reinterpret_cast<const float4*>(&Bs[k * BN + ty * 4]);
-    const float4 b1 = *reinterpret_cast<const float4*>(&Bs[k * BN + 32 + ty * 4]);
-    const float a[TM] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-    const float b[TN] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+    const float4 b1 = *reinterpret_cast<const float4*>(&Bs[k * BN + BN / 2 + ty * 4]);
+    const float a[Tile::TM] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    const float b[Tile::TN] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
+    for (int i = 0; i < Tile::TM; ++i) {
 #pragma unroll
-      for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+      for (int j = 0; j < Tile::TN; ++j) acc[i][j] += a[i] * b[j];
     }
   }
 }
 
-template <int KS>
+template <int KS, class Tile>
 __device__ void modconv_same_impl(const ModconvParams& p) {
-  using namespace same;
+  constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, THREADS = Tile::THREADS, PPT = Tile::PIXELS_PER_THREAD;
   constexpr int TAPS = KS * KS, PAD = KS / 2;
   __align__(16) __shared__ float As[2][BK * BM];
   __align__(16) __shared__ float Bs[2][BK * BN];
-  const int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
+  const int tid = threadIdx.x, tx = tid % Tile::TX, ty = tid / Tile::TX;
   const int hw = p.height * p.width;
   const long long m_total = (long long)p.batch * hw;
   const long long m0 = (long long)blockIdx.x * BM;
@@ -109,45 +117,60 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
   const int k_total = p.in_channels * TAPS;
   const int slices = (k_total + BK - 1) / BK;
 
-  // The pixel this thread gathers for the A tile (one column of it).
-  const long long gm = m0 + tid;
-  const bool gvalid = gm < m_total;
-  const int gb = gvalid ? int(gm / hw) : 0;
-  const int gpix = gvalid ? int(gm - (long long)gb * hw) : 0;
-  const int gy = gpix / p.width, gx = gpix % p.width;
-  const float* xb = p.x + (long long)gb * p.in_channels * hw;
-  const float* sb = p.styles + (long long)gb * p.in_channels;
+  // The pixels this thread gathers for the A tile (columns tid + j * THREADS of it).
+  int gy[PPT], gx[PPT];
+  const float* xb[PPT];
+  const float* sb[PPT];
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const long long gm = m0 + tid + j * THREADS;
+    const int b = gm < m_total ? int(gm / hw) : 0;
+    const int pix = int(gm - (long long)b * hw);
+    // A pixel past the end gets a row no tap reaches, so the bounds check below zeroes it.
+    gy[j] = gm < m_total ? pix / p.width : -2 * KS;
+    gx[j] = pix % p.width;
+    xb[j] = p.x + (long long)b * p.in_channels * hw;
+    sb[j] = p.styles + (long long)b * p.in_channels;
+  }
 
   // A (gathered, scaled by the style) goes through registers; B streams straight into shared memory.
-  float a_next[BK];
+  float a_next[PPT][BK];
   auto load_a = [&](int k0) {
 #pragma unroll
     for (int r = 0; r < BK; ++r) {
       const int k = k0 + r, i = k / TAPS, t = k % TAPS;
-      const int iy = gy + t / KS - PAD, ix = gx + t % KS - PAD;
-      float v = 0.0f;
-      if (gvalid && k < k_total && iy >= 0 && iy < p.height && ix >= 0 && ix < p.width)
-        v = xb[(long long)i * hw + iy * p.width + ix] * sb[i];
-      a_next[r] = v;
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) {
+        const int iy = gy[j] + t / KS - PAD, ix = gx[j] + t % KS - PAD;
+        float v = 0.0f;
+        if (k < k_total && iy >= 0 && iy < p.height && ix >= 0 && ix < p.width)
+          v = xb[j][(long long)i * hw + iy * p.width + ix] * sb[j][i];
+        a_next[j][r] = v;
+      }
     }
   };
   auto store_a = [&](int buf) {
 #pragma unroll
-    for (int r = 0; r < BK; ++r) As[buf][r * BM + tid] = a_next[r];
+    for (int r = 0; r < BK; ++r) {
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) As[buf][r * BM + tid + j * THREADS] = a_next[j][r];
+    }
   };
   auto copy_b = [&](int k0, int buf) {
+    constexpr int COPIES = BK * BN / 4;
 #pragma unroll
-    for (int j = 0; j < BK * BN / 4 / THREADS; ++j) {
+    for (int j = 0; j < (COPIES + THREADS - 1) / THREADS; ++j) {
       const int q = tid + j * THREADS, r = q / (BN / 4), c4 = q % (BN / 4);
-      copy16_async(&Bs[buf][r * BN + c4 * 4], p.weight + (long long)(k0 + r) * p.weight_stride + n0 + c4 * 4);
+      if (COPIES % THREADS == 0 || q < COPIES)
+        copy16_async(&Bs[buf][r * BN + c4 * 4], p.weight + (long long)(k0 + r) * p.weight_stride + n0 + c4 * 4);
     }
   };
 
-  float acc[TM][TN];
+  float acc[Tile::TM][Tile::TN];
 #pragma unroll
-  for (int i = 0; i < TM; ++i) {
+  for (int i = 0; i < Tile::TM; ++i) {
 #pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+    for (int j = 0; j < Tile::TN; ++j) acc[i][j] = 0.0f;
   }
   copy_b(0, 0);
   load_a(0);
@@ -161,7 +184,7 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
       copy_b((s + 1) * BK, cur ^ 1);
       load_a((s + 1) * BK);
     }
-    same_slice_product_fp32(As[cur], Bs[cur], tx, ty, acc);
+    same_slice_product_fp32<Tile>(As[cur], Bs[cur], tx, ty, acc);
     if (more) store_a(cur ^ 1);
     copy_async_wait();
     __syncthreads();
@@ -171,7 +194,7 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
   // noise load and the store are aligned float4s. Per channel: demodulation coefficient and bias; per pixel: noise.
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const long long m = m0 + half * 32 + tx * 4;
+    const long long m = m0 + half * (BM / 2) + tx * 4;
     if (m >= m_total) continue;
     if (hw % 4 == 0 && m + 3 < m_total) {
       const int b = int(m / hw), pix = int(m - (long long)b * hw);
@@ -182,8 +205,8 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
                          nz.w * p.noise_strength);
       }
 #pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        const int o = n0 + (j < 4 ? ty * 4 + j : 32 + ty * 4 + j - 4);
+      for (int j = 0; j < Tile::TN; ++j) {
+        const int o = n0 + (j < 4 ? ty * 4 + j : BN / 2 + ty * 4 + j - 4);
         if (o >= p.out_channels) continue;
         const float d = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
         const float bias = p.bias ? p.bias[o] : 0.0f;
@@ -201,8 +224,8 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
         if (mi >= m_total) break;
         const int b = int(mi / hw), pix = int(mi - (long long)b * hw);
 #pragma unroll
-        for (int j = 0; j < TN; ++j) {
-          const int o = n0 + (j < 4 ? ty * 4 + j : 32 + ty * 4 + j - 4);
+        for (int j = 0; j < Tile::TN; ++j) {
+          const int o = n0 + (j < 4 ? ty * 4 + j : BN / 2 + ty * 4 + j - 4);
           if (o < p.out_channels)
             p.y[((long long)b * p.out_channels + o) * hw + pix] = modconv_epilogue(p, acc[half * 4 + i][j], b, o, pix);
         }
@@ -211,9 +234,10 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
   }
 }
 
-// Grid: (ceil(batch * pixels / 64), ceil(out_channels / 64)); 64 threads.
-KERNEL_BOUNDED(modconv_3x3, ModconvParams, 64) { modconv_same_impl<3>(p); }
-KERNEL_BOUNDED(modconv_1x1, ModconvParams, 64) { modconv_same_impl<1>(p); }
+// Grid: (ceil(batch * pixels / BM), ceil(out_channels / BN)); 64 threads.
+KERNEL_BOUNDED(modconv_3x3, ModconvParams, 64) { modconv_same_impl<3, WideTile>(p); }
+KERNEL_BOUNDED(modconv_1x1, ModconvParams, 64) { modconv_same_impl<1, WideTile>(p); }
+KERNEL_BOUNDED(modconv_1x1_narrow, ModconvParams, 64) { modconv_same_impl<1, NarrowTile>(p); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Up-sampling 3x3 conv, fused. A block takes one sample, 8 output channels and a patch of 8 x 16 input positions
@@ -446,8 +470,11 @@ KERNEL_BOUNDED(skip_upsample, SkipUpsampleParams, 256) {
     skip_taps(x, p.width, ix, wx);
     float v = 0.0f;
     for (int a = 0; a < 2; ++a) {
+      if (wy[a] == 0.0f) continue;  // a tap outside the image: skipped, not multiplied by 0 (an inf stays local)
       float h = 0.0f;
-      for (int c = 0; c < 2; ++c) h += wx[c] * src[iy[a] * p.width + ix[c]];
+      for (int c = 0; c < 2; ++c) {
+        if (wx[c] != 0.0f) h += wx[c] * src[iy[a] * p.width + ix[c]];
+      }
       v += wy[a] * h;
     }
     if (p.addend) v += p.addend[b * p.addend_sample_stride + ch * p.addend_channel_stride + y * ow + x];

@@ -2,8 +2,11 @@
 //! reported as skipped, with the reason, and counted in cargo's "ignored" total (this file has its own harness so
 //! the count is real and the reason is printed, not hidden).
 
+mod common;
+
 use mmengine::cli::{open_backend, DeviceArg};
 use mmengine::cuda::driver::CudaDevice;
+use mmengine::cuda::Precision;
 use mmengine::selftest::{self, Check, DeviceOps};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -44,10 +47,17 @@ fn golden_ops(dev: CudaDevice) {
 }
 
 fn golden_generator(_dev: CudaDevice) {
-    let checks =
-        selftest::generator_cases(&golden_dir(), &|net| open_backend(DeviceArg::Cuda(0), net))
-            .unwrap();
+    let checks = selftest::generator_cases(&golden_dir(), &|net| {
+        open_backend(DeviceArg::Cuda(0), net, Precision::Fp32)
+    })
+    .unwrap();
     assert_all_pass("golden generator cases on the GPU", &checks);
+}
+
+fn golden_fit(dev: CudaDevice) {
+    common::fit_case::check_case_e("cuda", |anchors, opts| {
+        mmengine::micromotion::device::fit_on(&dev, anchors, opts)
+    });
 }
 
 type GpuTest = (&'static str, fn(CudaDevice));
@@ -55,6 +65,7 @@ type GpuTest = (&'static str, fn(CudaDevice));
 const TESTS: &[GpuTest] = &[
     ("golden_ops", golden_ops),
     ("golden_generator", golden_generator),
+    ("golden_fit", golden_fit),
 ];
 
 fn main() {

@@ -270,3 +270,18 @@ fn cli_fit_refuses_bad_input() {
     fit_fails(good, &["--from", "4", "--to", "4"], &["both anchor 4"]);
     fit_fails(good, &["--max-iter", "0"], &["max_iter"]);
 }
+
+#[test]
+fn cli_fit_on_cuda_without_a_driver_says_so() {
+    if mmengine::cuda::driver::driver_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let anchors = dir.path().join("anchors.npy");
+    npy::write_npy(&anchors, &case().tensor("anchors").unwrap()).unwrap();
+    fit_fails(
+        s(&anchors),
+        &["--device", "cuda"],
+        &["no CUDA driver", "--device cpu"],
+    );
+}

@@ -3,6 +3,7 @@
 use super::device::{open_backend, DeviceArg};
 use crate::backend::{NoiseMode, Truncation};
 use crate::bail;
+use crate::cuda::Precision;
 use crate::error::Result;
 use crate::model::{self, random};
 use crate::seeds;
@@ -30,9 +31,9 @@ pub struct BenchArgs {
     /// cpu, emu or cuda[:N].
     #[arg(long, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
-    /// Arithmetic precision; the CPU backend computes in fp32.
-    #[arg(long, default_value = "fp32")]
-    precision: String,
+    /// fp32, or tf32, fp16, bf16 on a CUDA device's tensor cores (the cpu device computes in fp32 only).
+    #[arg(long, default_value_t = Precision::Fp32)]
+    precision: Precision,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -45,12 +46,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.batch == 0 || args.iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
-    if args.precision != "fp32" {
-        bail!(
-            "--precision {}: the cpu device computes in fp32 only",
-            args.precision
-        );
-    }
     super::render::set_threads(args.threads)?;
     let (net, name) = match &args.model {
         Some(p) => (model::load(p)?, p.display().to_string()),
@@ -61,7 +56,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     };
     let gflop_per_image = 2.0 * random::conv_macs(&net) / 1e9;
     let (res, z_dim) = (net.resolution, net.z_dim);
-    let backend = open_backend(args.device, net)?;
+    let backend = open_backend(args.device, net, args.precision)?;
     let mut z = Vec::with_capacity(args.batch * z_dim);
     for i in 0..args.batch {
         z.extend(seeds::z_from_seed(i as u32, z_dim));
@@ -88,7 +83,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let report = serde_json::json!({
             "model": name,
             "device": backend.name(),
-            "precision": args.precision,
+            "precision": args.precision.to_string(),
             "resolution": res,
             "batch": args.batch,
             "iters": args.iters,

@@ -3,7 +3,8 @@
 use crate::backend::Backend;
 use crate::bail;
 use crate::cpu::CpuBackend;
-use crate::error::{Error, Result};
+use crate::cuda::{CudaBackend, Precision};
+use crate::error::Result;
 use crate::model::Network;
 use std::fmt;
 use std::str::FromStr;
@@ -61,13 +62,30 @@ impl DeviceArg {
     }
 }
 
-/// Opens the backend that runs `net` on `device`.
-pub fn open_backend(device: DeviceArg, net: Network) -> Result<Box<dyn Backend>> {
+/// Opens the backend that runs `net` on `device` in `precision`.
+pub fn open_backend(
+    device: DeviceArg,
+    net: Network,
+    precision: Precision,
+) -> Result<Box<dyn Backend>> {
     device.check_available()?;
     match device {
+        DeviceArg::Cpu if precision != Precision::Fp32 => {
+            bail!("--precision {precision}: the cpu device computes in fp32 only")
+        }
         DeviceArg::Cpu => Ok(Box::new(CpuBackend::new(net))),
-        DeviceArg::Emu | DeviceArg::Cuda(_) => Err(Error::Invalid(format!(
-            "--device {device}: the CUDA generator is not wired to the command line yet; use --device cpu"
-        ))),
+        #[cfg(feature = "emu")]
+        DeviceArg::Emu => Ok(Box::new(CudaBackend::new(
+            crate::cuda::emu::EmuDevice::new(),
+            net,
+            precision,
+        )?)),
+        #[cfg(not(feature = "emu"))]
+        DeviceArg::Emu => unreachable!("check_available refuses emu in a build without it"),
+        DeviceArg::Cuda(n) => Ok(Box::new(CudaBackend::new(
+            crate::cuda::driver::CudaDevice::new(n)?,
+            net,
+            precision,
+        )?)),
     }
 }

@@ -3,10 +3,13 @@
 use super::device::DeviceArg;
 use super::render::check_output_ext;
 use crate::bail;
+use crate::cuda::driver::CudaDevice;
 use crate::error::{Error, Result};
 use crate::io::latents;
 use crate::io::safetensors::{self, Data};
-use crate::micromotion::{self, FitOptions};
+use crate::micromotion::device::fit_on;
+use crate::micromotion::{self, Fit, FitOptions};
+use crate::tensor::Tensor;
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,7 +33,8 @@ pub struct FitArgs {
     /// Anchor the direction ends at (default: the last).
     #[arg(long)]
     to: Option<usize>,
-    /// Only cpu in this version (the cuSOLVER device path is not built yet).
+    /// Where the robust PCA runs: cpu, cuda[:N] (kernels and cuSOLVER), or emu (the kernels in the host emulation,
+    /// with the CPU SVD standing in for cuSOLVER; builds with the `emu` feature).
     #[arg(long, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
     /// Output .safetensors: L, S, lowrank [k, layers, width], direction [layers, width], iterations, final_err.
@@ -39,12 +43,7 @@ pub struct FitArgs {
 }
 
 pub fn fit(args: FitArgs) -> Result<()> {
-    if args.device != DeviceArg::Cpu {
-        bail!(
-            "--device {}: fit runs on the CPU only in this version (the cuSOLVER path is not built yet)",
-            args.device
-        );
-    }
+    args.device.check_available()?;
     // The iteration counts are stored as I32.
     if args.max_iter > i32::MAX as usize {
         bail!("--max-iter {} exceeds {}", args.max_iter, i32::MAX);
@@ -60,8 +59,8 @@ pub fn fit(args: FitArgs) -> Result<()> {
         to: args.to,
     };
     let start = Instant::now();
-    let fit =
-        micromotion::fit(&anchors, &opts).map_err(|e| Error::invalid(format!("{spec}: {e}")))?;
+    let fit = run_fit(args.device, &anchors, &opts)
+        .map_err(|e| Error::invalid(format!("{spec}: {e}")))?;
     let seconds = start.elapsed().as_secs_f64();
 
     let iterations: Vec<i32> = fit.iterations.iter().map(|&n| n as i32).collect();
@@ -107,8 +106,9 @@ pub fn fit(args: FitArgs) -> Result<()> {
         &metadata,
     )?;
     eprintln!(
-        "fit {:?}: rank {}, direction {} -> {}, iterations per layer {:?}, {:.1} ms; wrote {}",
+        "fit {:?} on {}: rank {}, direction {} -> {}, iterations per layer {:?}, {:.1} ms; wrote {}",
         anchors.shape,
+        args.device,
         args.rank,
         fit.from,
         fit.to,
@@ -117,4 +117,17 @@ pub fn fit(args: FitArgs) -> Result<()> {
         args.output.display()
     );
     Ok(())
+}
+
+/// The fit on `device`.
+fn run_fit(device: DeviceArg, anchors: &Tensor, opts: &FitOptions) -> Result<Fit> {
+    match device {
+        DeviceArg::Cpu => micromotion::fit(anchors, opts),
+        DeviceArg::Cuda(ordinal) => fit_on(&CudaDevice::new(ordinal)?, anchors, opts),
+        #[cfg(feature = "emu")]
+        DeviceArg::Emu => fit_on(&crate::cuda::emu::EmuDevice::new(), anchors, opts),
+        // check_available has refused it already.
+        #[cfg(not(feature = "emu"))]
+        DeviceArg::Emu => bail!("--device emu needs the `emu` feature"),
+    }
 }

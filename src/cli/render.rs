@@ -4,6 +4,7 @@ use super::device::{open_backend, DeviceArg};
 use super::progress;
 use crate::backend::{Backend, NoiseMode, Truncation};
 use crate::bail;
+use crate::cuda::Precision;
 use crate::error::{Error, Result};
 use crate::io::{image, latents, npy};
 use crate::model::{self, Network};
@@ -102,6 +103,9 @@ pub struct RunArgs {
     /// cpu, emu (the CUDA kernels in the host emulation) or cuda[:N].
     #[arg(long, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// fp32 (exact), or tf32, fp16, bf16 on a CUDA device's tensor cores (fp32 accumulation).
+    #[arg(long, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -302,7 +306,7 @@ pub fn map(args: MapArgs) -> Result<()> {
     let net = load_model(args.model.as_deref())?;
     let trunc = truncation(&args.latents, &net)?;
     let (lat, _) = resolve_latents(&net, &args.latents, None)?;
-    let backend = open_backend(DeviceArg::Cpu, net)?;
+    let backend = open_backend(DeviceArg::Cpu, net, Precision::Fp32)?;
     let Latents::Z(z) = &lat else {
         unreachable!("map takes z or seeds")
     };
@@ -489,7 +493,7 @@ pub fn render(args: RenderArgs) -> Result<()> {
         Some(seeds) => seeds.iter().map(|s| format!("seed{s:04}.png")).collect(),
         None => (0..n).map(|i| format!("img{i:05}.png")).collect(),
     };
-    let backend = open_backend(args.run.device, net)?;
+    let backend = open_backend(args.run.device, net, args.run.precision)?;
     render_to_output(
         backend.as_ref(),
         &args.output,

@@ -54,7 +54,9 @@ pub fn selftest(args: SelftestArgs) -> Result<()> {
     let golden = golden_dir(args.golden)?;
     let ops = ops_report(args.device, &golden)?;
     let device = args.device;
-    let generator = selftest::generator_cases(&golden, &|net| open_backend(device, net))?;
+    let generator = selftest::generator_cases(&golden, &|net| {
+        open_backend(device, net, crate::cuda::Precision::Fp32)
+    })?;
     let checks: Vec<&Check> = ops.checks.iter().chain(&generator).collect();
     let failed = checks.iter().filter(|c| !c.passed).count();
     if args.json {

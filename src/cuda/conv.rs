@@ -15,10 +15,12 @@ use crate::cpu::ConvPath;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// Tiles of the same-resolution kernels (`modconv_3x3`, `modconv_1x1`): pixels x channels, K slice, threads.
-const SAME_BM: usize = 64;
-const SAME_BN: usize = 64;
-const SAME_BK: usize = 16;
+/// The same-resolution kernels' tiles (pixels x channels): wide for the convs, narrow for 1x1 layers with at most
+/// `NARROW_MAX_CHANNELS` outputs (ToRGB), which would waste most of a wide tile. K is packed in multiples of 16.
+const WIDE_TILE: [usize; 2] = [64, 64];
+const NARROW_TILE: [usize; 2] = [256, 16];
+const NARROW_MAX_CHANNELS: usize = 16;
+const SAME_K_ALIGN: usize = 16;
 const SAME_THREADS: u32 = 64;
 /// The fused up-sampling kernel: output tile, channels per block, taps per packed channel, K slice, threads.
 const UP2_OUT_TILE: [usize; 2] = [12, 28];
@@ -26,7 +28,9 @@ const UP2_CH: usize = 8;
 const UP2_TAPS: usize = 12;
 const UP2_BK: usize = 16;
 const UP2_THREADS: u32 = 128;
-/// The tensor-core same-resolution kernels (`kernels/modconv_tc.cu`): K words per stage, threads.
+/// The tensor-core same-resolution kernels (`kernels/modconv_tc.cu`): pixels x channels, K words per stage,
+/// threads.
+const TC_TILE: [usize; 2] = [64, 64];
 const TC_STAGE_WORDS: usize = 16;
 const TC_THREADS: u32 = 128;
 /// Element-wise kernels.
@@ -62,6 +66,9 @@ pub struct DeviceConvLayer<D: Device> {
     /// The kernel's packing (see `kernels/modconv.cu`), `weight_stride` floats per packed row.
     weight: DeviceTensor<D>,
     weight_stride: usize,
+    /// The same-resolution kernel and its tile (pixels, channels).
+    same_kernel: Kernel,
+    same_tile: [usize; 2],
     /// `[O, I, 3, 3]` as given, for the unfused up-sampling twin (kept only when asked for).
     reference_weight: Option<DeviceTensor<D>>,
     /// `wsq_t[i, o] = sum_k W[o, i, k]^2`, when demodulating.
@@ -154,6 +161,19 @@ impl<D: Device> DeviceConvLayer<D> {
         } else {
             Precision::Fp32
         };
+        let (same_kernel, same_tile) = match (kh, precision) {
+            (3, Precision::Fp32) => (Kernel::Modconv3x3, WIDE_TILE),
+            (_, Precision::Fp32) if o <= NARROW_MAX_CHANNELS => {
+                (Kernel::Modconv1x1Narrow, NARROW_TILE)
+            }
+            (_, Precision::Fp32) => (Kernel::Modconv1x1, WIDE_TILE),
+            (3, Precision::Tf32) => (Kernel::Modconv3x3Tf32, TC_TILE),
+            (_, Precision::Tf32) => (Kernel::Modconv1x1Tf32, TC_TILE),
+            (3, Precision::Fp16) => (Kernel::Modconv3x3F16, TC_TILE),
+            (_, Precision::Fp16) => (Kernel::Modconv1x1F16, TC_TILE),
+            (3, Precision::Bf16) => (Kernel::Modconv3x3Bf16, TC_TILE),
+            (_, Precision::Bf16) => (Kernel::Modconv1x1Bf16, TC_TILE),
+        };
         let scaled = fp16_weight_scale(precision, demodulate, &weight.data)
             .map(|scale| weight.data.iter().map(|v| v * scale).collect::<Vec<_>>());
         let weight_data = scaled.as_deref().unwrap_or(&weight.data);
@@ -162,7 +182,7 @@ impl<D: Device> DeviceConvLayer<D> {
         } else if tensor_cores {
             pack_same_words(weight_data, o, i * kk, precision)
         } else {
-            pack_same(weight_data, o, i * kk)
+            pack_same(weight_data, o, i * kk, same_tile[1])
         };
         // sum_k W^2 once per layer on the host at upload: O(weights), summed in the CPU backend's order, and no
         // kernel to keep for a value that never changes.
@@ -186,6 +206,8 @@ impl<D: Device> DeviceConvLayer<D> {
             kernel: kh,
             up,
             weight_stride,
+            same_kernel,
+            same_tile,
             weight: upload(dev, vec![packed.len()], packed)?,
             reference_weight: (keep_reference && up == 2 && kh == 3)
                 .then(|| DeviceTensor::upload(dev, weight))
@@ -379,26 +401,22 @@ impl<D: Device> DeviceConvLayer<D> {
     }
 
     fn launch_same(&self, dev: &D, params: &ModconvParams, pixels: usize) -> Result<()> {
-        let (kernel, threads) = match (self.kernel == 3, self.precision) {
-            (true, Precision::Fp32) => (Kernel::Modconv3x3, SAME_THREADS),
-            (false, Precision::Fp32) => (Kernel::Modconv1x1, SAME_THREADS),
-            (true, Precision::Tf32) => (Kernel::Modconv3x3Tf32, TC_THREADS),
-            (false, Precision::Tf32) => (Kernel::Modconv1x1Tf32, TC_THREADS),
-            (true, Precision::Fp16) => (Kernel::Modconv3x3F16, TC_THREADS),
-            (false, Precision::Fp16) => (Kernel::Modconv1x1F16, TC_THREADS),
-            (true, Precision::Bf16) => (Kernel::Modconv3x3Bf16, TC_THREADS),
-            (false, Precision::Bf16) => (Kernel::Modconv1x1Bf16, TC_THREADS),
+        let [bm, bn] = self.same_tile;
+        let threads = if self.precision.uses_tensor_cores() {
+            TC_THREADS
+        } else {
+            SAME_THREADS
         };
         let dims = LaunchDims {
             grid: [
-                grid_size(pixels.div_ceil(SAME_BM), GRID_X_MAX)?,
-                grid_size(self.out_channels.div_ceil(SAME_BN), GRID_YZ_MAX)?,
+                grid_size(pixels.div_ceil(bm), GRID_X_MAX)?,
+                grid_size(self.out_channels.div_ceil(bn), GRID_YZ_MAX)?,
                 1,
             ],
             block: [threads, 1, 1],
             shared_bytes: 0,
         };
-        dev.launch(kernel, dims, params)
+        dev.launch(self.same_kernel, dims, params)
     }
 }
 
@@ -459,9 +477,13 @@ fn grid_size(blocks: usize, limit: usize) -> Result<u32> {
     Ok(blocks as u32)
 }
 
-/// `[K rounded up to 16][O rounded up to 64]`: row `k` holds `W[o, k]` (`k = i k k + tap`), zeros past the ends.
-fn pack_same(w: &[f32], o: usize, k: usize) -> (Vec<f32>, usize) {
-    let (rows, cols) = (k.next_multiple_of(SAME_BK), o.next_multiple_of(SAME_BN));
+/// `[K rounded up to 16][O rounded up to the tile's channels]`: row `k` holds `W[o, k]` (`k = i k k + tap`), zeros
+/// past the ends.
+fn pack_same(w: &[f32], o: usize, k: usize, tile_channels: usize) -> (Vec<f32>, usize) {
+    let (rows, cols) = (
+        k.next_multiple_of(SAME_K_ALIGN),
+        o.next_multiple_of(tile_channels),
+    );
     let mut packed = vec![0.0f32; rows * cols];
     for oc in 0..o {
         for (d, &v) in w[oc * k..(oc + 1) * k].iter().enumerate() {
@@ -491,7 +513,7 @@ fn pack_up2(w: &[f32], o: usize, i: usize) -> (Vec<f32>, usize) {
 fn pack_same_words(w: &[f32], o: usize, k: usize, precision: Precision) -> (Vec<f32>, usize) {
     let per_word = if precision == Precision::Tf32 { 1 } else { 2 };
     let rows = k.div_ceil(per_word).next_multiple_of(TC_STAGE_WORDS);
-    let cols = o.next_multiple_of(SAME_BN);
+    let cols = o.next_multiple_of(TC_TILE[1]);
     let mut packed = vec![0.0f32; rows * cols];
     for oc in 0..o {
         let taps = &w[oc * k..(oc + 1) * k];

@@ -149,6 +149,11 @@ impl CudaDevice {
             .compute_capability()
             .map_err(driver_error("compute capability"))
     }
+
+    /// The stream every launch and copy of this device goes to (libraries such as cuSOLVER join it).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
 }
 
 /// The fallback when the build had no nvcc: compile the embedded sources at run time with NVRTC, for this GPU.

@@ -2,6 +2,7 @@
 //! the `emu` feature, on the CPU by the host emulation. Both run through one [`device::Device`] trait, so the
 //! ops and the generator above it are the same code on both.
 
+pub mod backend;
 pub mod conv;
 pub mod device;
 pub mod driver;
@@ -13,3 +14,6 @@ pub mod mapping;
 pub mod ops;
 pub mod params;
 pub mod synthesis;
+
+pub use backend::CudaBackend;
+pub use gemm::Precision;

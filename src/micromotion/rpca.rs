@@ -27,34 +27,69 @@ fn shrink(x: f64, t: f64) -> f64 {
     x.signum() * (x.abs() - t).max(0.0)
 }
 
+/// The loop's constants for one matrix, derived as the paper does; shared by the CPU loop and the device fit so
+/// both validate alike and iterate with the same values.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RpcaConstants {
+    /// `sum(M^2)`.
+    pub norm2: f64,
+    /// `k*D / (4 sum(M^2))`.
+    pub mu: f64,
+    /// `1/mu`: the singular value threshold.
+    pub mu_inv: f64,
+    /// `lambda/mu` with `lambda = 1/sqrt(max(k, D))`: the entry-wise threshold of S.
+    pub sparse_threshold: f64,
+    /// `1e-7 * sum(M^2)` (absolute, compared with the relative error, as in the original).
+    pub tol: f64,
+}
+
+impl RpcaConstants {
+    /// Validates the row-major `rows x cols` matrix `m` and `max_iter`, and derives the constants.
+    pub(crate) fn new(m: &[f64], rows: usize, cols: usize, max_iter: usize) -> Result<Self> {
+        if rows == 0 || cols == 0 || m.len() != rows * cols {
+            bail!(
+                "robust PCA needs a non-empty {rows} x {cols} matrix, got {} values",
+                m.len()
+            );
+        }
+        if max_iter == 0 {
+            bail!("robust PCA needs max_iter >= 1");
+        }
+        if let Some(i) = m.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "robust PCA input element {i} (row {}, column {}) is {}",
+                i / cols,
+                i % cols,
+                m[i]
+            );
+        }
+        let norm2: f64 = m.iter().map(|v| v * v).sum();
+        if norm2 == 0.0 {
+            // mu = k*D / (4*0) and err = 0/0: the original divides by zero.
+            bail!("robust PCA of an all-zero {rows} x {cols} matrix is undefined");
+        }
+        let mu = (rows * cols) as f64 / (4.0 * norm2);
+        let mu_inv = 1.0 / mu;
+        let lambda = 1.0 / (rows.max(cols) as f64).sqrt();
+        Ok(RpcaConstants {
+            norm2,
+            mu,
+            mu_inv,
+            sparse_threshold: mu_inv * lambda,
+            tol: 1e-7 * norm2,
+        })
+    }
+}
+
 /// Decompose the row-major `rows x cols` matrix `m`, iterating at most `max_iter` times.
 pub fn rpca(m: &[f64], rows: usize, cols: usize, max_iter: usize) -> Result<Rpca> {
-    if rows == 0 || cols == 0 || m.len() != rows * cols {
-        bail!(
-            "robust PCA needs a non-empty {rows} x {cols} matrix, got {} values",
-            m.len()
-        );
-    }
-    if max_iter == 0 {
-        bail!("robust PCA needs max_iter >= 1");
-    }
-    if let Some(i) = m.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "robust PCA input element {i} (row {}, column {}) is {}",
-            i / cols,
-            i % cols,
-            m[i]
-        );
-    }
-    let norm2: f64 = m.iter().map(|v| v * v).sum();
-    if norm2 == 0.0 {
-        // mu = k*D / (4*0) and err = 0/0: the original divides by zero.
-        bail!("robust PCA of an all-zero {rows} x {cols} matrix is undefined");
-    }
-    let mu = (rows * cols) as f64 / (4.0 * norm2);
-    let mu_inv = 1.0 / mu;
-    let lambda = 1.0 / (rows.max(cols) as f64).sqrt();
-    let tol = 1e-7 * norm2;
+    let RpcaConstants {
+        norm2,
+        mu,
+        mu_inv,
+        sparse_threshold,
+        tol,
+    } = RpcaConstants::new(m, rows, cols, max_iter)?;
 
     let n = m.len();
     let mut low_rank = vec![0.0; n];
@@ -74,7 +109,7 @@ pub fn rpca(m: &[f64], rows: usize, cols: usize, max_iter: usize) -> Result<Rpca
         // S = entry-wise shrinkage of M - L + Y/mu at lambda/mu; then the dual ascent step and the error.
         let mut residual2 = 0.0;
         for i in 0..n {
-            sparse[i] = shrink(m[i] - low_rank[i] + mu_inv * y[i], mu_inv * lambda);
+            sparse[i] = shrink(m[i] - low_rank[i] + mu_inv * y[i], sparse_threshold);
             let r = m[i] - low_rank[i] - sparse[i];
             y[i] += mu * r;
             residual2 += r * r;

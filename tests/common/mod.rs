@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+pub mod fit_case;
 pub mod ops_cases;
 
 /// Tolerance for case G's images. The reference (stylegan2-ada-pytorch, which has no device check) ran that
