@@ -279,10 +279,11 @@ fn parse_sass(dump: &str, table: &mut BTreeMap<String, SassInfo>) {
         {
             info.tensor_core_ops.push(base.to_string());
         }
-        if base == "LDG" && op.ends_with(".128") {
+        // LDGSTS is cp.async: a 128-bit global load that lands in shared memory.
+        if matches!(base, "LDG" | "LDGSTS") && op.contains(".128") {
             info.ldg128 += 1;
         }
-        if base == "LDS" && op.ends_with(".128") {
+        if base == "LDS" && op.contains(".128") {
             info.lds128 += 1;
         }
         if matches!(base, "LDL" | "STL") {

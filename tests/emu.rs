@@ -3,57 +3,21 @@
 
 mod common;
 
-use common::ops_cases::{check_all_cases, OpBackend};
+use common::ops_cases::check_all_cases;
 use common::{assert_close, golden, Rng};
 use mmengine::backend::Truncation;
-use mmengine::cpu::ops::{Act, BiasAct, ModConv, Resample, Upfirdn};
+use mmengine::cpu::ops::{Act, BiasAct, Upfirdn};
 use mmengine::cuda::emu::EmuDevice;
 use mmengine::cuda::mapping::DeviceMapping;
 use mmengine::cuda::ops;
 use mmengine::io::safetensors::SafeTensors;
 use mmengine::model;
-use mmengine::{Result, Tensor};
-
-struct EmuOps(EmuDevice);
-
-impl OpBackend for EmuOps {
-    fn name(&self) -> String {
-        "emu".to_string()
-    }
-    fn supports(&self, op: &str) -> bool {
-        matches!(op, "bias_act" | "upfirdn2d" | "modulated_conv2d")
-    }
-    fn upfirdn2d(&self, x: &Tensor, f: &Tensor, p: &Upfirdn) -> Result<Tensor> {
-        ops::upfirdn2d(&self.0, x, f, p)
-    }
-    fn bias_act(&self, x: &Tensor, b: Option<&[f32]>, p: &BiasAct) -> Result<Tensor> {
-        ops::bias_act(&self.0, x, b, p)
-    }
-    fn modulated_conv2d(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        styles: &Tensor,
-        noise: Option<&Tensor>,
-        f: &Tensor,
-        p: &ModConv,
-    ) -> Result<Tensor> {
-        ops::modulated_conv2d(&self.0, x, w, styles, noise, f, p)
-    }
-    fn conv2d_resample(
-        &self,
-        _x: &Tensor,
-        _w: &Tensor,
-        _f: &Tensor,
-        _p: &Resample,
-    ) -> Result<Tensor> {
-        unreachable!("the generator never down-samples; conv2d_resample stays a CPU op")
-    }
-}
+use mmengine::selftest::DeviceOps;
+use mmengine::Tensor;
 
 #[test]
 fn golden_ops_through_emulated_kernels() {
-    check_all_cases(&EmuOps(EmuDevice::new()));
+    check_all_cases(&DeviceOps(EmuDevice::new()));
 }
 
 /// upfirdn2d beyond the golden cases, against the CPU reference: up and down factors above 2, odd and
@@ -684,7 +648,7 @@ mod tensor_cores {
 // The modulated convolution kernels against the CPU generator's convolution and the unfused up-sampling twin.
 
 mod modconv {
-    use super::common::assert_close;
+    use super::common::{assert_close, Rng};
     use mmengine::cpu::conv::{ModConvLayer, NoiseInput};
     use mmengine::cpu::ops::Act;
     use mmengine::cpu::ConvPath;
@@ -693,25 +657,6 @@ mod modconv {
     use mmengine::cuda::emu::EmuDevice;
     use mmengine::model::Noise;
     use mmengine::Tensor;
-
-    /// A small deterministic generator of values in [-1, 1).
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn tensor(&mut self, shape: Vec<usize>) -> Tensor {
-            let n = shape.iter().product();
-            let data = (0..n)
-                .map(|_| {
-                    self.0 = self
-                        .0
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect();
-            Tensor::new(shape, data).unwrap()
-        }
-    }
 
     enum NoiseKind {
         None,
@@ -737,7 +682,7 @@ mod modconv {
     /// every result must agree.
     fn check(c: &Case, seed: u64) {
         let dev = EmuDevice::new();
-        let mut rng = Lcg(seed);
+        let mut rng = Rng(seed);
         let x = rng.tensor(vec![c.n, c.i, c.h, c.w]);
         let weight = rng.tensor(vec![c.o, c.i, c.k, c.k]);
         let styles = rng.tensor(vec![c.n, c.i]);
@@ -920,7 +865,7 @@ mod modconv {
     #[test]
     fn bad_inputs_are_errors() {
         let dev = EmuDevice::new();
-        let mut rng = Lcg(9);
+        let mut rng = Rng(9);
         let finish = Finish {
             bias: None,
             act: Act::Linear,
@@ -1650,4 +1595,30 @@ fn cli_fit_on_the_emulation() {
         let err = got.tensor(name).unwrap().max_abs_diff(w).unwrap();
         assert!(err < 1e-5, "{name}: {err:e}");
     }
+}
+
+/// The command line renders through the emulated CUDA generator, and matches the CPU backend.
+#[test]
+fn cli_render_on_the_emulation_matches_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let render = |device: &str| {
+        let out = dir.path().join(format!("{device}.npy"));
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_mmengine"))
+            .args([
+                "render", "--seeds", "0-2", "--batch", "2", "--quiet", "--device", device, "-o",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        mmengine::io::npy::read_npy(&out).unwrap()
+    };
+    let (cpu, emu) = (render("cpu"), render("emu"));
+    assert_eq!(cpu.shape, emu.shape);
+    let err = cpu.max_abs_diff(&emu).unwrap();
+    assert!(err < 1e-4, "emu vs cpu render: {err:e}");
 }

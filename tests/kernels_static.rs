@@ -1,5 +1,5 @@
 //! What the compiled kernels must look like (build.rs's `ptxas -v` and SASS figures): no register spills, no local
-//! memory, and tensor-core instructions in every tensor-core kernel. Without nvcc the table is empty and there is
+//! memory, tensor-core instructions in every tensor-core kernel, and 128-bit loads in the GEMM main loops. Without nvcc the table is empty and there is
 //! nothing to check, unless `MMENGINE_REQUIRE_NVCC` says the kernels must have been built.
 
 use mmengine::cuda::kernels::{KERNEL_TABLE, NVCC_VERSION, SASS_CHECKED};
@@ -47,6 +47,34 @@ fn compiled_kernels_neither_spill_nor_use_local_memory_and_tensor_core_kernels_u
             "kernel {} has no HMMA in its sm_90 code (tensor-core ops: {:?})",
             k.name,
             k.tensor_core_ops
+        );
+    }
+}
+
+/// The convolution and GEMM main loops stage tiles with 128-bit loads (cp.async or LDG.128 from global memory,
+/// LDS.128 from shared memory); a change that silently falls back to 32-bit loads quarters their load bandwidth.
+#[test]
+fn gemm_main_loops_use_128_bit_loads() {
+    if KERNEL_TABLE.is_empty() || !SASS_CHECKED {
+        eprintln!("no compiled kernels or no SASS figures: nothing to check");
+        return;
+    }
+    let hot = [
+        "modconv_3x3",
+        "modconv_1x1",
+        "modconv_1x1_narrow",
+        "modconv_up2_3x3",
+    ];
+    for name in hot {
+        let k = KERNEL_TABLE
+            .iter()
+            .find(|k| k.name == name)
+            .unwrap_or_else(|| panic!("kernel {name} missing from the table"));
+        assert!(
+            k.ldg128 > 0 && k.lds128 > 0,
+            "kernel {name}: {} 128-bit global loads, {} 128-bit shared loads",
+            k.ldg128,
+            k.lds128
         );
     }
 }

@@ -106,12 +106,12 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
     };
     println!("  (registers for sm_90; tensor-core ops and local memory {sass})");
     println!(
-        "  {:28} {:6} {:>5} {:>7} {:>6} {:>6} {:12} archs",
+        "  {:22} {:10} {:>5} {:>7} {:>6} {:>6} {:12} archs",
         "name", "file", "regs", "shared", "spill", "local", "tensor-core"
     );
     for k in KERNEL_TABLE {
         println!(
-            "  {:28} {:6} {:>5} {:>7} {:>6} {:>6} {:12} {}",
+            "  {:22} {:10} {:>5} {:>7} {:>6} {:>6} {:12} {}",
             k.name,
             k.file,
             k.registers,

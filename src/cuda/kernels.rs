@@ -15,7 +15,7 @@ pub struct KernelInfo {
     pub stack_bytes: u32,
     /// Tensor-core instruction families present (HMMA, HGMMA, ...).
     pub tensor_core_ops: &'static [&'static str],
-    /// 128-bit global and shared loads.
+    /// 128-bit global loads (LDG, and LDGSTS: cp.async into shared memory) and 128-bit shared loads.
     pub ldg128: u32,
     pub lds128: u32,
     /// LDL/STL instructions: any means the kernel touches local memory.
