@@ -1124,6 +1124,345 @@ mod synthesis {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The tensor-core modulated convolutions (kernels/modconv_tc.cu) against the f32 kernels, and the device synthesis
+// in every precision against the golden images.
+
+mod tensor_core_conv {
+    use super::common::{assert_close, golden, Rng};
+    use mmengine::backend::NoiseMode;
+    use mmengine::cpu::ops::Act;
+    use mmengine::cpu::ConvPath;
+    use mmengine::cuda::conv::{DeviceConvLayer, DeviceNoise, Finish};
+    use mmengine::cuda::device::DeviceTensor;
+    use mmengine::cuda::emu::EmuDevice;
+    use mmengine::cuda::gemm::Precision;
+    use mmengine::cuda::synthesis::DeviceSynthesis;
+    use mmengine::io::safetensors::SafeTensors;
+    use mmengine::model::nvlabs::{self, NvlabsConfig};
+    use mmengine::model::state::StateDict;
+    use mmengine::model::{Network, SourceFormat};
+    use mmengine::Tensor;
+    use std::collections::BTreeMap;
+
+    const TENSOR_CORE_MODES: [Precision; 3] = [Precision::Tf32, Precision::Fp16, Precision::Bf16];
+    /// 2^-23: one f32 rounding of any kind (twice the unit roundoff).
+    const F32_ROUNDING: f64 = 1.0 / (1u64 << 23) as f64;
+
+    /// The input rounding's relative error u (2^-11 for tf32 and f16, 2^-8 for bf16), and its absolute error
+    /// below the normal range: half of f16's subnormal spacing 2^-24 (tf32 and bf16 share f32's range).
+    fn input_rounding(precision: Precision) -> (f64, f64) {
+        match precision {
+            Precision::Fp32 => (0.0, 0.0),
+            Precision::Tf32 => (2f64.powi(-11), 0.0),
+            Precision::Fp16 => (2f64.powi(-11), 2f64.powi(-25)),
+            Precision::Bf16 => (2f64.powi(-8), 0.0),
+        }
+    }
+
+    /// One same-resolution layer with the magnitudes of a real FFHQ layer: activations up to `x_scale` (256, the
+    /// conv clamp), styles up to 10, weights of a unit-variance-like weight times 1/sqrt(fan_in).
+    struct Layer {
+        n: usize,
+        i: usize,
+        o: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        demodulate: bool,
+        per_sample_noise: bool,
+        clamp: Option<f32>,
+    }
+
+    /// Runs `l` in every tensor-core mode and in f32 and compares elementwise. With a_k = x s (the f32 product
+    /// both kernels stage), S = sum_k |a_k w_k|, A = sum_k |a_k|, W = sum_k |w_k| over the output's receptive
+    /// field, the conv sums differ by at most
+    ///   (2u + u^2 + 2 K 2^-23 (1 + u)^2) S + 2 eta (A + W)
+    /// (input rounding u relative or eta absolute per factor, an f32 sum of K terms in each kernel; the fp16 weight
+    /// scale is a power of two >= 1 here, as all weights are below 1, so it only shrinks the weight's eta), and
+    /// the epilogue (times d <= the demodulation coefficient, plus noise and bias, lrelu of slope <= 1, times the
+    /// gain, clamp: all 1-Lipschitz after the gain) maps that to
+    ///   gain (d bound + 2^-20 (d S + |noise| + |bias|))
+    /// where the second term covers the two kernels' f32 roundings of the epilogue itself.
+    fn check_layer(l: &Layer, seed: u64) {
+        let dev = EmuDevice::new();
+        let mut rng = Rng(seed);
+        let scaled = |t: Tensor, s: f32| {
+            Tensor::new(t.shape.clone(), t.data.iter().map(|v| v * s).collect())
+        };
+        let x = scaled(rng.tensor(vec![l.n, l.i, l.h, l.w]), 256.0).unwrap();
+        let styles = scaled(rng.tensor(vec![l.n, l.i]), 10.0).unwrap();
+        let fan_in = (l.i * l.k * l.k) as f32;
+        let weight = scaled(rng.tensor(vec![l.o, l.i, l.k, l.k]), 1.0 / fan_in.sqrt()).unwrap();
+        let bias = rng.tensor(vec![l.o]).data;
+        let noise_plane = rng.tensor(vec![l.n, 1, l.h, l.w]);
+        let act = if l.k == 3 { Act::LRELU } else { Act::Linear };
+        let gain = act.default_gain();
+        let finish = Finish {
+            bias: Some(&bias),
+            act,
+            gain,
+            clamp: l.clamp,
+        };
+        let xd = DeviceTensor::upload(&dev, &x).unwrap();
+        let sd = DeviceTensor::upload(&dev, &styles).unwrap();
+        let noise_d = DeviceTensor::upload(&dev, &noise_plane).unwrap();
+        let shared_plane =
+            Tensor::new(vec![l.h, l.w], noise_plane.data[..l.h * l.w].to_vec()).unwrap();
+        let shared_d = DeviceTensor::upload(&dev, &shared_plane).unwrap();
+        let noise_strength = 0.7f32;
+        let run = |precision| {
+            let layer = DeviceConvLayer::with_precision(
+                &dev,
+                &weight,
+                l.demodulate,
+                1,
+                &finish,
+                false,
+                precision,
+            )
+            .unwrap();
+            let dcoefs = layer.demod(&dev, &sd).unwrap();
+            let noise = if l.per_sample_noise {
+                DeviceNoise::PerSample(&noise_d)
+            } else {
+                DeviceNoise::Shared {
+                    plane: &shared_d,
+                    strength: noise_strength,
+                }
+            };
+            let y = layer
+                .forward(&dev, &xd, &sd, dcoefs.as_ref(), Some(noise), ConvPath::Fast)
+                .unwrap()
+                .download(&dev)
+                .unwrap();
+            (y, dcoefs.map(|d| d.download(&dev).unwrap()))
+        };
+        let (y32, d32) = run(Precision::Fp32);
+
+        // Per output (b, o, pixel): S, A + W, and the epilogue's addends.
+        let (hw, kk, pad) = (l.h * l.w, l.k * l.k, l.k as isize / 2);
+        let mut s_sum = vec![0f64; y32.data.len()];
+        let mut aw_sum = vec![0f64; y32.data.len()];
+        let mut addends = vec![0f64; y32.data.len()];
+        for b in 0..l.n {
+            for (o, bias_o) in bias.iter().enumerate() {
+                for pix in 0..hw {
+                    let (py, px) = ((pix / l.w) as isize, (pix % l.w) as isize);
+                    let e = (b * l.o + o) * hw + pix;
+                    for i in 0..l.i {
+                        for t in 0..kk {
+                            let iy = py + (t / l.k) as isize - pad;
+                            let ix = px + (t % l.k) as isize - pad;
+                            let w = weight.data[(o * l.i + i) * kk + t].abs() as f64;
+                            let a = if iy < 0 || ix < 0 || iy >= l.h as isize || ix >= l.w as isize
+                            {
+                                0.0
+                            } else {
+                                let xv =
+                                    x.data[(b * l.i + i) * hw + iy as usize * l.w + ix as usize];
+                                (xv * styles.data[b * l.i + i]).abs() as f64
+                            };
+                            s_sum[e] += a * w;
+                            aw_sum[e] += a + w;
+                        }
+                    }
+                    let noise = if l.per_sample_noise {
+                        noise_plane.data[b * hw + pix]
+                    } else {
+                        noise_plane.data[pix] * noise_strength
+                    };
+                    addends[e] = (noise.abs() + bias_o.abs()) as f64;
+                }
+            }
+        }
+        let k_total = (l.i * kk) as f64;
+        for precision in TENSOR_CORE_MODES {
+            let (y, _) = run(precision);
+            let (u, eta) = input_rounding(precision);
+            let relative = 2.0 * u + u * u + 2.0 * k_total * F32_ROUNDING * (1.0 + u) * (1.0 + u);
+            let mut worst = 0f64;
+            for (e, (&got, &want)) in y.data.iter().zip(&y32.data).enumerate() {
+                assert!(got.is_finite(), "{precision}: element {e} is {got}");
+                if let Some(clamp) = l.clamp {
+                    assert!(
+                        got.abs() <= clamp,
+                        "{precision}: element {e} = {got} beyond the clamp"
+                    );
+                }
+                let d = d32
+                    .as_ref()
+                    .map_or(1.0, |d| d.data[e / (l.o * hw) * l.o + e / hw % l.o] as f64);
+                let bound = gain as f64
+                    * (d * (relative * s_sum[e] + 2.0 * eta * aw_sum[e])
+                        + 2f64.powi(-20) * (d * s_sum[e] + addends[e]));
+                let err = (got as f64 - want as f64).abs();
+                assert!(
+                    err <= bound,
+                    "{precision}: element {e}: {got} vs f32 {want} (error {err:e}, bound {bound:e})"
+                );
+                worst = worst.max(err / bound.max(f64::MIN_POSITIVE));
+            }
+            let max_err = assert_close(precision.name(), &y.data, &y32.data, f32::INFINITY, 0.0);
+            println!(
+                "modconv_tc {precision} n{} i{} o{} {}x{} k{}: max abs error vs f32 {max_err:.3e}, \
+                 worst error / bound {worst:.3}",
+                l.n, l.i, l.o, l.h, l.w, l.k
+            );
+        }
+        if let Some(clamp) = l.clamp {
+            let hits = y32.data.iter().filter(|v| v.abs() == clamp).count();
+            assert!(hits > 0, "the test clamp should bite");
+        }
+    }
+
+    #[test]
+    fn same_resolution_3x3_against_f32() {
+        // 35-pixel planes, 70 channels (two channel tiles), K = 180 (partial stages in every mode).
+        check_layer(
+            &Layer {
+                n: 3,
+                i: 20,
+                o: 70,
+                h: 5,
+                w: 7,
+                k: 3,
+                demodulate: true,
+                per_sample_noise: false,
+                clamp: Some(256.0),
+            },
+            0x7c01,
+        );
+        // No demodulation, per-sample noise, K = 81 (odd: an f16/bf16 pair split at the end).
+        check_layer(
+            &Layer {
+                n: 3,
+                i: 9,
+                o: 12,
+                h: 4,
+                w: 8,
+                k: 3,
+                demodulate: false,
+                per_sample_noise: true,
+                clamp: None,
+            },
+            0x7c02,
+        );
+    }
+
+    #[test]
+    fn same_resolution_1x1_against_f32() {
+        // ToRGB-like: 3 outputs, no demodulation, clamped; and a demodulated 1x1 with an odd K.
+        check_layer(
+            &Layer {
+                n: 2,
+                i: 40,
+                o: 3,
+                h: 6,
+                w: 6,
+                k: 1,
+                demodulate: false,
+                per_sample_noise: false,
+                clamp: Some(256.0),
+            },
+            0x7c03,
+        );
+        check_layer(
+            &Layer {
+                n: 2,
+                i: 37,
+                o: 20,
+                h: 3,
+                w: 5,
+                k: 1,
+                demodulate: true,
+                per_sample_noise: true,
+                clamp: None,
+            },
+            0x7c04,
+        );
+    }
+
+    fn nvlabs_network(case: &str) -> Network {
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(golden(case, "config.json")).unwrap()).unwrap();
+        let kwargs = config["generator_init_kwargs"].as_object().unwrap();
+        let cfg = NvlabsConfig::from_init(&[], kwargs).unwrap();
+        let st = SafeTensors::open(golden(case, "weights.safetensors")).unwrap();
+        let tensors: BTreeMap<String, Tensor> = st
+            .names()
+            .map(|n| (n.to_string(), st.tensor(n).unwrap()))
+            .collect();
+        nvlabs::build(&cfg, &StateDict::new(tensors), SourceFormat::NvlabsPickle).unwrap()
+    }
+
+    /// Renders `case`'s `img_const` in `precision`; returns the image, the golden one and every traced tensor.
+    fn render(case: &str, precision: Precision) -> (Tensor, Tensor, BTreeMap<String, Tensor>) {
+        let net = nvlabs_network(case);
+        let dev = EmuDevice::new();
+        let synth = DeviceSynthesis::with_precision(&dev, &net, ConvPath::Fast, precision).unwrap();
+        let cases = SafeTensors::open(golden(case, "cases.safetensors")).unwrap();
+        let mut seen = BTreeMap::new();
+        let img = synth
+            .synthesize_traced(
+                &dev,
+                &net,
+                &cases.tensor("ws").unwrap(),
+                NoiseMode::Const,
+                &mut |name, t| {
+                    seen.insert(name.to_string(), t.clone());
+                },
+            )
+            .unwrap();
+        (img, cases.tensor("img_const").unwrap(), seen)
+    }
+
+    /// The image tolerance of a mode, relative to the golden image's largest magnitude: IMAGE_ROUNDINGS input
+    /// roundings u. Each same-resolution layer adds at most about 2u of its sum of |terms| (check_layer's bound;
+    /// the tiny net runs 9 of them on the tensor cores, its 2 up-sampling convs stay f32), demodulation keeps
+    /// that sum within a small multiple of each layer's output scale, and the errors of independent roundings
+    /// largely cancel: the measured image errors are about 1.5 u times the image scale in every mode (tf32 and
+    /// fp16 1.7e-3, bf16 8.9e-3 on a scale of 2.4). 8 u is that with a margin of about 5.
+    const IMAGE_ROUNDINGS: f64 = 8.0;
+
+    fn image_tolerance(precision: Precision, golden_img: &Tensor) -> f32 {
+        let (u, _) = input_rounding(precision);
+        let scale = golden_img.data.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        (IMAGE_ROUNDINGS * u * scale) as f32
+    }
+
+    #[test]
+    fn nvlabs_tiny_case_a_in_every_mode() {
+        for precision in TENSOR_CORE_MODES {
+            let (img, golden_img, _) = render("nvlabs_tiny", precision);
+            let tol = image_tolerance(precision, &golden_img);
+            let err = assert_close(precision.name(), &img.data, &golden_img.data, tol, 0.0);
+            println!(
+                "emu nvlabs_tiny {precision} img_const max error {err:.3e} (tolerance {tol:.3e})"
+            );
+        }
+    }
+
+    /// Case B's activations reach the conv clamp (256); in fp16 they still never pass it, and the image stays
+    /// within the mode's tolerance.
+    #[test]
+    fn nvlabs_tiny_clamp_case_b_in_fp16() {
+        let (img, golden_img, seen) = render("nvlabs_tiny_clamp", Precision::Fp16);
+        let tol = image_tolerance(Precision::Fp16, &golden_img);
+        let err = assert_close("fp16", &img.data, &golden_img.data, tol, 0.0);
+        println!("emu nvlabs_tiny_clamp fp16 img_const max error {err:.3e} (tolerance {tol:.3e})");
+        let mut at_clamp = 0;
+        for (name, t) in seen.iter().filter(|(n, _)| n.ends_with(".out")) {
+            assert!(
+                t.data.iter().all(|v| v.abs() <= 256.0),
+                "{name} passes the clamp"
+            );
+            at_clamp += t.data.iter().filter(|v| v.abs() == 256.0).count();
+        }
+        assert!(at_clamp > 0, "the clamp should bite in case B");
+    }
+}
+
 /// The device fit (kernels/rpca.cu) on golden case E. The emulation has no cuSOLVER: its SVD step is the CPU's,
 /// every other step runs the kernels.
 #[test]

@@ -23,13 +23,8 @@ pub struct CudaBackend<D: Device> {
 
 impl<D: Device> CudaBackend<D> {
     pub fn new(dev: D, net: Network, precision: Precision) -> Result<Self> {
-        if precision != Precision::Fp32 {
-            return Err(Error::Invalid(format!(
-                "--precision {precision}: the tensor-core convolution is not built yet; use --precision fp32"
-            )));
-        }
         let mapping = DeviceMapping::new(&dev, &net)?;
-        let synthesis = DeviceSynthesis::new(&dev, &net, ConvPath::Fast)?;
+        let synthesis = DeviceSynthesis::with_precision(&dev, &net, ConvPath::Fast, precision)?;
         Ok(CudaBackend {
             dev,
             net,

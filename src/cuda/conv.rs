@@ -6,6 +6,7 @@
 //! the demodulation coefficients are computed on the device from them and the precomputed `sum_k W^2`.
 
 use super::device::{Device, DeviceTensor, LaunchDims};
+use super::gemm::Precision;
 use super::kernels::Kernel;
 use super::params::{ModconvDemodParams, ModconvParams, SkipUpsampleParams, ACT_LINEAR, ACT_LRELU};
 use crate::bail;
@@ -27,6 +28,11 @@ const UP2_CH: usize = 8;
 const UP2_TAPS: usize = 12;
 const UP2_BK: usize = 16;
 const UP2_THREADS: u32 = 128;
+/// The tensor-core same-resolution kernels (`kernels/modconv_tc.cu`): pixels x channels, K words per stage,
+/// threads.
+const TC_TILE: [usize; 2] = [64, 64];
+const TC_STAGE_WORDS: usize = 16;
+const TC_THREADS: u32 = 128;
 /// Element-wise kernels.
 const EW_THREADS: u32 = 256;
 const EW_MAX_BLOCKS: u32 = 65535;
@@ -68,6 +74,8 @@ pub struct DeviceConvLayer<D: Device> {
     /// `wsq_t[i, o] = sum_k W[o, i, k]^2`, when demodulating.
     wsq_t: Option<DeviceTensor<D>>,
     bias: Option<DeviceTensor<D>>,
+    /// The same-resolution kernels' arithmetic (the up-sampling 3x3 conv is f32 in every mode).
+    precision: Precision,
     act: i32,
     alpha: f32,
     gain: f32,
@@ -87,6 +95,29 @@ impl<D: Device> DeviceConvLayer<D> {
         up: usize,
         finish: &Finish,
         keep_reference: bool,
+    ) -> Result<Self> {
+        Self::with_precision(
+            dev,
+            weight,
+            demodulate,
+            up,
+            finish,
+            keep_reference,
+            Precision::Fp32,
+        )
+    }
+
+    /// [`Self::new`] in the given precision: the same-resolution convolutions (3x3 and 1x1, including the 1x1
+    /// before the skip up-sampling) run on the tensor cores in the tf32, fp16 and bf16 modes; the fused
+    /// up-sampling 3x3 conv stays f32.
+    pub fn with_precision(
+        dev: &D,
+        weight: &Tensor,
+        demodulate: bool,
+        up: usize,
+        finish: &Finish,
+        keep_reference: bool,
+        precision: Precision,
     ) -> Result<Self> {
         let [o, i, kh, kw] = match weight.shape[..] {
             [o, i, kh, kw] => [o, i, kh, kw],
@@ -124,22 +155,41 @@ impl<D: Device> DeviceConvLayer<D> {
             );
         }
         let kk = kh * kw;
-        let (same_kernel, same_tile) = match kh {
-            3 => (Kernel::Modconv3x3, WIDE_TILE),
-            _ if o <= NARROW_MAX_CHANNELS => (Kernel::Modconv1x1Narrow, NARROW_TILE),
-            _ => (Kernel::Modconv1x1, WIDE_TILE),
-        };
-        let (packed, weight_stride) = if up == 2 && kh == 3 {
-            pack_up2(&weight.data, o, i)
+        let tensor_cores = precision.uses_tensor_cores() && !(up == 2 && kh == 3);
+        let precision = if tensor_cores {
+            precision
         } else {
-            pack_same(&weight.data, o, i * kk, same_tile[1])
+            Precision::Fp32
+        };
+        let (same_kernel, same_tile) = match (kh, precision) {
+            (3, Precision::Fp32) => (Kernel::Modconv3x3, WIDE_TILE),
+            (_, Precision::Fp32) if o <= NARROW_MAX_CHANNELS => {
+                (Kernel::Modconv1x1Narrow, NARROW_TILE)
+            }
+            (_, Precision::Fp32) => (Kernel::Modconv1x1, WIDE_TILE),
+            (3, Precision::Tf32) => (Kernel::Modconv3x3Tf32, TC_TILE),
+            (_, Precision::Tf32) => (Kernel::Modconv1x1Tf32, TC_TILE),
+            (3, Precision::Fp16) => (Kernel::Modconv3x3F16, TC_TILE),
+            (_, Precision::Fp16) => (Kernel::Modconv1x1F16, TC_TILE),
+            (3, Precision::Bf16) => (Kernel::Modconv3x3Bf16, TC_TILE),
+            (_, Precision::Bf16) => (Kernel::Modconv1x1Bf16, TC_TILE),
+        };
+        let scaled = fp16_weight_scale(precision, demodulate, &weight.data)
+            .map(|scale| weight.data.iter().map(|v| v * scale).collect::<Vec<_>>());
+        let weight_data = scaled.as_deref().unwrap_or(&weight.data);
+        let (packed, weight_stride) = if up == 2 && kh == 3 {
+            pack_up2(weight_data, o, i)
+        } else if tensor_cores {
+            pack_same_words(weight_data, o, i * kk, precision)
+        } else {
+            pack_same(weight_data, o, i * kk, same_tile[1])
         };
         // sum_k W^2 once per layer on the host at upload: O(weights), summed in the CPU backend's order, and no
         // kernel to keep for a value that never changes.
         let wsq_t = demodulate
             .then(|| {
                 let mut t = vec![0.0f32; i * o];
-                for (row, taps) in weight.data.chunks(kk).enumerate() {
+                for (row, taps) in weight_data.chunks(kk).enumerate() {
                     let (oc, ic) = (row / i, row % i);
                     t[ic * o + oc] = taps.iter().map(|v| v * v).sum();
                 }
@@ -167,6 +217,7 @@ impl<D: Device> DeviceConvLayer<D> {
                 .bias
                 .map(|b| upload(dev, vec![o], b.to_vec()))
                 .transpose()?,
+            precision,
             act,
             alpha,
             gain: finish.gain,
@@ -351,13 +402,18 @@ impl<D: Device> DeviceConvLayer<D> {
 
     fn launch_same(&self, dev: &D, params: &ModconvParams, pixels: usize) -> Result<()> {
         let [bm, bn] = self.same_tile;
+        let threads = if self.precision.uses_tensor_cores() {
+            TC_THREADS
+        } else {
+            SAME_THREADS
+        };
         let dims = LaunchDims {
             grid: [
                 grid_size(pixels.div_ceil(bm), GRID_X_MAX)?,
                 grid_size(self.out_channels.div_ceil(bn), GRID_YZ_MAX)?,
                 1,
             ],
-            block: [SAME_THREADS, 1, 1],
+            block: [threads, 1, 1],
             shared_bytes: 0,
         };
         dev.launch(self.same_kernel, dims, params)
@@ -448,4 +504,61 @@ fn pack_up2(w: &[f32], o: usize, i: usize) -> (Vec<f32>, usize) {
         }
     }
     (packed, stride)
+}
+
+/// The tensor-core packing of `kernels/modconv_tc.cu`: 32-bit words `[K words rounded up to 16][O rounded up to
+/// 64]`, word `(kw, o)` holding `W[o, kw]` as tf32, or the pair `W[o, 2 kw]` (low half), `W[o, 2 kw + 1]` as
+/// f16/bf16 (round to nearest even, as `cvt`; tf32 rounds to nearest, ties away, as `cvt.rna`), zeros past the
+/// ends. Stored as the f32 with those bits.
+fn pack_same_words(w: &[f32], o: usize, k: usize, precision: Precision) -> (Vec<f32>, usize) {
+    let per_word = if precision == Precision::Tf32 { 1 } else { 2 };
+    let rows = k.div_ceil(per_word).next_multiple_of(TC_STAGE_WORDS);
+    let cols = o.next_multiple_of(TC_TILE[1]);
+    let mut packed = vec![0.0f32; rows * cols];
+    for oc in 0..o {
+        let taps = &w[oc * k..(oc + 1) * k];
+        for (kw, pair) in taps.chunks(per_word).enumerate() {
+            let lo = pair[0];
+            let hi = pair.get(1).copied().unwrap_or(0.0);
+            let bits = match precision {
+                Precision::Fp32 => lo.to_bits(),
+                Precision::Tf32 => tf32_rna_bits(lo),
+                Precision::Fp16 => {
+                    u32::from(half::f16::from_f32(lo).to_bits())
+                        | (u32::from(half::f16::from_f32(hi).to_bits()) << 16)
+                }
+                Precision::Bf16 => {
+                    u32::from(half::bf16::from_f32(lo).to_bits())
+                        | (u32::from(half::bf16::from_f32(hi).to_bits()) << 16)
+                }
+            };
+            packed[kw * cols + oc] = f32::from_bits(bits);
+        }
+    }
+    (packed, cols)
+}
+
+/// `cvt.rna.tf32.f32`: round to nearest, ties away from zero, low 13 bits zero; NaN becomes the canonical NaN.
+fn tf32_rna_bits(v: f32) -> u32 {
+    let u = v.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return 0x7fff_ffff;
+    }
+    u.wrapping_add(0x1000) & 0xffff_e000
+}
+
+/// The power of two that brings the largest weight magnitude into [0.5, 1) for an fp16 layer that demodulates
+/// (NVlabs normalises the weights of its fp16 layers likewise). The demodulated product is invariant under it
+/// (the coefficients come from the scaled weight, so only the 1e-8 in their rsqrt sees the scale), and an exact
+/// power of two changes no mantissa: it keeps the staged weights O(1), clear of f16's subnormals (below 2^-14)
+/// where small real-network weights (~1e-2, gain 1/sqrt(fan_in) applied) would lose bits. Layers that do not
+/// demodulate keep their scale: nothing would undo it.
+fn fp16_weight_scale(precision: Precision, demodulate: bool, w: &[f32]) -> Option<f32> {
+    let max = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if precision != Precision::Fp16 || !demodulate || max == 0.0 || !max.is_finite() {
+        return None;
+    }
+    // max = f * 2^e with f in [0.5, 1) (e from the exponent bits; a subnormal max just gets the largest scale).
+    let e = ((max.to_bits() >> 23) & 0xff) as i32 - 126;
+    Some(2f32.powi(-e.clamp(-126, 126)))
 }

@@ -4,6 +4,7 @@
 
 use super::conv::{skip_upsample, DeviceConvLayer, DeviceNoise, Finish};
 use super::device::{Device, DeviceTensor, LaunchDims};
+use super::gemm::Precision;
 use super::kernels::Kernel;
 use super::params::ModconvAffineParams;
 use crate::backend::NoiseMode;
@@ -43,6 +44,16 @@ impl<D: Device> DeviceSynthesis<D> {
     /// Uploads `net`'s synthesis layers. `path` picks the fused up-sampling kernel ([`ConvPath::Fast`]) or the
     /// unfused pair ([`ConvPath::Reference`], a test twin).
     pub fn new(dev: &D, net: &Network, path: ConvPath) -> Result<Self> {
+        Self::with_precision(dev, net, path, Precision::Fp32)
+    }
+
+    /// [`Self::new`] with the convolutions in the given precision (see [`DeviceConvLayer::with_precision`]).
+    pub fn with_precision(
+        dev: &D,
+        net: &Network,
+        path: ConvPath,
+        precision: Precision,
+    ) -> Result<Self> {
         let affine_gain = 1.0 / (net.w_dim as f32).sqrt();
         let layers = net
             .layers
@@ -56,7 +67,7 @@ impl<D: Device> DeviceSynthesis<D> {
                     l.weight.shape.clone(),
                     l.weight.data.iter().map(|v| v * l.weight_gain).collect(),
                 )?;
-                let conv = DeviceConvLayer::new(
+                let conv = DeviceConvLayer::with_precision(
                     dev,
                     &weight,
                     l.demodulate,
@@ -68,6 +79,7 @@ impl<D: Device> DeviceSynthesis<D> {
                         clamp: l.clamp,
                     },
                     path == ConvPath::Reference,
+                    precision,
                 )?;
                 let affine = Tensor::new(
                     l.affine_weight.shape.clone(),
