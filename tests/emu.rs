@@ -903,40 +903,19 @@ mod modconv {
 // The device synthesis network against the golden generator cases A, B and C (as tests/golden_generator.rs).
 
 mod synthesis {
+    use super::common::golden_nets::{cases, nvlabs_network, rosinality_layer, rosinality_network};
     use super::common::{assert_close, golden};
     use mmengine::backend::{Backend, NoiseMode};
     use mmengine::cpu::{ConvPath, CpuBackend};
     use mmengine::cuda::emu::EmuDevice;
     use mmengine::cuda::synthesis::DeviceSynthesis;
     use mmengine::io::safetensors::SafeTensors;
-    use mmengine::model::nvlabs::{self, NvlabsConfig};
-    use mmengine::model::state::StateDict;
-    use mmengine::model::{rosinality, Network, SourceFormat};
+
+    use mmengine::model::Network;
     use mmengine::Tensor;
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
 
     const IMG_TOL: f32 = 1e-4;
-
-    fn state_dict(case: &str) -> StateDict {
-        let st = SafeTensors::open(golden(case, "weights.safetensors")).unwrap();
-        let tensors: BTreeMap<String, Tensor> = st
-            .names()
-            .map(|n| (n.to_string(), st.tensor(n).unwrap()))
-            .collect();
-        StateDict::new(tensors)
-    }
-
-    fn nvlabs_network(case: &str) -> Network {
-        let config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(golden(case, "config.json")).unwrap()).unwrap();
-        let kwargs = config["generator_init_kwargs"].as_object().unwrap();
-        let cfg = NvlabsConfig::from_init(&[], kwargs).unwrap();
-        nvlabs::build(&cfg, &state_dict(case), SourceFormat::NvlabsPickle).unwrap()
-    }
-
-    fn cases(case: &str) -> SafeTensors {
-        SafeTensors::open(golden(case, "cases.safetensors")).unwrap()
-    }
 
     /// Render on the emulated device and collect every traced tensor, keyed by our layer names.
     fn traced(
@@ -1048,40 +1027,10 @@ mod synthesis {
         }
     }
 
-    /// rosinality module name -> our traced name, for the 32 px golden network.
-    fn rosinality_layer(name: &str) -> Option<String> {
-        let (module, what) = name.rsplit_once('.')?;
-        let ours = match module {
-            "conv1" => "b4.conv1".to_string(),
-            "to_rgb1" => "b4.torgb".to_string(),
-            m if m.starts_with("convs.") => {
-                let i: usize = m[6..].parse().ok()?;
-                let slot = if i.is_multiple_of(2) {
-                    "conv0"
-                } else {
-                    "conv1"
-                };
-                format!("b{}.{slot}", 8 << (i / 2))
-            }
-            m if m.starts_with("to_rgbs.") => {
-                format!("b{}.torgb", 8 << m[8..].parse::<usize>().ok()?)
-            }
-            _ => return None,
-        };
-        match (what, module.starts_with("to_rgb")) {
-            ("styles", _) => Some(format!("{ours}.styles")),
-            // rosinality's ToRGB output is the running skip image; its conv layers' output is ours.
-            ("out", true) => Some(format!("{}.img", ours.split('.').next()?)),
-            ("out", false) => Some(format!("{ours}.out")),
-            _ => None,
-        }
-    }
-
     #[test]
     fn rosinality_tiny_case_c() {
         let c = cases("rosinality_tiny");
-        let latent_avg = c.tensor("latent_avg").unwrap().data;
-        let net = rosinality::build(&state_dict("rosinality_tiny"), Some(latent_avg)).unwrap();
+        let net = rosinality_network();
         let synth = DeviceSynthesis::new(&EmuDevice::new(), &net, ConvPath::Fast).unwrap();
         let (img, seen) = traced(&synth, &net, &c.tensor("wplus").unwrap());
         let err = assert_close(
@@ -1129,6 +1078,7 @@ mod synthesis {
 // in every precision against the golden images.
 
 mod tensor_core_conv {
+    use super::common::golden_nets::nvlabs_network;
     use super::common::{assert_close, golden, Rng};
     use mmengine::backend::NoiseMode;
     use mmengine::cpu::ops::Act;
@@ -1139,9 +1089,7 @@ mod tensor_core_conv {
     use mmengine::cuda::gemm::Precision;
     use mmengine::cuda::synthesis::DeviceSynthesis;
     use mmengine::io::safetensors::SafeTensors;
-    use mmengine::model::nvlabs::{self, NvlabsConfig};
-    use mmengine::model::state::StateDict;
-    use mmengine::model::{Network, SourceFormat};
+
     use mmengine::Tensor;
     use std::collections::BTreeMap;
 
@@ -1381,19 +1329,6 @@ mod tensor_core_conv {
             },
             0x7c04,
         );
-    }
-
-    fn nvlabs_network(case: &str) -> Network {
-        let config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(golden(case, "config.json")).unwrap()).unwrap();
-        let kwargs = config["generator_init_kwargs"].as_object().unwrap();
-        let cfg = NvlabsConfig::from_init(&[], kwargs).unwrap();
-        let st = SafeTensors::open(golden(case, "weights.safetensors")).unwrap();
-        let tensors: BTreeMap<String, Tensor> = st
-            .names()
-            .map(|n| (n.to_string(), st.tensor(n).unwrap()))
-            .collect();
-        nvlabs::build(&cfg, &StateDict::new(tensors), SourceFormat::NvlabsPickle).unwrap()
     }
 
     /// Renders `case`'s `img_const` in `precision`; returns the image, the golden one and every traced tensor.

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub mod fit_case;
+pub mod golden_nets;
 pub mod ops_cases;
 
 /// Tolerance for case G's images. The reference (stylegan2-ada-pytorch, which has no device check) ran that
