@@ -40,4 +40,8 @@ pub trait Backend {
     fn map(&self, z: &Tensor, truncation: Truncation) -> Result<Tensor>;
     /// ws `[N, num_ws, w_dim]` -> images `[N, C, H, W]` in the generator's raw range.
     fn synthesize(&self, ws: &Tensor, noise: NoiseMode) -> Result<Tensor>;
+    /// The most device memory its buffers have held at once, for backends with a device of their own.
+    fn peak_device_memory(&self) -> Option<usize> {
+        None
+    }
 }

@@ -1557,3 +1557,31 @@ fn cli_render_on_the_emulation_matches_the_cpu() {
     let err = cpu.max_abs_diff(&emu).unwrap();
     assert!(err < 1e-4, "emu vs cpu render: {err:e}");
 }
+
+/// `bench` on a device reports throughput, TFLOP/s and the device memory the engine's buffers peaked at.
+#[test]
+fn cli_bench_on_the_emulation_reports_device_memory() {
+    let model = golden("nvlabs_tiny", "model.pkl");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_mmengine"))
+        .args([
+            "bench", "--device", "emu", "--batch", "2", "--iters", "1", "--warmup", "0", "--json",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(report["images_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["achieved_tflop_per_s"].is_number(), "{report}");
+    // At least the weights and one batch's activations: more than the 32 px images themselves.
+    let images = 2 * 3 * 32 * 32 * 4;
+    assert!(
+        report["peak_device_memory_bytes"].as_u64().unwrap() > images,
+        "{report}"
+    );
+}

@@ -79,6 +79,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let images_per_s = args.batch as f64 / mean;
     let gflops = gflop_per_image * images_per_s;
     let peak = peak_rss_bytes();
+    let peak_device = backend.peak_device_memory();
     if args.json {
         let report = serde_json::json!({
             "model": name,
@@ -92,19 +93,22 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "images_per_s": images_per_s,
             "gflop_per_image": gflop_per_image,
             "achieved_gflop_per_s": gflops,
+            "achieved_tflop_per_s": gflops / 1e3,
             "peak_memory_bytes": peak,
+            "peak_device_memory_bytes": peak_device,
         });
         println!("{report}");
     } else {
         println!("model:        {name} ({res}x{res}, {gflop_per_image:.1} GFLOP/image)");
         println!("device:       {} ({})", backend.name(), args.precision);
         println!(
-            "batch {}:     {:.1} ms/batch (best {:.1}), {:.3} images/s, {:.1} GFLOP/s",
+            "batch {}:     {:.1} ms/batch (best {:.1}), {:.3} images/s, {:.1} GFLOP/s ({:.3} TFLOP/s)",
             args.batch,
             mean * 1e3,
             best * 1e3,
             images_per_s,
-            gflops
+            gflops,
+            gflops / 1e3
         );
         match peak {
             Some(b) => println!(
@@ -112,6 +116,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 b as f64 / 1048576.0
             ),
             None => println!("peak memory:  unknown on this platform"),
+        }
+        if let Some(b) = peak_device {
+            println!(
+                "peak device memory: {:.0} MiB (the engine's buffers)",
+                b as f64 / 1048576.0
+            );
         }
     }
     Ok(())

@@ -82,6 +82,10 @@ impl<D: Device> Backend for CudaBackend<D> {
         &self.net
     }
 
+    fn peak_device_memory(&self) -> Option<usize> {
+        Some(self.dev.memory_meter().peak())
+    }
+
     fn map(&self, z: &Tensor, truncation: Truncation) -> Result<Tensor> {
         self.mapping.map(&self.dev, z, truncation)
     }
