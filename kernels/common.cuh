@@ -38,3 +38,21 @@ __device__ __forceinline__ float activate(float x, int act, float alpha, float g
   if (clamp >= 0.0f) x = fminf(fmaxf(x, -clamp), clamp);
   return x;
 }
+
+// 16-byte copy global -> shared that bypasses the registers (cp.async, sm_80+): weight tiles need no prologue, so
+// they stream in while the block computes. Both addresses 16-byte aligned. In the emulation, a plain copy.
+__device__ __forceinline__ void copy16_async(void* smem_dst, const void* gmem_src) {
+#ifdef MMENGINE_EMU
+  std::memcpy(smem_dst, gmem_src, 16);
+#else
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));
+#endif
+}
+
+// Waits for this thread's copies; a __syncthreads after it publishes them to the block.
+__device__ __forceinline__ void copy_async_wait() {
+#ifndef MMENGINE_EMU
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
+#endif
+}

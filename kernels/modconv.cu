@@ -46,23 +46,6 @@ __device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float 
   return activate(v, p.act, p.alpha, p.gain, p.clamp);
 }
 
-// 16-byte copies global -> shared that bypass the registers (cp.async, sm_80+), for the weight tiles: they need no
-// prologue, so they stream in while the block computes. In the emulation, a plain copy.
-__device__ __forceinline__ void copy16_async(float* smem_dst, const float* gmem_src) {
-#ifdef MMENGINE_EMU
-  std::memcpy(smem_dst, gmem_src, 16);
-#else
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));
-#endif
-}
-// Waits for this thread's copies; a __syncthreads after it publishes them to the block.
-__device__ __forceinline__ void copy_async_wait() {
-#ifndef MMENGINE_EMU
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
-#endif
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Same-resolution conv (3x3 padding 1, or 1x1). 64 threads with 8x8 register tiles, K in slices through
 // double-buffered shared memory (one barrier per slice). Two tile shapes: 64 pixels x 64 channels (the convs), and

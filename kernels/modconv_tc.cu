@@ -54,22 +54,6 @@ struct Bf16 {
   }
 };
 
-// 16-byte copy global -> shared without the registers (cp.async, sm_80+); in the emulation, a plain copy.
-__device__ __forceinline__ void copy16_async(unsigned* smem_dst, const unsigned* gmem_src) {
-#ifdef MMENGINE_EMU
-  std::memcpy(smem_dst, gmem_src, 16);
-#else
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));
-#endif
-}
-// Waits for this thread's copies; a __syncthreads after it publishes them to the block.
-__device__ __forceinline__ void copy_async_wait() {
-#ifndef MMENGINE_EMU
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
-#endif
-}
-
 template <int KS, class Mode>
 __device__ void same_impl(const ModconvParams& p) {
   constexpr int TAPS = KS * KS, PAD = KS / 2;
