@@ -649,6 +649,22 @@ fn add_broadcast(x: &mut Tensor, noise: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// The shape checks of [`modulated_conv2d`], shared with its device twin: `x [N, I, H, W]`, `weight [O, I, kh, kw]`
+/// and `styles [N, I]` must agree. Returns x's dimensions.
+pub fn check_modulated_conv2d(x: &Tensor, weight: &Tensor, styles: &Tensor) -> Result<[usize; 4]> {
+    let [n, i, h, w] = dims4(x, "modulated_conv2d")?;
+    let [_, wi, _, _] = dims4(weight, "modulated_conv2d")?;
+    if wi != i || styles.shape != [n, i] {
+        bail!(
+            "modulated_conv2d: x {:?}, weight {:?} and styles {:?} disagree",
+            x.shape,
+            weight.shape,
+            styles.shape
+        );
+    }
+    Ok([n, i, h, w])
+}
+
 /// NVlabs `modulated_conv2d`: `x [N, I, H, W]`, `weight [O, I, k, k]`, `styles [N, I]`, optional noise
 /// broadcast to the output (added after demodulation), resampling filter `f` (used when `up > 1`).
 /// Demodulation: `d[n, o] = rsqrt(sum_{i,k} (weight[o,i,k] * styles[n,i])^2 + 1e-8)`.
@@ -660,16 +676,8 @@ pub fn modulated_conv2d(
     f: &Tensor,
     p: &ModConv,
 ) -> Result<Tensor> {
-    let [n, i, h, wd] = dims4(x, "modulated_conv2d")?;
-    let [o, wi, kh, kw] = dims4(weight, "modulated_conv2d")?;
-    if wi != i || styles.shape != [n, i] {
-        bail!(
-            "modulated_conv2d: x {:?}, weight {:?} and styles {:?} disagree",
-            x.shape,
-            weight.shape,
-            styles.shape
-        );
-    }
+    let [n, i, h, wd] = check_modulated_conv2d(x, weight, styles)?;
+    let [o, _, kh, kw] = dims4(weight, "modulated_conv2d")?;
     let kk = kh * kw;
     // Per-sample weights w[n, o, i, k] = weight[o, i, k] * styles[n, i].
     let needs_w = p.demodulate || p.fused;

@@ -215,14 +215,8 @@ pub fn modulated_conv2d_on<D: Device>(
     p: &ModConv,
     path: ConvPath,
 ) -> Result<Tensor> {
-    let [n, _, h, w] = match x.shape[..] {
-        [n, i, h, w] => [n, i, h, w],
-        _ => bail!(
-            "modulated_conv2d: x must be [N, C, H, W], got {:?}",
-            x.shape
-        ),
-    };
-    let k = weight.shape.get(2).copied().unwrap_or(0);
+    let [n, _, h, w] = crate::cpu::ops::check_modulated_conv2d(x, weight, styles)?;
+    let k = weight.shape[2];
     if p.padding != k / 2 {
         bail!(
             "modulated_conv2d: the device kernels use padding k / 2 = {}, got {}",
@@ -259,13 +253,6 @@ pub fn modulated_conv2d_on<D: Device>(
     let layer = DeviceConvLayer::new(dev, weight, p.demodulate, p.up, &finish, true)?;
     let xd = DeviceTensor::upload(dev, x)?;
     let sd = DeviceTensor::upload(dev, styles)?;
-    if sd.shape != [n, layer.in_channels()] {
-        bail!(
-            "modulated_conv2d: styles {:?} should be [{n}, {}]",
-            styles.shape,
-            layer.in_channels()
-        );
-    }
     let (oh, ow) = (h * p.up, w * p.up);
     let noise_d = noise
         .map(|t| {
