@@ -903,13 +903,15 @@ mod modconv {
 // The device synthesis network against the golden generator cases A, B and C (as tests/golden_generator.rs).
 
 mod synthesis {
-    use super::common::golden_nets::{cases, nvlabs_network, rosinality_layer, rosinality_network};
-    use super::common::{assert_close, golden};
+    use super::common::assert_close;
+    use super::common::golden_nets::{
+        cases, check_intermediates, nvlabs_network, rosinality_layer, rosinality_network,
+        CASE_B_CLAMP_HITS,
+    };
     use mmengine::backend::{Backend, NoiseMode};
     use mmengine::cpu::{ConvPath, CpuBackend};
     use mmengine::cuda::emu::EmuDevice;
     use mmengine::cuda::synthesis::DeviceSynthesis;
-    use mmengine::io::safetensors::SafeTensors;
 
     use mmengine::model::Network;
     use mmengine::Tensor;
@@ -939,25 +941,6 @@ mod synthesis {
     }
 
     /// Checks the golden intermediates of sample 0 whose names `ours` maps to a traced tensor; returns how many.
-    fn check_intermediates(
-        case: &str,
-        seen: &HashMap<String, Tensor>,
-        rel: f32,
-        ours: impl Fn(&str) -> Option<String>,
-    ) -> usize {
-        let inter = SafeTensors::open(golden(case, "intermediates.safetensors")).unwrap();
-        let mut compared = 0;
-        for name in inter.names() {
-            let Some(key) = ours(name) else { continue };
-            let Some(t) = seen.get(&key) else { continue };
-            let expected = inter.tensor(name).unwrap();
-            let err = assert_close(name, &t.slice_rows(0, 1).data, &expected.data, IMG_TOL, rel);
-            println!("emu {case} {name} max error {err:.3e}");
-            compared += 1;
-        }
-        compared
-    }
-
     fn check_nvlabs_const(
         case: &str,
         path: ConvPath,
@@ -974,7 +957,7 @@ mod synthesis {
             1e-5,
         );
         println!("emu {case} {path:?} img_const max error {err:.3e}");
-        let compared = check_intermediates(case, &seen, 1e-5, |name| {
+        let compared = check_intermediates("emu", case, &seen, 1e-5, |name| {
             name.strip_prefix("synthesis.").map(str::to_string)
         });
         assert_eq!(
@@ -1016,12 +999,7 @@ mod synthesis {
     #[test]
     fn nvlabs_tiny_clamp_case_b() {
         let (_, _, seen) = check_nvlabs_const("nvlabs_tiny_clamp", ConvPath::Fast);
-        // The clamp must bite exactly where the reference's did (all 4 samples).
-        for (layer, expected) in [
-            ("b16.conv1.out", 1517),
-            ("b32.conv1.out", 2795),
-            ("b8.conv1.out", 0),
-        ] {
+        for (layer, expected) in CASE_B_CLAMP_HITS {
             let hit = seen[layer].data.iter().filter(|v| v.abs() == 256.0).count();
             assert_eq!(hit, expected, "{layer}: elements at the clamp");
         }
@@ -1041,7 +1019,7 @@ mod synthesis {
             0.0,
         );
         println!("emu rosinality img_fixed_noise max error {err:.3e}");
-        let compared = check_intermediates("rosinality_tiny", &seen, 0.0, rosinality_layer);
+        let compared = check_intermediates("emu", "rosinality_tiny", &seen, 0.0, rosinality_layer);
         assert_eq!(compared, 11 * 2, "intermediates compared");
     }
 

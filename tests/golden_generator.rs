@@ -4,11 +4,13 @@
 
 mod common;
 
-use common::golden_nets::{cases, nvlabs_network, rosinality_layer, rosinality_network};
-use common::{assert_close, golden};
+use common::assert_close;
+use common::golden_nets::{
+    cases, check_intermediates, nvlabs_network, rosinality_layer, rosinality_network,
+    CASE_B_CLAMP_HITS,
+};
 use mmengine::backend::{Backend, NoiseMode, Truncation};
 use mmengine::cpu::{ConvPath, CpuBackend};
-use mmengine::io::safetensors::SafeTensors;
 use mmengine::Tensor;
 use std::collections::HashMap;
 
@@ -28,11 +30,6 @@ fn traced(
         })
         .unwrap();
     (img, seen)
-}
-
-/// Sample 0 of a batched tensor, with a leading batch dimension of 1 (the layout of the golden intermediates).
-fn first(t: &Tensor) -> Vec<f32> {
-    t.slice_rows(0, 1).data
 }
 
 const PATHS: [ConvPath; 2] = [ConvPath::Fast, ConvPath::Reference];
@@ -64,20 +61,9 @@ fn check_nvlabs_case_on(case: &str, backend: CpuBackend) {
     println!("{case} img_const max error {err:e}");
 
     // Every per-layer intermediate the reference captured (sample 0).
-    let inter = SafeTensors::open(golden(case, "intermediates.safetensors")).unwrap();
-    let mut compared = 0;
-    for name in inter.names() {
-        let expected = inter.tensor(name).unwrap();
-        let ours = if let Some(rest) = name.strip_prefix("synthesis.") {
-            seen.get(rest).map(first)
-        } else {
-            None
-        };
-        let Some(ours) = ours else { continue };
-        let err = assert_close(name, &ours, &expected.data, IMG_TOL, 1e-5);
-        println!("{case} {name} max error {err:e}");
-        compared += 1;
-    }
+    let compared = check_intermediates("cpu", case, &seen, 1e-5, |name| {
+        name.strip_prefix("synthesis.").map(str::to_string)
+    });
     // 4 blocks: b4 has conv1+torgb (2 layers x styles/out) + x + img; b8..b32 have 3 layers.
     assert_eq!(
         compared,
@@ -132,16 +118,11 @@ fn other_nvlabs_tiny_cases(backend: &CpuBackend) {
 #[test]
 fn nvlabs_tiny_clamp_case_b() {
     check_nvlabs_case("nvlabs_tiny_clamp");
-    // The clamp must bite exactly where the reference's did (all 4 samples).
     for path in PATHS {
         let backend = CpuBackend::with_conv_path(nvlabs_network("nvlabs_tiny_clamp"), path);
         let ws = cases("nvlabs_tiny_clamp").tensor("ws").unwrap();
         let (_, seen) = traced(&backend, &ws, NoiseMode::Const);
-        for (layer, expected) in [
-            ("b16.conv1.out", 1517),
-            ("b32.conv1.out", 2795),
-            ("b8.conv1.out", 0),
-        ] {
+        for (layer, expected) in CASE_B_CLAMP_HITS {
             let hit = seen[layer].data.iter().filter(|v| v.abs() == 256.0).count();
             assert_eq!(hit, expected, "{path:?} {layer}: elements at the clamp");
         }
@@ -181,17 +162,7 @@ fn rosinality_case_c_on(backend: CpuBackend) {
         0.0,
     );
     println!("rosinality img_fixed_noise max error {err:e}");
-    let inter = SafeTensors::open(golden("rosinality_tiny", "intermediates.safetensors")).unwrap();
-    let mut compared = 0;
-    for name in inter.names() {
-        let Some(ours) = rosinality_layer(name) else {
-            continue;
-        };
-        let expected = inter.tensor(name).unwrap();
-        let err = assert_close(name, &first(&seen[&ours]), &expected.data, IMG_TOL, 0.0);
-        println!("rosinality {name} ({ours}) max error {err:e}");
-        compared += 1;
-    }
+    let compared = check_intermediates("cpu", "rosinality_tiny", &seen, 0.0, rosinality_layer);
     assert_eq!(compared, 11 * 2, "intermediates compared");
 
     // W broadcast, style mixing (as a W+ latent), and truncation with latent_avg.

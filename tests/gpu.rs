@@ -4,18 +4,12 @@
 
 mod common;
 
+use common::golden_dir;
 use mmengine::cli::{open_backend, DeviceArg};
 use mmengine::cuda::driver::CudaDevice;
 use mmengine::cuda::Precision;
 use mmengine::selftest::{self, Check, DeviceOps};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
-
-fn golden_dir() -> PathBuf {
-    std::env::var_os("MMENGINE_GOLDEN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"))
-}
 
 fn assert_all_pass(what: &str, checks: &[Check]) {
     for c in checks {

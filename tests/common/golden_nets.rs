@@ -1,13 +1,13 @@
 //! The golden networks built straight from their `weights.safetensors` state dicts (independent of the checkpoint
 //! readers), their cases, and the mapping from rosinality's traced module names to ours.
 
-use super::golden;
+use super::{assert_close, golden};
 use mmengine::io::safetensors::SafeTensors;
 use mmengine::model::nvlabs::{self, NvlabsConfig};
 use mmengine::model::state::StateDict;
 use mmengine::model::{rosinality, Network, SourceFormat};
 use mmengine::Tensor;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub fn state_dict(case: &str) -> StateDict {
     let st = SafeTensors::open(golden(case, "weights.safetensors")).unwrap();
@@ -61,3 +61,34 @@ pub fn rosinality_layer(name: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// Compares every golden per-layer intermediate of `case` (sample 0) that `ours` maps to a traced tensor in `seen`,
+/// at the image tolerance (1e-4) with `rel` relative on top, and returns how many were compared (callers assert the
+/// count, so a tensor missing from the trace fails).
+pub fn check_intermediates(
+    label: &str,
+    case: &str,
+    seen: &HashMap<String, Tensor>,
+    rel: f32,
+    ours: impl Fn(&str) -> Option<String>,
+) -> usize {
+    let inter = SafeTensors::open(golden(case, "intermediates.safetensors")).unwrap();
+    let mut compared = 0;
+    for name in inter.names() {
+        let Some(key) = ours(name) else { continue };
+        let Some(t) = seen.get(&key) else { continue };
+        let expected = inter.tensor(name).unwrap();
+        let err = assert_close(name, &t.slice_rows(0, 1).data, &expected.data, 1e-4, rel);
+        println!("{label} {case} {name} ({key}) max error {err:.3e}");
+        compared += 1;
+    }
+    compared
+}
+
+/// Elements at conv_clamp (256) per layer output in case B's reference run (all 4 samples): the clamp must bite
+/// exactly as often.
+pub const CASE_B_CLAMP_HITS: [(&str, usize); 3] = [
+    ("b16.conv1.out", 1517),
+    ("b32.conv1.out", 2795),
+    ("b8.conv1.out", 0),
+];
