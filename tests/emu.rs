@@ -1052,6 +1052,104 @@ mod synthesis {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The CUDA backend's passes: batches split by the device memory (reported, or learnt from failed allocations),
+// pipelined downloads, and the same images as one pass.
+
+mod passes {
+    use super::common::golden_nets::{cases, nvlabs_network};
+    use mmengine::backend::{Backend, NoiseMode};
+    use mmengine::cuda::device::Device;
+    use mmengine::cuda::emu::EmuDevice;
+    use mmengine::cuda::{CudaBackend, Precision};
+    use mmengine::error::Error;
+    use mmengine::Tensor;
+
+    /// Six different images: case A's ws twice over, with per-image random noise (whose streams depend on each
+    /// image's index in the batch, so a pass that starts at the wrong index changes the result).
+    fn job() -> (Tensor, NoiseMode) {
+        let ws = cases("nvlabs_tiny").tensor("ws").unwrap();
+        let ws = Tensor::cat_rows(&[ws.clone(), ws.clone(), ws]).unwrap();
+        let ws = ws.slice_rows(0, 6);
+        let noise = NoiseMode::Random {
+            seed: 3,
+            first_image: 10,
+        };
+        (ws, noise)
+    }
+
+    /// The job in one pass on an unlimited device; returns the images, the memory the weights hold and the peak.
+    fn one_pass() -> (Tensor, usize, usize) {
+        let backend = CudaBackend::new(
+            EmuDevice::new(),
+            nvlabs_network("nvlabs_tiny"),
+            Precision::Fp32,
+        )
+        .unwrap();
+        let weights = backend.device().memory_meter().live();
+        let (ws, noise) = job();
+        let img = backend.synthesize(&ws, noise).unwrap();
+        assert_eq!(backend.images_per_pass_limit(), usize::MAX);
+        (img, weights, backend.device().memory_meter().peak())
+    }
+
+    fn limited(bytes: usize, reported: bool) -> CudaBackend<EmuDevice> {
+        let dev = EmuDevice::with_memory_limit(bytes, reported);
+        CudaBackend::new(dev, nvlabs_network("nvlabs_tiny"), Precision::Fp32).unwrap()
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_reported_free_memory_renders_in_passes() {
+        let (expected, weights, peak) = one_pass();
+        // Room for about a third of the batch's working memory.
+        let limit = weights + (peak - weights) / 3;
+        let backend = limited(limit, true);
+        let (ws, noise) = job();
+        let img = backend.synthesize(&ws, noise).unwrap();
+        assert_eq!(img.shape, expected.shape);
+        assert!(img.data == expected.data, "passes changed the images");
+        let used = backend.device().memory_meter().peak();
+        assert!(
+            used <= limit && used < peak,
+            "peak {used} with a limit of {limit}"
+        );
+    }
+
+    #[test]
+    fn out_of_memory_halves_the_pass_when_free_memory_is_not_reported() {
+        let (expected, weights, peak) = one_pass();
+        let limit = weights + (peak - weights) / 2;
+        let backend = limited(limit, false);
+        let (ws, noise) = job();
+        let img = backend.synthesize(&ws, noise).unwrap();
+        assert!(
+            img.data == expected.data,
+            "retried passes changed the images"
+        );
+        let per_pass = backend.images_per_pass_limit();
+        assert!(per_pass < 6, "the pass never shrank ({per_pass})");
+        // The next call starts from the learnt size.
+        let again = backend.synthesize(&ws, noise).unwrap();
+        assert!(again.data == expected.data);
+        assert_eq!(backend.images_per_pass_limit(), per_pass);
+    }
+
+    #[test]
+    fn too_little_memory_for_one_image_is_a_device_memory_error() {
+        let (_, weights, _) = one_pass();
+        let backend = limited(weights + 1024, false);
+        let (ws, noise) = job();
+        match backend.synthesize(&ws, noise) {
+            Err(Error::DeviceMemory(msg)) => assert!(msg.contains("out of memory"), "{msg}"),
+            other => panic!(
+                "expected an out-of-memory error, got {:?}",
+                other.map(|t| t.shape)
+            ),
+        }
+        assert_eq!(backend.images_per_pass_limit(), 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // The tensor-core modulated convolutions (kernels/modconv_tc.cu) against the f32 kernels, and the device synthesis
 // in every precision against the golden images.
 

@@ -5,10 +5,12 @@
 mod common;
 
 use common::golden_dir;
+use mmengine::backend::{Backend, NoiseMode};
 use mmengine::cli::{open_backend, DeviceArg};
 use mmengine::cuda::driver::CudaDevice;
-use mmengine::cuda::Precision;
+use mmengine::cuda::{CudaBackend, Precision};
 use mmengine::selftest::{self, Check, DeviceOps};
+use mmengine::Tensor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn assert_all_pass(what: &str, checks: &[Check]) {
@@ -48,6 +50,30 @@ fn golden_generator(_dev: CudaDevice) {
     assert_all_pass("golden generator cases on the GPU", &checks);
 }
 
+/// A batch in passes of 2 images, each pass's download overlapping the next pass's kernels on another stream,
+/// gives exactly the images of one pass (a download ordered before its kernels finish would not).
+fn pipelined_passes(dev: CudaDevice) {
+    let net = common::golden_nets::nvlabs_network("nvlabs_tiny");
+    let ws = common::golden_nets::cases("nvlabs_tiny")
+        .tensor("ws")
+        .unwrap();
+    let ws = Tensor::cat_rows(&[ws.clone(), ws.clone(), ws.clone()]).unwrap();
+    let noise = NoiseMode::Random {
+        seed: 1,
+        first_image: 0,
+    };
+    let backend = CudaBackend::new(dev, net, Precision::Fp32).unwrap();
+    let whole = backend.synthesize(&ws, noise).unwrap();
+    backend.set_images_per_pass_limit(2);
+    for _ in 0..3 {
+        let passes = backend.synthesize(&ws, noise).unwrap();
+        assert!(
+            passes.data == whole.data,
+            "pipelined passes changed the images"
+        );
+    }
+}
+
 fn golden_fit(dev: CudaDevice) {
     common::fit_case::check_case_e("cuda", |anchors, opts| {
         mmengine::micromotion::device::fit_on(&dev, anchors, opts)
@@ -59,6 +85,7 @@ type GpuTest = (&'static str, fn(CudaDevice));
 const TESTS: &[GpuTest] = &[
     ("golden_ops", golden_ops),
     ("golden_generator", golden_generator),
+    ("pipelined_passes", pipelined_passes),
     ("golden_fit", golden_fit),
 ];
 

@@ -1,16 +1,37 @@
 //! The CUDA generator as a [`Backend`]: the network uploaded once, mapping and synthesis on the device, and
-//! batches larger than device memory split into chunks planned from the free memory.
+//! batches split into passes planned from the free memory. The passes form a pipeline: while the device computes
+//! one, the copy engine downloads the previous one into page-locked staging memory, and the host moves the one
+//! before out of staging into the result.
 
-use super::device::Device;
+use super::device::{Device, DeviceTensor};
 use super::gemm::Precision;
 use super::mapping::DeviceMapping;
-use super::synthesis::DeviceSynthesis;
+use super::synthesis::{check_ws, DeviceSynthesis};
 use crate::backend::{Backend, NoiseMode, Truncation};
 use crate::cpu::ConvPath;
 use crate::error::{Error, Result};
 use crate::model::Network;
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Output pixels per pass (32 images at 1024 px): large enough that the big layers fill the device, small enough
+/// that a batch of hundreds makes a pipeline of many passes, so only the last pass's download is not hidden
+/// behind compute. Not tuned on a GPU yet.
+const PASS_PIXELS: usize = 1 << 25;
+/// Bytes per task when the host moves staged images into the result (parallel: one core copies ~10 GB/s,
+/// less than a PCIe 5 link delivers).
+const HOST_COPY_BYTES: usize = 1 << 22;
+
+/// A pass whose download is in flight: its device images (kept alive until the copy has read them), the staging
+/// buffer it goes to, and its place in the batch.
+struct InFlight<D: Device> {
+    images: DeviceTensor<D>,
+    slot: usize,
+    first: usize,
+    count: usize,
+}
 
 pub struct CudaBackend<D: Device> {
     dev: D,
@@ -19,6 +40,8 @@ pub struct CudaBackend<D: Device> {
     synthesis: DeviceSynthesis<D>,
     /// Images per synthesis pass; shrinks for good after an out-of-memory error.
     chunk_limit: AtomicUsize,
+    /// Two staging buffers, kept across calls: one receives a pass's download while the host empties the other.
+    staging: Mutex<[Option<D::Staging>; 2]>,
 }
 
 impl<D: Device> CudaBackend<D> {
@@ -31,6 +54,7 @@ impl<D: Device> CudaBackend<D> {
             mapping,
             synthesis,
             chunk_limit: AtomicUsize::new(usize::MAX),
+            staging: Mutex::new([None, None]),
         })
     }
 
@@ -59,17 +83,72 @@ impl<D: Device> CudaBackend<D> {
         2 * 4 * (largest + 2 * img)
     }
 
-    /// Images per pass: what 80% of the free device memory holds, within the limit set by earlier
-    /// out-of-memory errors.
+    /// Images per pass: at most [`PASS_PIXELS`] and what 80% of the free device memory holds, within the limit
+    /// set by earlier out-of-memory errors.
     fn plan_chunk(&self, n: usize) -> usize {
         let by_memory = self
             .dev
             .free_memory()
             .map(|free| (free / 5 * 4 / self.bytes_per_image().max(1)).max(1))
             .unwrap_or(n);
+        let by_pipeline = (PASS_PIXELS / (self.net.resolution * self.net.resolution).max(1)).max(1);
         n.min(by_memory)
+            .min(by_pipeline)
             .min(self.chunk_limit.load(Ordering::Relaxed))
             .max(1)
+    }
+
+    /// The most images one synthesis pass takes now (after out-of-memory errors have lowered it).
+    pub fn images_per_pass_limit(&self) -> usize {
+        self.chunk_limit.load(Ordering::Relaxed)
+    }
+
+    /// Caps the images per pass (at least 1), e.g. to leave device memory to other work; out-of-memory errors
+    /// may lower it further.
+    pub fn set_images_per_pass_limit(&self, images: usize) {
+        self.chunk_limit.store(images.max(1), Ordering::Relaxed);
+    }
+
+    /// Queues the download of a finished pass into staging buffer `slot` (grown when too small).
+    fn start_download(
+        &self,
+        staging: &mut [Option<D::Staging>; 2],
+        slot: usize,
+        images: &DeviceTensor<D>,
+    ) -> Result<()> {
+        let bytes = images.len() * 4;
+        let slot = &mut staging[slot];
+        if slot
+            .as_ref()
+            .is_none_or(|s| self.dev.staging_len(s) < bytes)
+        {
+            // Free the old buffer first: page-locked memory is scarce.
+            *slot = None;
+            *slot = Some(self.dev.alloc_staging(bytes)?);
+        }
+        let buffer = slot.as_mut().expect("allocated above");
+        self.dev.download_async(&images.buf, buffer, bytes)
+    }
+
+    /// Waits for a pass's download and moves its images into their rows of `out`.
+    fn finish_download(
+        &self,
+        staging: &[Option<D::Staging>; 2],
+        pass: InFlight<D>,
+        image_len: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let bytes = pass.count * image_len * 4;
+        let buffer = staging[pass.slot].as_ref().expect("a download went there");
+        let src = &self.dev.staged(buffer)?[..bytes];
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(
+            &mut out[pass.first * image_len..(pass.first + pass.count) * image_len],
+        );
+        dst.par_chunks_mut(HOST_COPY_BYTES)
+            .zip(src.par_chunks(HOST_COPY_BYTES))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        drop(pass.images);
+        Ok(())
     }
 }
 
@@ -91,9 +170,15 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn synthesize(&self, ws: &Tensor, noise: NoiseMode) -> Result<Tensor> {
-        let n = ws.shape.first().copied().unwrap_or(0);
-        let mut parts = Vec::new();
-        let mut start = 0;
+        let net = &self.net;
+        check_ws(net, ws)?;
+        let n = ws.shape[0];
+        let image_shape = [net.img_channels, net.resolution, net.resolution];
+        let image_len: usize = image_shape.iter().product();
+        let mut out = vec![0f32; n * image_len];
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_flight: Option<InFlight<D>> = None;
+        let (mut start, mut slot) = (0, 0);
         while start < n {
             let chunk = self.plan_chunk(n - start);
             let part_noise = match noise {
@@ -104,24 +189,38 @@ impl<D: Device> Backend for CudaBackend<D> {
                 other => other,
             };
             let part_ws = ws.slice_rows(start, start + chunk);
-            match self
+            let images = match self
                 .synthesis
-                .synthesize(&self.dev, &self.net, &part_ws, part_noise)
+                .synthesize_on_device(&self.dev, net, &part_ws, part_noise)
             {
-                Ok(images) => {
-                    parts.push(images);
-                    start += chunk;
-                }
-                // Out of memory: halve the chunk (for this call and the next) and retry, down to one image.
+                Ok(images) => images,
+                // Out of memory: halve the pass (for this call and the next) and retry, down to one image.
                 Err(Error::DeviceMemory(_)) if chunk > 1 => {
                     self.chunk_limit.store(chunk / 2, Ordering::Relaxed);
+                    continue;
                 }
                 Err(e) => return Err(e),
+            };
+            // The previous pass's staging buffer is the other one, so this download can start at once; the host
+            // then empties the previous pass while the device works on this one.
+            self.start_download(&mut staging, slot, &images)?;
+            if let Some(pass) = in_flight.take() {
+                self.finish_download(&staging, pass, image_len, &mut out)?;
             }
+            in_flight = Some(InFlight {
+                images,
+                slot,
+                first: start,
+                count: chunk,
+            });
+            slot ^= 1;
+            start += chunk;
         }
-        if parts.len() == 1 {
-            return Ok(parts.pop().expect("one part"));
+        if let Some(pass) = in_flight.take() {
+            self.finish_download(&staging, pass, image_len, &mut out)?;
         }
-        Tensor::cat_rows(&parts)
+        let mut shape = vec![n];
+        shape.extend(image_shape);
+        Tensor::new(shape, out)
     }
 }

@@ -59,6 +59,9 @@ impl MemoryMeter {
 
 pub trait Device: Send + Sync {
     type Buffer: Send + Sync;
+    /// Host memory that asynchronous downloads land in: page-locked on a GPU, so the copy engine writes it at
+    /// full bus speed while kernels run; plain memory in the emulation.
+    type Staging: Send;
 
     /// One line for logs and `doctor`: the device's name and what runs the kernels.
     fn describe(&self) -> String;
@@ -68,6 +71,18 @@ pub trait Device: Send + Sync {
     fn address(&self, buf: &Self::Buffer) -> u64;
     fn upload(&self, data: &[u8], buf: &mut Self::Buffer) -> Result<()>;
     fn download(&self, buf: &Self::Buffer, out: &mut [u8]) -> Result<()>;
+    fn alloc_staging(&self, bytes: usize) -> Result<Self::Staging>;
+    fn staging_len(&self, staging: &Self::Staging) -> usize;
+    /// Queues a copy of `buf`'s first `bytes` into `staging`. It starts once the launches queued so far have
+    /// finished and runs beside the launches queued after it. `buf` must live until [`Self::staged`] returns.
+    fn download_async(
+        &self,
+        buf: &Self::Buffer,
+        staging: &mut Self::Staging,
+        bytes: usize,
+    ) -> Result<()>;
+    /// Waits for the last copy into `staging` and returns its contents.
+    fn staged<'a>(&self, staging: &'a Self::Staging) -> Result<&'a [u8]>;
     fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()>;
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -17,7 +18,10 @@ use crate::error::{Error, Result};
 pub struct CudaDevice {
     ordinal: usize,
     ctx: Arc<CudaContext>,
+    /// Launches and synchronous copies.
     stream: Arc<CudaStream>,
+    /// Asynchronous downloads, so they overlap the launches queued after them.
+    copy_stream: Arc<CudaStream>,
     functions: HashMap<Kernel, CudaFunction>,
     /// How the kernels were obtained: "embedded fatbin" or "NVRTC".
     kernel_origin: &'static str,
@@ -102,7 +106,10 @@ impl CudaDevice {
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(driver_error("context"))?;
-        let stream = ctx.default_stream();
+        // Two non-blocking streams, created before any allocation so that cudarc tracks every buffer's uses
+        // across them (a buffer dropped on `stream` waits for a copy on `copy_stream` that reads it).
+        let stream = ctx.new_stream().map_err(driver_error("stream"))?;
+        let copy_stream = ctx.new_stream().map_err(driver_error("stream"))?;
         let (modules, kernel_origin) = if FATBINS.is_empty() {
             (compile_with_nvrtc(&ctx)?, "NVRTC")
         } else {
@@ -129,6 +136,7 @@ impl CudaDevice {
             ordinal,
             ctx,
             stream,
+            copy_stream,
             functions,
             kernel_origin,
             meter: Arc::default(),
@@ -206,6 +214,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 
 impl Device for CudaDevice {
     type Buffer = CudaBuffer;
+    type Staging = PinnedHostSlice<u8>;
 
     fn describe(&self) -> String {
         let name = self.name().unwrap_or_else(|_| "unknown GPU".to_string());
@@ -250,6 +259,51 @@ impl Device for CudaDevice {
             .memcpy_dtoh(&view, out)
             .map_err(driver_error("download"))?;
         self.synchronize()
+    }
+
+    fn alloc_staging(&self, bytes: usize) -> Result<PinnedHostSlice<u8>> {
+        // Not write-combined (cudarc's default): the host reads this memory, and reads of write-combined memory
+        // bypass the cache.
+        // SAFETY: u8 has no invalid bit patterns, and the memory is only read after a copy has filled it.
+        unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }.map_err(|e| {
+            Error::Invalid(format!(
+                "CUDA page-locked allocation of {bytes} bytes failed: {e}"
+            ))
+        })
+    }
+
+    fn staging_len(&self, staging: &PinnedHostSlice<u8>) -> usize {
+        staging.len()
+    }
+
+    fn download_async(
+        &self,
+        buf: &CudaBuffer,
+        staging: &mut PinnedHostSlice<u8>,
+        bytes: usize,
+    ) -> Result<()> {
+        if bytes > buf.slice.len() || bytes > staging.len() {
+            return Err(Error::Invalid(format!(
+                "download of {bytes} bytes from a {}-byte buffer into {} staged bytes",
+                buf.slice.len(),
+                staging.len()
+            )));
+        }
+        // Kernels write through raw addresses, which cudarc does not track: order the copy after them.
+        let launched = self
+            .stream
+            .record_event(None)
+            .map_err(driver_error("event"))?;
+        self.copy_stream
+            .wait(&launched)
+            .map_err(driver_error("stream wait"))?;
+        self.copy_stream
+            .memcpy_dtoh(&buf.slice.slice(0..bytes), staging)
+            .map_err(driver_error("download"))
+    }
+
+    fn staged<'a>(&self, staging: &'a PinnedHostSlice<u8>) -> Result<&'a [u8]> {
+        staging.as_slice().map_err(driver_error("download"))
     }
 
     fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()> {

@@ -33,11 +33,30 @@ extern "C" {
 #[derive(Debug, Default)]
 pub struct EmuDevice {
     meter: Arc<MemoryMeter>,
+    memory: Option<MemoryLimit>,
+}
+
+/// A device memory size for the emulation, to exercise what a GPU's memory limit causes: allocations past it
+/// fail with [`Error::DeviceMemory`], as `cuMemAlloc` does.
+#[derive(Clone, Copy, Debug)]
+struct MemoryLimit {
+    bytes: usize,
+    /// Whether `free_memory` reports what is left (a GPU does; the planner then sizes passes from it) or nothing
+    /// (the backend must then learn the limit from failed allocations).
+    reported: bool,
 }
 
 impl EmuDevice {
     pub fn new() -> Self {
         EmuDevice::default()
+    }
+
+    /// An emulated device with `bytes` of memory, whose free memory is reported when `reported` is set.
+    pub fn with_memory_limit(bytes: usize, reported: bool) -> Self {
+        EmuDevice {
+            meter: Arc::default(),
+            memory: Some(MemoryLimit { bytes, reported }),
+        }
     }
 }
 
@@ -62,6 +81,7 @@ impl Drop for EmuBuffer {
 
 impl Device for EmuDevice {
     type Buffer = EmuBuffer;
+    type Staging = Vec<u8>;
 
     fn describe(&self) -> String {
         "host emulation of the CUDA kernels (one OS thread per CUDA thread)".to_string()
@@ -70,6 +90,15 @@ impl Device for EmuDevice {
     fn alloc(&self, bytes: usize) -> Result<EmuBuffer> {
         let layout = Layout::from_size_align(bytes.max(1), 256)
             .map_err(|_| Error::Invalid(format!("cannot allocate {bytes} bytes")))?;
+        if let Some(limit) = self.memory {
+            if self.meter.live() + layout.size() > limit.bytes {
+                return Err(Error::DeviceMemory(format!(
+                    "emulated device out of memory: {bytes} bytes requested, {} of {} in use",
+                    self.meter.live(),
+                    limit.bytes
+                )));
+            }
+        }
         // SAFETY: nonzero size. Filled with 0xff (NaN as f32) so a kernel that reads memory nobody wrote fails.
         let ptr = unsafe {
             let p = alloc::alloc(layout);
@@ -105,6 +134,29 @@ impl Device for EmuDevice {
         // SAFETY: bounds checked above.
         unsafe { std::ptr::copy_nonoverlapping(buf.ptr.as_ptr(), out.as_mut_ptr(), out.len()) }
         Ok(())
+    }
+
+    fn alloc_staging(&self, bytes: usize) -> Result<Vec<u8>> {
+        Ok(vec![0; bytes])
+    }
+
+    fn staging_len(&self, staging: &Vec<u8>) -> usize {
+        staging.len()
+    }
+
+    /// Launches are synchronous here, so the copy is too.
+    fn download_async(&self, buf: &EmuBuffer, staging: &mut Vec<u8>, bytes: usize) -> Result<()> {
+        let Some(dst) = staging.get_mut(..bytes) else {
+            return Err(Error::Invalid(format!(
+                "download of {bytes} bytes into {} staged bytes",
+                staging.len()
+            )));
+        };
+        self.download(buf, dst)
+    }
+
+    fn staged<'a>(&self, staging: &'a Vec<u8>) -> Result<&'a [u8]> {
+        Ok(staging)
     }
 
     fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()> {
@@ -147,7 +199,8 @@ impl Device for EmuDevice {
     }
 
     fn free_memory(&self) -> Option<usize> {
-        None
+        let limit = self.memory.filter(|l| l.reported)?;
+        Some(limit.bytes.saturating_sub(self.meter.live()))
     }
 }
 

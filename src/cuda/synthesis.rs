@@ -124,6 +124,17 @@ impl<D: Device> DeviceSynthesis<D> {
         ws: &Tensor,
         noise: NoiseMode,
     ) -> Result<Tensor> {
+        self.forward(dev, net, ws, noise, None)?.download(dev)
+    }
+
+    /// [`Self::synthesize`] leaving the images in device memory, their kernels possibly still running.
+    pub fn synthesize_on_device(
+        &self,
+        dev: &D,
+        net: &Network,
+        ws: &Tensor,
+        noise: NoiseMode,
+    ) -> Result<DeviceTensor<D>> {
         self.forward(dev, net, ws, noise, None)
     }
 
@@ -137,7 +148,8 @@ impl<D: Device> DeviceSynthesis<D> {
         noise: NoiseMode,
         trace: Trace,
     ) -> Result<Tensor> {
-        self.forward(dev, net, ws, noise, Some(trace))
+        self.forward(dev, net, ws, noise, Some(trace))?
+            .download(dev)
     }
 
     fn forward(
@@ -147,22 +159,11 @@ impl<D: Device> DeviceSynthesis<D> {
         ws: &Tensor,
         noise: NoiseMode,
         mut trace: Option<Trace>,
-    ) -> Result<Tensor> {
+    ) -> Result<DeviceTensor<D>> {
         if net.layers.len() != self.layers.len() {
             bail!("the device synthesis was built from another network");
         }
-        if ws.ndim() != 3
-            || ws.shape[1] != net.num_ws
-            || ws.shape[2] != net.w_dim
-            || ws.shape[0] == 0
-        {
-            bail!(
-                "ws has shape {:?}, the model expects [N, {}, {}] with N > 0",
-                ws.shape,
-                net.num_ws,
-                net.w_dim
-            );
-        }
+        check_ws(net, ws)?;
         let n = ws.shape[0];
         let ws_d = DeviceTensor::upload(dev, ws)?;
         // Random noise: drawn on the host by the CPU backend's generator, one [N, 1, res, res] tensor per noisy
@@ -238,10 +239,23 @@ impl<D: Device> DeviceSynthesis<D> {
             }
         }
         match img {
-            Some(img) => img.download(dev),
+            Some(img) => Ok(img),
             None => bail!("the network has no ToRGB layer"),
         }
     }
+}
+
+/// ws must be `[N, num_ws, w_dim]` with N > 0.
+pub fn check_ws(net: &Network, ws: &Tensor) -> Result<()> {
+    if ws.ndim() != 3 || ws.shape[1] != net.num_ws || ws.shape[2] != net.w_dim || ws.shape[0] == 0 {
+        bail!(
+            "ws has shape {:?}, the model expects [N, {}, {}] with N > 0",
+            ws.shape,
+            net.num_ws,
+            net.w_dim
+        );
+    }
+    Ok(())
 }
 
 /// Styles `[N, I]` of one layer on the device.
