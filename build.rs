@@ -355,11 +355,18 @@ fn write_generated(
         .unwrap();
     }
     s.push_str("];\npub const HEADERS: &[(&str, &str)] = &[\n");
-    for header in ["common.cuh", "mma.cuh", "params.h"] {
+    let mut headers: Vec<PathBuf> = fs::read_dir(kernel_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("cuh" | "h")))
+        .collect();
+    headers.sort();
+    for header in headers {
         writeln!(
             s,
-            "    ({header:?}, include_str!({:?})),",
-            kernel_dir.join(header).display()
+            "    ({:?}, include_str!({:?})),",
+            header.file_name().unwrap().to_string_lossy(),
+            header.display()
         )
         .unwrap();
     }

@@ -41,7 +41,7 @@ KERNEL_BOUNDED(modconv_demod, ModconvDemodParams, 256) {
 // The fused epilogue on one conv result `v` of sample b, output channel o, flat output pixel `pix`.
 __device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float v, int b, int o, int pix) {
   if (p.dcoefs) v *= p.dcoefs[b * p.out_channels + o];
-  if (p.noise) v += p.noise[b * p.noise_sample_stride + pix] * p.noise_strength;
+  if (p.noise) v += p.noise[(long long)b * p.noise_sample_stride + pix] * p.noise_strength;
   if (p.bias) v += p.bias[o];
   return activate(v, p.act, p.alpha, p.gain, p.clamp);
 }
@@ -112,7 +112,7 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
     // A pixel past the end gets a row no tap reaches, so the bounds check below zeroes it.
     gy[j] = gm < m_total ? pix / p.width : -2 * KS;
     gx[j] = pix % p.width;
-    xb[j] = p.x + (long long)b * p.in_channels * hw;
+    xb[j] = static_cast<const float*>(p.x) + (long long)b * p.in_channels * hw;
     sb[j] = p.styles + (long long)b * p.in_channels;
   }
 
@@ -173,6 +173,7 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
     __syncthreads();
   }
 
+  float* y = static_cast<float*>(p.y);  // the f32 kernels store f32 (y_dtype is DTYPE_F32, conv.rs checks)
   // Epilogue: each run of 4 pixels starts at a multiple of 4, so with hw % 4 == 0 it lies in one sample and the
   // noise load and the store are aligned float4s. Per channel: demodulation coefficient and bias; per pixel: noise.
 #pragma unroll
@@ -183,7 +184,7 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
       const int b = int(m / hw), pix = int(m - (long long)b * hw);
       float4 nz = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       if (p.noise) {
-        nz = *reinterpret_cast<const float4*>(p.noise + b * p.noise_sample_stride + pix);
+        nz = *reinterpret_cast<const float4*>(p.noise + (long long)b * p.noise_sample_stride + pix);
         nz = make_float4(nz.x * p.noise_strength, nz.y * p.noise_strength, nz.z * p.noise_strength,
                          nz.w * p.noise_strength);
       }
@@ -198,7 +199,7 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
         v.y = activate(acc[half * 4 + 1][j] * d + nz.y + bias, p.act, p.alpha, p.gain, p.clamp);
         v.z = activate(acc[half * 4 + 2][j] * d + nz.z + bias, p.act, p.alpha, p.gain, p.clamp);
         v.w = activate(acc[half * 4 + 3][j] * d + nz.w + bias, p.act, p.alpha, p.gain, p.clamp);
-        *reinterpret_cast<float4*>(p.y + ((long long)b * p.out_channels + o) * hw + pix) = v;
+        *reinterpret_cast<float4*>(y + ((long long)b * p.out_channels + o) * hw + pix) = v;
       }
     } else {
 #pragma unroll
@@ -210,7 +211,7 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
         for (int j = 0; j < Tile::TN; ++j) {
           const int o = n0 + (j < 4 ? ty * 4 + j : BN / 2 + ty * 4 + j - 4);
           if (o < p.out_channels)
-            p.y[((long long)b * p.out_channels + o) * hw + pix] = modconv_epilogue(p, acc[half * 4 + i][j], b, o, pix);
+            y[((long long)b * p.out_channels + o) * hw + pix] = modconv_epilogue(p, acc[half * 4 + i][j], b, o, pix);
         }
       }
     }
@@ -279,7 +280,7 @@ KERNEL_BOUNDED(modconv_up2_3x3, ModconvParams, 128) {
   // The position this thread gathers for the A tile.
   const int gy = py0 + tid / PX, gx = px0 + tid % PX;
   const bool ginside = gy >= 0 && gy < p.height && gx >= 0 && gx < p.width;
-  const float* xb = p.x + (long long)b * p.in_channels * hw + (ginside ? gy * p.width + gx : 0);
+  const float* xb = static_cast<const float*>(p.x) + (long long)b * p.in_channels * hw + (ginside ? gy * p.width + gx : 0);
   const float* sb = p.styles + (long long)b * p.in_channels;
   const float* wg = p.weight + o0 * TAPS;
 
@@ -363,7 +364,8 @@ KERNEL_BOUNDED(modconv_up2_3x3, ModconvParams, 128) {
         for (int bx = 0; bx < 4; ++bx) h += blur_tap(bx) * Tc[(ty + 1 + a) * TX + tx + 1 + bx];
         v += blur_tap(a) * h;
       }
-      p.y[((long long)b * p.out_channels + o) * oh * ow + y * ow + x] = modconv_epilogue(p, v, b, o, y * ow + x);
+      static_cast<float*>(p.y)[((long long)b * p.out_channels + o) * oh * ow + y * ow + x] =
+          modconv_epilogue(p, v, b, o, y * ow + x);
     }
   }
 }
@@ -382,7 +384,7 @@ KERNEL_BOUNDED(modconv_transpose_ref, ModconvParams, 256) {
     const int o = int(e / ((long long)th * tw) % p.out_channels), b = int(e / ((long long)th * tw * p.out_channels));
     float sum = 0.0f;
     for (int i = 0; i < p.in_channels; ++i) {
-      const float* plane = p.x + ((long long)b * p.in_channels + i) * p.height * p.width;
+      const float* plane = static_cast<const float*>(p.x) + ((long long)b * p.in_channels + i) * p.height * p.width;
       const float* w = p.weight + ((long long)o * p.in_channels + i) * 9;
       for (int ky = Y % 2; ky < 3; ky += 2) {
         const int y = (Y - ky) / 2;
@@ -394,7 +396,7 @@ KERNEL_BOUNDED(modconv_transpose_ref, ModconvParams, 256) {
         }
       }
     }
-    p.y[e] = sum;
+    static_cast<float*>(p.y)[e] = sum;
   }
 }
 
@@ -407,7 +409,7 @@ KERNEL_BOUNDED(modconv_blur_ref, ModconvParams, 256) {
     const int x = int(e % ow), y = int(e / ow % oh);
     const long long plane = e / ((long long)oh * ow);
     const int o = int(plane % p.out_channels), b = int(plane / p.out_channels);
-    const float* t = p.x + plane * th * tw;
+    const float* t = static_cast<const float*>(p.x) + plane * th * tw;
     float v = 0.0f;
     for (int a = 0; a < 4; ++a) {
       const int ty = y + a - 1;
@@ -419,7 +421,7 @@ KERNEL_BOUNDED(modconv_blur_ref, ModconvParams, 256) {
       }
       v += blur_tap(a) * h;
     }
-    p.y[e] = modconv_epilogue(p, v, b, o, y * ow + x);
+    static_cast<float*>(p.y)[e] = modconv_epilogue(p, v, b, o, y * ow + x);
   }
 }
 

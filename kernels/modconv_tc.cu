@@ -2,7 +2,8 @@
 // inputs, f32 accumulation. Same parameters, semantics and epilogue order as modconv_3x3 / modconv_1x1
 // (modconv.cu): an implicit GEMM over the whole batch with M = batch * pixels, N = output channels,
 // K = input channels * taps, whose prologue scales input channel i of sample b by styles[b, i] while staging the A
-// tile, and whose epilogue applies demodulation, noise, bias, activation, gain and clamp. The up-sampling conv
+// tile, and whose epilogue applies demodulation, noise, bias, activation, gain and clamp. x is read in the mode's
+// activation type (f32 for tf32, the 16-bit type for f16 and bf16: act.cuh), y stored as y_dtype. The up-sampling conv
 // keeps its f32 kernel in every mode.
 //
 // Shared memory holds 32-bit words as in gemm_tc.cu: one tf32 value, or two f16/bf16 values adjacent along K
@@ -16,6 +17,7 @@
 // checks or conversions. f16 layers that demodulate get their weight scaled by a power of two at upload so its
 // largest magnitude is in [0.5, 1) (see conv.rs): the demodulation coefficients, computed from the scaled weight,
 // undo it.
+#include "act.cuh"
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -33,6 +35,7 @@ constexpr int kWordsA = kBlockM * kStageWords / kThreads;
 constexpr int kChunksB = kStageWords * kBlockN / 4 / kThreads;  // 16-byte B copies per thread and stage
 
 struct Tf32 {
+  using Act = ActF32;
   static constexpr int kPerWord = 1;
   __device__ static unsigned word(const float* v) { return float_to_tf32(v[0]); }
   __device__ static void mma(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
@@ -40,6 +43,7 @@ struct Tf32 {
   }
 };
 struct F16 {
+  using Act = ActF16;
   static constexpr int kPerWord = 2;
   __device__ static unsigned word(const float* v) { return pack_half2(v[0], v[1]); }
   __device__ static void mma(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
@@ -47,6 +51,7 @@ struct F16 {
   }
 };
 struct Bf16 {
+  using Act = ActBf16;
   static constexpr int kPerWord = 2;
   __device__ static unsigned word(const float* v) { return pack_bfloat162(v[0], v[1]); }
   __device__ static void mma(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
@@ -80,7 +85,8 @@ __device__ void same_impl(const ModconvParams& p) {
   const int gb = gvalid ? int(gm / hw) : 0;
   const int gpix = gvalid ? int(gm - (long long)gb * hw) : 0;
   const int gy = gpix / p.width, gx = gpix % p.width;
-  const float* xb = p.x + (long long)gb * p.in_channels * hw;
+  using X = typename Mode::Act;  // x's element type: f32, or the mode's 16-bit type
+  const typename X::T* xb = static_cast<const typename X::T*>(p.x) + (long long)gb * p.in_channels * hw;
   const float* sb = p.styles + (long long)gb * p.in_channels;
 
   // A (gathered, scaled by the style, f32) waits in registers while the current stage is multiplied.
@@ -93,7 +99,7 @@ __device__ void same_impl(const ModconvParams& p) {
       const int iy = gy + t / KS - PAD, ix = gx + t % KS - PAD;
       float v = 0.0f;
       if (gvalid && i < p.in_channels && iy >= 0 && iy < p.height && ix >= 0 && ix < p.width)
-        v = xb[(long long)i * hw + iy * p.width + ix] * sb[i];
+        v = X::load(&xb[(long long)i * hw + iy * p.width + ix]) * sb[i];
       a_next[r] = v;
       if (++t == TAPS) t = 0, ++i;
     }
@@ -166,28 +172,30 @@ __device__ void same_impl(const ModconvParams& p) {
 
   // Epilogue in modconv.cu's order. This thread's rows (pixels): warp_m + mi * 16 + group + 8 * h; its columns
   // (channels): warp_n + ni * 8 + 2 * tig + e. Lanes with one tig store 8 consecutive pixels of a channel.
+  with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
+    for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const long long m = m0 + warp_m + mi * 16 + group + 8 * h;
-      if (m >= m_total) continue;
-      const int b = int(m / hw), pix = int(m - (long long)b * hw);
-      const float nz = p.noise ? p.noise[b * p.noise_sample_stride + pix] * p.noise_strength : 0.0f;
-      float* yb = p.y + (long long)b * p.out_channels * hw + pix;
+      for (int h = 0; h < 2; ++h) {
+        const long long m = m0 + warp_m + mi * 16 + group + 8 * h;
+        if (m >= m_total) continue;
+        const int b = int(m / hw), pix = int(m - (long long)b * hw);
+        const float nz = p.noise ? p.noise[(long long)b * p.noise_sample_stride + pix] * p.noise_strength : 0.0f;
+        const long long yb = (long long)b * p.out_channels * hw + pix;
 #pragma unroll
-      for (int ni = 0; ni < 4; ++ni)
+        for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int o = n0 + warp_n + ni * 8 + 2 * tig + e;
-          if (o >= p.out_channels) continue;
-          float v = acc[mi][ni][2 * h + e];
-          if (p.dcoefs) v *= p.dcoefs[b * p.out_channels + o];
-          if (p.noise) v += nz;
-          if (p.bias) v += p.bias[o];
-          yb[(long long)o * hw] = activate(v, p.act, p.alpha, p.gain, p.clamp);
-        }
-    }
+          for (int e = 0; e < 2; ++e) {
+            const int o = n0 + warp_n + ni * 8 + 2 * tig + e;
+            if (o >= p.out_channels) continue;
+            float v = acc[mi][ni][2 * h + e];
+            if (p.dcoefs) v *= p.dcoefs[b * p.out_channels + o];
+            if (p.noise) v += nz;
+            if (p.bias) v += p.bias[o];
+            store(p.y, yb + (long long)o * hw, activate(v, p.act, p.alpha, p.gain, p.clamp));
+          }
+      }
+  });
 }
 
 }  // namespace modconv_tc

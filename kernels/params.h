@@ -4,6 +4,8 @@
 #pragma once
 
 enum Activation { ACT_LINEAR = 0, ACT_LRELU = 1 };
+// Element types of activations in device memory (act.cuh).
+enum DType { DTYPE_F32 = 0, DTYPE_F16 = 1, DTYPE_BF16 = 2 };
 
 // y = clamp(act(x + bias[c]) * gain), x laid out [outer, channels, inner]. bias may be null. clamp < 0: none.
 struct BiasActParams {
@@ -137,19 +139,21 @@ struct ModconvDemodParams {
 
 // One modulated convolution with its fused epilogue, for the whole batch on one shared weight:
 // y = clamp(act(conv(x * styles, weight) * dcoefs + noise * noise_strength + bias) * gain).
-// x [batch, in_channels, height, width]; y at the output resolution (up * height, up * width); weight in the packing
+// x [batch, in_channels, height, width] in the kernel's input type (f32 for the f32 and tf32 kernels, 16-bit for the
+// f16 and bf16 ones); y at the output resolution (up * height, up * width), of type y_dtype; weight in the packing
 // of the kernel (modconv.cu), weight_stride floats per packed row; dcoefs [batch, out_channels], noise and bias may
 // be null; noise is [height', width'] per sample, noise_sample_stride apart (0: one plane shared by the batch).
-// tiles_x: output tiles per tile row (up-sampling kernel). clamp < 0: none.
+// tiles_x: output tiles per tile row (up-sampling kernel). clamp < 0: none. y_dtype: a DType (the f32 kernels of
+// modconv.cu take DTYPE_F32 only).
 struct ModconvParams {
-  float* y;
-  const float* x;
+  void* y;
+  const void* x;
   const float* weight;
   const float* styles;
   const float* dcoefs;
   const float* noise;
   const float* bias;
-  long long noise_sample_stride;
+  int noise_sample_stride;
   int batch;
   int in_channels;
   int out_channels;
@@ -162,6 +166,7 @@ struct ModconvParams {
   float gain;
   float clamp;
   float noise_strength;
+  int y_dtype;
 };
 
 // The skip image's up-sampling: y = upfirdn2d(x, [1,3,3,1], up=2, pad [2,1,2,1], gain 4) + addend, x

@@ -653,7 +653,7 @@ mod modconv {
     use mmengine::cpu::ops::Act;
     use mmengine::cpu::ConvPath;
     use mmengine::cuda::conv::{DeviceConvLayer, DeviceNoise, Finish};
-    use mmengine::cuda::device::DeviceTensor;
+    use mmengine::cuda::device::{DType, DeviceTensor};
     use mmengine::cuda::emu::EmuDevice;
     use mmengine::model::Noise;
     use mmengine::Tensor;
@@ -717,6 +717,7 @@ mod modconv {
             act,
             gain: act.default_gain(),
             clamp: c.clamp,
+            output: DType::F32,
         };
         let layer = DeviceConvLayer::new(&dev, &weight, c.demodulate, c.up, &finish, true).unwrap();
         let xd = DeviceTensor::upload(&dev, &x).unwrap();
@@ -871,6 +872,7 @@ mod modconv {
             act: Act::Linear,
             gain: 1.0,
             clamp: None,
+            output: DType::F32,
         };
         let w5 = rng.tensor(vec![4, 3, 5, 5]);
         assert!(DeviceConvLayer::new(&dev, &w5, true, 1, &finish, false).is_err());
@@ -1160,7 +1162,7 @@ mod tensor_core_conv {
     use mmengine::cpu::ops::Act;
     use mmengine::cpu::ConvPath;
     use mmengine::cuda::conv::{DeviceConvLayer, DeviceNoise, Finish};
-    use mmengine::cuda::device::DeviceTensor;
+    use mmengine::cuda::device::{DType, DeviceTensor};
     use mmengine::cuda::emu::EmuDevice;
     use mmengine::cuda::gemm::Precision;
     use mmengine::cuda::synthesis::DeviceSynthesis;
@@ -1222,20 +1224,21 @@ mod tensor_core_conv {
         let noise_plane = rng.tensor(vec![l.n, 1, l.h, l.w]);
         let act = if l.k == 3 { Act::LRELU } else { Act::Linear };
         let gain = act.default_gain();
-        let finish = Finish {
-            bias: Some(&bias),
-            act,
-            gain,
-            clamp: l.clamp,
-        };
-        let xd = DeviceTensor::upload(&dev, &x).unwrap();
         let sd = DeviceTensor::upload(&dev, &styles).unwrap();
         let noise_d = DeviceTensor::upload(&dev, &noise_plane).unwrap();
         let shared_plane =
             Tensor::new(vec![l.h, l.w], noise_plane.data[..l.h * l.w].to_vec()).unwrap();
         let shared_d = DeviceTensor::upload(&dev, &shared_plane).unwrap();
         let noise_strength = 0.7f32;
-        let run = |precision| {
+        // x in the layer's input type; the output in `output`.
+        let run = |precision: Precision, x: &Tensor, output: DType| {
+            let finish = Finish {
+                bias: Some(&bias),
+                act,
+                gain,
+                clamp: l.clamp,
+                output,
+            };
             let layer = DeviceConvLayer::with_precision(
                 &dev,
                 &weight,
@@ -1246,6 +1249,7 @@ mod tensor_core_conv {
                 precision,
             )
             .unwrap();
+            let xd = DeviceTensor::upload_as(&dev, x, layer.input_dtype()).unwrap();
             let dcoefs = layer.demod(&dev, &sd).unwrap();
             let noise = if l.per_sample_noise {
                 DeviceNoise::PerSample(&noise_d)
@@ -1262,48 +1266,66 @@ mod tensor_core_conv {
                 .unwrap();
             (y, dcoefs.map(|d| d.download(&dev).unwrap()))
         };
-        let (y32, d32) = run(Precision::Fp32);
 
-        // Per output (b, o, pixel): S, A + W, and the epilogue's addends.
         let (hw, kk, pad) = (l.h * l.w, l.k * l.k, l.k as isize / 2);
-        let mut s_sum = vec![0f64; y32.data.len()];
-        let mut aw_sum = vec![0f64; y32.data.len()];
-        let mut addends = vec![0f64; y32.data.len()];
-        for b in 0..l.n {
-            for (o, bias_o) in bias.iter().enumerate() {
-                for pix in 0..hw {
-                    let (py, px) = ((pix / l.w) as isize, (pix % l.w) as isize);
-                    let e = (b * l.o + o) * hw + pix;
-                    for i in 0..l.i {
-                        for t in 0..kk {
-                            let iy = py + (t / l.k) as isize - pad;
-                            let ix = px + (t % l.k) as isize - pad;
-                            let w = weight.data[(o * l.i + i) * kk + t].abs() as f64;
-                            let a = if iy < 0 || ix < 0 || iy >= l.h as isize || ix >= l.w as isize
-                            {
-                                0.0
-                            } else {
-                                let xv =
-                                    x.data[(b * l.i + i) * hw + iy as usize * l.w + ix as usize];
-                                (xv * styles.data[b * l.i + i]).abs() as f64
-                            };
-                            s_sum[e] += a * w;
-                            aw_sum[e] += a + w;
+        let k_total = (l.i * kk) as f64;
+        let mut clamp_hits = 0;
+        for precision in TENSOR_CORE_MODES {
+            // The kernel reads x stored in the mode's activation type (16-bit in fp16 and bf16): the f32
+            // reference gets the same values, so the analysis below covers the conv itself. A 3x3 layer stores
+            // its output in that type too (as in the synthesis), a 1x1 (ToRGB) in f32.
+            let activations = precision.activation_dtype();
+            let x_in = round_to(&x, activations);
+            let output = if l.k == 3 { activations } else { DType::F32 };
+            let (y32, d32) = run(Precision::Fp32, &x_in, DType::F32);
+            clamp_hits += l
+                .clamp
+                .map_or(0, |c| y32.data.iter().filter(|v| v.abs() == c).count());
+
+            // Per output (b, o, pixel): S, A + W, and the epilogue's addends.
+            let mut s_sum = vec![0f64; y32.data.len()];
+            let mut aw_sum = vec![0f64; y32.data.len()];
+            let mut addends = vec![0f64; y32.data.len()];
+            for b in 0..l.n {
+                for (o, bias_o) in bias.iter().enumerate() {
+                    for pix in 0..hw {
+                        let (py, px) = ((pix / l.w) as isize, (pix % l.w) as isize);
+                        let e = (b * l.o + o) * hw + pix;
+                        for i in 0..l.i {
+                            for t in 0..kk {
+                                let iy = py + (t / l.k) as isize - pad;
+                                let ix = px + (t % l.k) as isize - pad;
+                                let w = weight.data[(o * l.i + i) * kk + t].abs() as f64;
+                                let a =
+                                    if iy < 0 || ix < 0 || iy >= l.h as isize || ix >= l.w as isize
+                                    {
+                                        0.0
+                                    } else {
+                                        let xv = x_in.data
+                                            [(b * l.i + i) * hw + iy as usize * l.w + ix as usize];
+                                        (xv * styles.data[b * l.i + i]).abs() as f64
+                                    };
+                                s_sum[e] += a * w;
+                                aw_sum[e] += a + w;
+                            }
                         }
+                        let noise = if l.per_sample_noise {
+                            noise_plane.data[b * hw + pix]
+                        } else {
+                            noise_plane.data[pix] * noise_strength
+                        };
+                        addends[e] = (noise.abs() + bias_o.abs()) as f64;
                     }
-                    let noise = if l.per_sample_noise {
-                        noise_plane.data[b * hw + pix]
-                    } else {
-                        noise_plane.data[pix] * noise_strength
-                    };
-                    addends[e] = (noise.abs() + bias_o.abs()) as f64;
                 }
             }
-        }
-        let k_total = (l.i * kk) as f64;
-        for precision in TENSOR_CORE_MODES {
-            let (y, _) = run(precision);
+
+            let (y, _) = run(precision, &x_in, output);
             let (u, eta) = input_rounding(precision);
+            // Rounding the result to a 16-bit output adds u relative (and eta absolute) to the stored value.
+            let (u_out, eta_out) = match output {
+                DType::F32 => (0.0, 0.0),
+                _ => (u, eta),
+            };
             let relative = 2.0 * u + u * u + 2.0 * k_total * F32_ROUNDING * (1.0 + u) * (1.0 + u);
             let mut worst = 0f64;
             for (e, (&got, &want)) in y.data.iter().zip(&y32.data).enumerate() {
@@ -1317,9 +1339,10 @@ mod tensor_core_conv {
                 let d = d32
                     .as_ref()
                     .map_or(1.0, |d| d.data[e / (l.o * hw) * l.o + e / hw % l.o] as f64);
-                let bound = gain as f64
+                let conv_bound = gain as f64
                     * (d * (relative * s_sum[e] + 2.0 * eta * aw_sum[e])
                         + 2f64.powi(-20) * (d * s_sum[e] + addends[e]));
+                let bound = conv_bound + u_out * (want.abs() as f64 + conv_bound) + eta_out;
                 let err = (got as f64 - want as f64).abs();
                 assert!(
                     err <= bound,
@@ -1329,15 +1352,24 @@ mod tensor_core_conv {
             }
             let max_err = assert_close(precision.name(), &y.data, &y32.data, f32::INFINITY, 0.0);
             println!(
-                "modconv_tc {precision} n{} i{} o{} {}x{} k{}: max abs error vs f32 {max_err:.3e}, \
-                 worst error / bound {worst:.3}",
+                "modconv_tc {precision} ({activations:?} activations, {output:?} output) n{} i{} o{} {}x{} \
+                 k{}: max abs error vs f32 {max_err:.3e}, worst error / bound {worst:.3}",
                 l.n, l.i, l.o, l.h, l.w, l.k
             );
         }
-        if let Some(clamp) = l.clamp {
-            let hits = y32.data.iter().filter(|v| v.abs() == clamp).count();
-            assert!(hits > 0, "the test clamp should bite");
+        if l.clamp.is_some() {
+            assert!(clamp_hits > 0, "the test clamp should bite");
         }
+    }
+
+    /// `t` rounded to `dtype` as the device stores it (round to nearest even).
+    fn round_to(t: &Tensor, dtype: DType) -> Tensor {
+        let round = |v: f32| match dtype {
+            DType::F32 => v,
+            DType::F16 => half::f16::from_f32(v).to_f32(),
+            DType::Bf16 => half::bf16::from_f32(v).to_f32(),
+        };
+        Tensor::new(t.shape.clone(), t.data.iter().map(|&v| round(v)).collect()).unwrap()
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl<D: Device> CudaBackend<D> {
         slot: usize,
         images: &DeviceTensor<D>,
     ) -> Result<()> {
-        let bytes = images.len() * 4;
+        let bytes = images.bytes();
         let slot = &mut staging[slot];
         if slot
             .as_ref()

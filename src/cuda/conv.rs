@@ -5,10 +5,13 @@
 //! A layer's weight is packed once for its kernel at upload; per call the styles come in as a device tensor and
 //! the demodulation coefficients are computed on the device from them and the precomputed `sum_k W^2`.
 
-use super::device::{Device, DeviceTensor, LaunchDims};
+use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::gemm::Precision;
 use super::kernels::Kernel;
-use super::params::{ModconvDemodParams, ModconvParams, SkipUpsampleParams, ACT_LINEAR, ACT_LRELU};
+use super::params::{
+    ModconvDemodParams, ModconvParams, SkipUpsampleParams, ACT_LINEAR, ACT_LRELU, DTYPE_BF16,
+    DTYPE_F16, DTYPE_F32,
+};
 use crate::bail;
 use crate::cpu::ops::Act;
 use crate::cpu::ConvPath;
@@ -48,13 +51,16 @@ pub enum DeviceNoise<'a, D: Device> {
     PerSample(&'a DeviceTensor<D>),
 }
 
-/// How a [`DeviceConvLayer`] finishes its output: `clamp(act(v + bias) * gain)`.
+/// How a [`DeviceConvLayer`] finishes its output: `clamp(act(v + bias) * gain)`, stored as `output`.
 #[derive(Clone, Debug)]
 pub struct Finish<'a> {
     pub bias: Option<&'a [f32]>,
     pub act: Act,
     pub gain: f32,
     pub clamp: Option<f32>,
+    /// f32, or the precision's 16-bit activation type ([`Precision::activation_dtype`]) for an output that is the
+    /// next layer's input.
+    pub output: DType,
 }
 
 /// One modulated convolution uploaded for its kernel.
@@ -76,6 +82,9 @@ pub struct DeviceConvLayer<D: Device> {
     bias: Option<DeviceTensor<D>>,
     /// The same-resolution kernels' arithmetic (the up-sampling 3x3 conv is f32 in every mode).
     precision: Precision,
+    /// The element types of x and y.
+    input: DType,
+    output: DType,
     act: i32,
     alpha: f32,
     gain: f32,
@@ -155,12 +164,26 @@ impl<D: Device> DeviceConvLayer<D> {
             );
         }
         let kk = kh * kw;
+        let requested = precision;
         let tensor_cores = precision.uses_tensor_cores() && !(up == 2 && kh == 3);
         let precision = if tensor_cores {
             precision
         } else {
             Precision::Fp32
         };
+        // The kernel reads x in its precision's activation type; the synthesis stores every activation in the
+        // requested one.
+        let input = precision.activation_dtype();
+        if input != requested.activation_dtype() {
+            bail!("modulated conv: no {requested} kernel for this layer shape (k {kh}, up {up})");
+        }
+        // The f32 kernels store f32; the skip up-sampling after a 1x1 up-sampling conv reads f32.
+        if finish.output != DType::F32 && (precision == Precision::Fp32 || up == 2 && kh == 1) {
+            bail!(
+                "modulated conv: this layer stores f32 outputs only, not {:?}",
+                finish.output
+            );
+        }
         let (same_kernel, same_tile) = match (kh, precision) {
             (3, Precision::Fp32) => (Kernel::Modconv3x3, WIDE_TILE),
             (_, Precision::Fp32) if o <= NARROW_MAX_CHANNELS => {
@@ -218,6 +241,8 @@ impl<D: Device> DeviceConvLayer<D> {
                 .map(|b| upload(dev, vec![o], b.to_vec()))
                 .transpose()?,
             precision,
+            input,
+            output: finish.output,
             act,
             alpha,
             gain: finish.gain,
@@ -231,6 +256,11 @@ impl<D: Device> DeviceConvLayer<D> {
 
     pub fn out_channels(&self) -> usize {
         self.out_channels
+    }
+
+    /// The element type this layer reads its input `x` in.
+    pub fn input_dtype(&self) -> DType {
+        self.input
     }
 
     /// Demodulation coefficients `[N, O]` for `styles [N, I]`, or `None` for a layer that does not demodulate.
@@ -273,6 +303,13 @@ impl<D: Device> DeviceConvLayer<D> {
             [n, i, h, w] => [n, i, h, w],
             _ => bail!("modulated conv: x must be [N, C, H, W], got {:?}", x.shape),
         };
+        if x.dtype() != self.input {
+            bail!(
+                "modulated conv: x holds {:?} elements, this layer reads {:?}",
+                x.dtype(),
+                self.input
+            );
+        }
         if i != self.in_channels || n == 0 || h == 0 || w == 0 {
             bail!(
                 "modulated conv: x {:?} does not fit a layer with {} input channels",
@@ -313,7 +350,7 @@ impl<D: Device> DeviceConvLayer<D> {
                         planes.shape
                     );
                 }
-                (planes.ptr(), (oh * ow) as i64, 1.0)
+                (planes.ptr(), (oh * ow) as i32, 1.0)
             }
         };
         let o = self.out_channels;
@@ -338,6 +375,7 @@ impl<D: Device> DeviceConvLayer<D> {
             gain: self.gain,
             clamp: self.clamp,
             noise_strength,
+            y_dtype: dtype_code(self.output),
         };
         if self.up == 2 && self.kernel == 1 {
             // Conv (with demodulation) at input resolution, then the skip up-sampling adds the noise.
@@ -350,11 +388,11 @@ impl<D: Device> DeviceConvLayer<D> {
                 dev,
                 &z,
                 &y,
-                (noise_ptr != 0).then_some((noise_ptr, noise_sample_stride, 0)),
+                (noise_ptr != 0).then_some((noise_ptr, i64::from(noise_sample_stride), 0)),
             )?;
             return Ok(y);
         }
-        let y = DeviceTensor::alloc(dev, &[n, o, oh, ow])?;
+        let y = DeviceTensor::alloc_as(dev, &[n, o, oh, ow], self.output)?;
         params.y = y.ptr();
         if self.up == 1 {
             self.launch_same(dev, &params, n * h * w)?;
@@ -460,6 +498,15 @@ pub fn skip_upsample<D: Device>(
         LaunchDims::linear(y.len(), EW_THREADS, EW_MAX_BLOCKS),
         &params,
     )
+}
+
+/// The kernels' code for a [`DType`] (`enum DType` of `kernels/params.h`).
+fn dtype_code(dtype: DType) -> i32 {
+    match dtype {
+        DType::F32 => DTYPE_F32,
+        DType::F16 => DTYPE_F16,
+        DType::Bf16 => DTYPE_BF16,
+    }
 }
 
 fn upload<D: Device>(dev: &D, shape: Vec<usize>, data: Vec<f32>) -> Result<DeviceTensor<D>> {

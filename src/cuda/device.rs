@@ -91,33 +91,89 @@ pub trait Device: Send + Sync {
     fn free_memory(&self) -> Option<usize>;
 }
 
-/// A float32 tensor in device memory.
+/// How a device tensor stores its elements. Activations between layers are 16-bit in the fp16 and bf16 modes
+/// (halving the memory traffic of the memory-bound high-resolution layers); everything else is f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::Bf16 => 2,
+        }
+    }
+}
+
+/// A tensor in device memory, converted from and to host f32 tensors on upload and download.
 pub struct DeviceTensor<D: Device> {
     pub buf: D::Buffer,
     pub shape: Vec<usize>,
+    dtype: DType,
     address: u64,
 }
 
 impl<D: Device> DeviceTensor<D> {
+    /// Uninitialised f32 elements.
     pub fn alloc(dev: &D, shape: &[usize]) -> Result<Self> {
-        let buf = dev.alloc(shape.iter().product::<usize>() * 4)?;
+        Self::alloc_as(dev, shape, DType::F32)
+    }
+
+    pub fn alloc_as(dev: &D, shape: &[usize], dtype: DType) -> Result<Self> {
+        let buf = dev.alloc(shape.iter().product::<usize>() * dtype.size())?;
         let address = dev.address(&buf);
         Ok(DeviceTensor {
             buf,
             shape: shape.to_vec(),
+            dtype,
             address,
         })
     }
 
     pub fn upload(dev: &D, t: &Tensor) -> Result<Self> {
-        let mut d = Self::alloc(dev, &t.shape)?;
-        dev.upload(bytemuck::cast_slice(&t.data), &mut d.buf)?;
+        Self::upload_as(dev, t, DType::F32)
+    }
+
+    /// `t` rounded to `dtype` (to nearest even, as the kernels' conversions).
+    pub fn upload_as(dev: &D, t: &Tensor, dtype: DType) -> Result<Self> {
+        let mut d = Self::alloc_as(dev, &t.shape, dtype)?;
+        match dtype {
+            DType::F32 => dev.upload(bytemuck::cast_slice(&t.data), &mut d.buf)?,
+            DType::F16 => {
+                let v: Vec<half::f16> = t.data.iter().map(|&x| half::f16::from_f32(x)).collect();
+                dev.upload(bytemuck::cast_slice(&v), &mut d.buf)?
+            }
+            DType::Bf16 => {
+                let v: Vec<half::bf16> = t.data.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                dev.upload(bytemuck::cast_slice(&v), &mut d.buf)?
+            }
+        }
         Ok(d)
     }
 
+    /// The elements as a host f32 tensor (16-bit ones widened exactly).
     pub fn download(&self, dev: &D) -> Result<Tensor> {
-        let mut data = vec![0f32; self.len()];
-        dev.download(&self.buf, bytemuck::cast_slice_mut(&mut data))?;
+        let data = match self.dtype {
+            DType::F32 => {
+                let mut data = vec![0f32; self.len()];
+                dev.download(&self.buf, bytemuck::cast_slice_mut(&mut data))?;
+                data
+            }
+            DType::F16 => {
+                let mut v = vec![half::f16::ZERO; self.len()];
+                dev.download(&self.buf, bytemuck::cast_slice_mut(&mut v))?;
+                v.iter().map(|x| x.to_f32()).collect()
+            }
+            DType::Bf16 => {
+                let mut v = vec![half::bf16::ZERO; self.len()];
+                dev.download(&self.buf, bytemuck::cast_slice_mut(&mut v))?;
+                v.iter().map(|x| x.to_f32()).collect()
+            }
+        };
         Tensor::new(self.shape.clone(), data)
     }
 
@@ -127,6 +183,14 @@ impl<D: Device> DeviceTensor<D> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.len() * self.dtype.size()
     }
 
     /// The device address of element 0.

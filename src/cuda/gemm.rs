@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::device::{Device, DeviceTensor, LaunchDims};
+use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::kernels::Kernel;
 use super::params::GemmParams;
 use crate::error::{Error, Result};
@@ -45,6 +45,16 @@ impl Precision {
     /// Whether this mode runs on the tensor cores.
     pub fn uses_tensor_cores(self) -> bool {
         self != Precision::Fp32
+    }
+
+    /// How the synthesis stores activations between layers in this mode: in the 16-bit input type of fp16 and
+    /// bf16 (the next layer rounds its input to it anyway), f32 otherwise.
+    pub fn activation_dtype(self) -> DType {
+        match self {
+            Precision::Fp32 | Precision::Tf32 => DType::F32,
+            Precision::Fp16 => DType::F16,
+            Precision::Bf16 => DType::Bf16,
+        }
     }
 
     fn gemm_kernel(self) -> Kernel {

@@ -3,7 +3,7 @@
 //! cases as the CPU reference.
 
 use super::conv::{DeviceConvLayer, DeviceNoise, Finish};
-use super::device::{Device, DeviceTensor, LaunchDims};
+use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::kernels::Kernel;
 use super::params::{BiasActParams, UpfirdnParams, ACT_LINEAR, ACT_LRELU};
 use crate::bail;
@@ -249,6 +249,7 @@ pub fn modulated_conv2d_on<D: Device>(
         act: Act::Linear,
         gain: 1.0,
         clamp: None,
+        output: DType::F32,
     };
     let layer = DeviceConvLayer::new(dev, weight, p.demodulate, p.up, &finish, true)?;
     let xd = DeviceTensor::upload(dev, x)?;

@@ -3,7 +3,7 @@
 //! Weights, noise buffers and the constant input are uploaded once.
 
 use super::conv::{skip_upsample, DeviceConvLayer, DeviceNoise, Finish};
-use super::device::{Device, DeviceTensor, LaunchDims};
+use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::gemm::Precision;
 use super::kernels::Kernel;
 use super::params::ModconvAffineParams;
@@ -37,6 +37,8 @@ pub struct DeviceSynthesis<D: Device> {
     layers: Vec<DeviceLayer<D>>,
     /// `[C, 4, 4]`, kept on the host: it is repeated over the batch per call.
     const_input: Tensor,
+    /// How activations are stored between layers.
+    activations: DType,
     path: ConvPath,
 }
 
@@ -77,6 +79,11 @@ impl<D: Device> DeviceSynthesis<D> {
                         act,
                         gain: act.default_gain(),
                         clamp: l.clamp,
+                        // Conv outputs are the next layers' inputs; ToRGB's join the f32 skip image.
+                        output: match l.kind {
+                            LayerKind::Conv => precision.activation_dtype(),
+                            LayerKind::ToRgb => DType::F32,
+                        },
                     },
                     path == ConvPath::Reference,
                     precision,
@@ -111,6 +118,7 @@ impl<D: Device> DeviceSynthesis<D> {
         Ok(DeviceSynthesis {
             layers,
             const_input: net.const_input.clone(),
+            activations: precision.activation_dtype(),
             path,
         })
     }
@@ -178,9 +186,10 @@ impl<D: Device> DeviceSynthesis<D> {
             _ => None,
         };
         let c = &self.const_input;
-        let mut x = DeviceTensor::upload(
+        let mut x = DeviceTensor::upload_as(
             dev,
             &Tensor::new(vec![n, c.shape[0], 4, 4], c.data.repeat(n))?,
+            self.activations,
         )?;
         let mut img: Option<DeviceTensor<D>> = None;
         let mut noise_layer = 0;
