@@ -1167,6 +1167,7 @@ mod tensor_core_conv {
     use mmengine::cuda::gemm::Precision;
     use mmengine::cuda::synthesis::DeviceSynthesis;
     use mmengine::io::safetensors::SafeTensors;
+    use mmengine::selftest;
 
     use mmengine::Tensor;
     use std::collections::BTreeMap;
@@ -1460,25 +1461,11 @@ mod tensor_core_conv {
         (img, cases.tensor("img_const").unwrap(), seen)
     }
 
-    /// The image tolerance of a mode, relative to the golden image's largest magnitude: IMAGE_ROUNDINGS input
-    /// roundings u. Each same-resolution layer adds at most about 2u of its sum of |terms| (check_layer's bound;
-    /// the tiny net runs 9 of them on the tensor cores, its 2 up-sampling convs stay f32), demodulation keeps
-    /// that sum within a small multiple of each layer's output scale, and the errors of independent roundings
-    /// largely cancel: the measured image errors are about 1.5 u times the image scale in every mode (tf32 and
-    /// fp16 1.7e-3, bf16 8.9e-3 on a scale of 2.4). 8 u is that with a margin of about 5.
-    const IMAGE_ROUNDINGS: f64 = 8.0;
-
-    fn image_tolerance(precision: Precision, golden_img: &Tensor) -> f32 {
-        let (u, _) = input_rounding(precision);
-        let scale = golden_img.data.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-        (IMAGE_ROUNDINGS * u * scale) as f32
-    }
-
     #[test]
     fn nvlabs_tiny_case_a_in_every_mode() {
         for precision in TENSOR_CORE_MODES {
             let (img, golden_img, _) = render("nvlabs_tiny", precision);
-            let tol = image_tolerance(precision, &golden_img);
+            let tol = selftest::image_tolerance(precision, &golden_img);
             let err = assert_close(precision.name(), &img.data, &golden_img.data, tol, 0.0);
             println!(
                 "emu nvlabs_tiny {precision} img_const max error {err:.3e} (tolerance {tol:.3e})"
@@ -1491,7 +1478,7 @@ mod tensor_core_conv {
     #[test]
     fn nvlabs_tiny_clamp_case_b_in_fp16() {
         let (img, golden_img, seen) = render("nvlabs_tiny_clamp", Precision::Fp16);
-        let tol = image_tolerance(Precision::Fp16, &golden_img);
+        let tol = selftest::image_tolerance(Precision::Fp16, &golden_img);
         let err = assert_close("fp16", &img.data, &golden_img.data, tol, 0.0);
         println!("emu nvlabs_tiny_clamp fp16 img_const max error {err:.3e} (tolerance {tol:.3e})");
         let mut at_clamp = 0;
@@ -1692,4 +1679,45 @@ fn cli_bench_on_the_emulation_reports_device_memory() {
         report["peak_device_memory_bytes"].as_u64().unwrap() > images,
         "{report}"
     );
+}
+
+/// `selftest --precision fp16` runs the generator cases through the tensor-core kernels, every one within the
+/// mode's derived image tolerance, and says so in its JSON report.
+#[test]
+fn cli_selftest_on_the_emulation_in_fp16() {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_mmengine"))
+        .args([
+            "selftest",
+            "--device",
+            "emu",
+            "--precision",
+            "fp16",
+            "--json",
+            "--golden",
+        ])
+        .arg(common::golden_dir())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["precision"], "fp16", "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    let images: Vec<_> = checks
+        .iter()
+        .filter(|c| c["output"].as_str().unwrap().starts_with("img"))
+        .collect();
+    assert_eq!(images.len(), 7, "image checks: {report}");
+    for c in images {
+        // Looser than the fp32 tolerance (the mode rounds), and met.
+        assert!(c["tol_abs"].as_f64().unwrap() > 1e-4, "{c}");
+        assert!(
+            c["max_abs_err"].as_f64().unwrap() <= c["tol_abs"].as_f64().unwrap(),
+            "{c}"
+        );
+    }
 }

@@ -43,11 +43,24 @@ fn golden_ops(dev: CudaDevice) {
 }
 
 fn golden_generator(_dev: CudaDevice) {
-    let checks = selftest::generator_cases(&golden_dir(), &|net| {
+    let checks = selftest::generator_cases(&golden_dir(), Precision::Fp32, &|net| {
         open_backend(DeviceArg::Cuda(0), net, Precision::Fp32)
     })
     .unwrap();
     assert_all_pass("golden generator cases on the GPU", &checks);
+}
+
+/// The generator cases in tf32, fp16 and bf16 on the GPU's tensor cores (whose summation order the emulation's
+/// twins do not reproduce), at the modes' derived image tolerances.
+fn golden_generator_tensor_cores(_dev: CudaDevice) {
+    for precision in [Precision::Tf32, Precision::Fp16, Precision::Bf16] {
+        println!("  {precision}:");
+        let checks = selftest::generator_cases(&golden_dir(), precision, &|net| {
+            open_backend(DeviceArg::Cuda(0), net, precision)
+        })
+        .unwrap();
+        assert_all_pass(&format!("golden generator cases in {precision}"), &checks);
+    }
 }
 
 /// A batch in passes of 2 images, each pass's download overlapping the next pass's kernels on another stream,
@@ -85,6 +98,10 @@ type GpuTest = (&'static str, fn(CudaDevice));
 const TESTS: &[GpuTest] = &[
     ("golden_ops", golden_ops),
     ("golden_generator", golden_generator),
+    (
+        "golden_generator_tensor_cores",
+        golden_generator_tensor_cores,
+    ),
     ("pipelined_passes", pipelined_passes),
     ("golden_fit", golden_fit),
 ];

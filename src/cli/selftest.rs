@@ -2,6 +2,7 @@
 
 use super::device::{open_backend, DeviceArg};
 use crate::bail;
+use crate::cuda::Precision;
 use crate::error::Result;
 use crate::selftest::{self, Check, CpuOps, OpBackend, OpsReport};
 use clap::Args;
@@ -12,6 +13,10 @@ pub struct SelftestArgs {
     /// cpu, emu or cuda[:N].
     #[arg(long, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// fp32 (the golden tolerances), or tf32, fp16, bf16 on a CUDA device's tensor cores (images held to a
+    /// tolerance derived from the mode's rounding).
+    #[arg(long, default_value_t = Precision::Fp32)]
+    precision: Precision,
     /// The golden data folder (default: $MMENGINE_GOLDEN, else ../shared/golden).
     #[arg(long)]
     golden: Option<PathBuf>,
@@ -54,14 +59,16 @@ pub fn selftest(args: SelftestArgs) -> Result<()> {
     let golden = golden_dir(args.golden)?;
     let ops = ops_report(args.device, &golden)?;
     let device = args.device;
-    let generator = selftest::generator_cases(&golden, &|net| {
-        open_backend(device, net, crate::cuda::Precision::Fp32)
+    let precision = args.precision;
+    let generator = selftest::generator_cases(&golden, precision, &|net| {
+        open_backend(device, net, precision)
     })?;
     let checks: Vec<&Check> = ops.checks.iter().chain(&generator).collect();
     let failed = checks.iter().filter(|c| !c.passed).count();
     if args.json {
         let report = serde_json::json!({
             "device": device.to_string(),
+            "precision": precision.to_string(),
             "golden": golden.display().to_string(),
             "checks": checks,
             "skipped": ops.skipped,
@@ -70,7 +77,10 @@ pub fn selftest(args: SelftestArgs) -> Result<()> {
         });
         println!("{report}");
     } else {
-        println!("selftest on {device}, golden data {}", golden.display());
+        println!(
+            "selftest on {device} ({precision}), golden data {}",
+            golden.display()
+        );
         for c in &checks {
             let verdict = if c.passed { "pass" } else { "FAIL" };
             let tol = if c.tol_rel > 0.0 {

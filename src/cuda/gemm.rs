@@ -47,6 +47,15 @@ impl Precision {
         self != Precision::Fp32
     }
 
+    /// The relative rounding error of one conversion of an input to this mode's type (f32's for fp32).
+    pub fn unit_roundoff(self) -> f64 {
+        match self {
+            Precision::Fp32 => 2f64.powi(-24),
+            Precision::Tf32 | Precision::Fp16 => 2f64.powi(-11),
+            Precision::Bf16 => 2f64.powi(-8),
+        }
+    }
+
     /// How the synthesis stores activations between layers in this mode: in the 16-bit input type of fp16 and
     /// bf16 (the next layer rounds its input to it anyway), f32 otherwise.
     pub fn activation_dtype(self) -> DType {
