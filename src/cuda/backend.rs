@@ -38,6 +38,8 @@ pub struct CudaBackend<D: Device> {
     net: Network,
     mapping: DeviceMapping<D>,
     synthesis: DeviceSynthesis<D>,
+    /// Bytes per stored activation in the precision's mode.
+    activation_bytes: usize,
     /// Images per synthesis pass; shrinks for good after an out-of-memory error.
     chunk_limit: AtomicUsize,
     /// Two staging buffers, kept across calls: one receives a pass's download while the host empties the other.
@@ -53,6 +55,7 @@ impl<D: Device> CudaBackend<D> {
             net,
             mapping,
             synthesis,
+            activation_bytes: precision.activation_dtype().size(),
             chunk_limit: AtomicUsize::new(usize::MAX),
             staging: Mutex::new([None, None]),
         })
@@ -62,8 +65,9 @@ impl<D: Device> CudaBackend<D> {
         &self.dev
     }
 
-    /// Device memory one image needs during synthesis: the largest layer's input and output activations and the
-    /// skip image, doubled for the kernels' temporaries and allocator slack.
+    /// Device memory one image needs during synthesis: the largest layer's input and output activations (in the
+    /// precision's activation type) and three f32 images (the skip image, a ToRGB output, and the previous pass's
+    /// image waiting for its download), doubled for the kernels' temporaries and allocator slack.
     fn bytes_per_image(&self) -> usize {
         let net = &self.net;
         let largest = net
@@ -80,7 +84,7 @@ impl<D: Device> CudaBackend<D> {
             .max()
             .unwrap_or(0);
         let img = net.img_channels * net.resolution * net.resolution;
-        2 * 4 * (largest + 2 * img)
+        2 * (self.activation_bytes * largest + 4 * 3 * img)
     }
 
     /// Images per pass: at most [`PASS_PIXELS`] and what 80% of the free device memory holds, within the limit
