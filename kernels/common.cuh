@@ -3,7 +3,8 @@
 // Kernel ABI: every kernel takes one parameter struct by value (params.h, mirrored by src/cuda/params.rs). Under
 // nvcc `KERNEL` declares an `extern "C" __global__` function; in the host emulation it declares the body plus an
 // `extern "C"` entry point `mmengine_emu_<name>(const void* params)` that the emulated launch calls on every
-// thread. build.rs finds kernels by scanning for `KERNEL(` at the start of a line, so keep that spelling.
+// thread. `KERNEL_BOUNDED(name, Params, max_threads[, min_blocks])` adds __launch_bounds__. build.rs finds kernels
+// by scanning for `KERNEL(` and `KERNEL_BOUNDED(` at the start of a line, so keep those spellings.
 #pragma once
 
 #include "params.h"
@@ -15,12 +16,12 @@
     name##_body(*static_cast<const Params*>(params));                                            \
   }                                                                                              \
   static void name##_body(const Params& p)
-#define KERNEL_BOUNDED(name, Params, max_threads) KERNEL(name, Params)
+#define KERNEL_BOUNDED(name, Params, ...) KERNEL(name, Params)
 #define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::current.dynamic_shared)
 #else
 #define KERNEL(name, Params) extern "C" __global__ void name(const Params p)
-#define KERNEL_BOUNDED(name, Params, max_threads) \
-  extern "C" __global__ void __launch_bounds__(max_threads) name(const Params p)
+#define KERNEL_BOUNDED(name, Params, ...) \
+  extern "C" __global__ void __launch_bounds__(__VA_ARGS__) name(const Params p)
 #define DYNAMIC_SHARED(T, name)                                          \
   extern __shared__ __align__(16) unsigned char mmengine_dynamic_smem[]; \
   T* name = reinterpret_cast<T*>(mmengine_dynamic_smem)
@@ -38,6 +39,18 @@ __device__ __forceinline__ float activate(float x, int act, float alpha, float g
   if (clamp >= 0.0f) x = fminf(fmaxf(x, -clamp), clamp);
   return x;
 }
+
+// The modulated convolutions' fused epilogue (modconv.cu, modconv_tc.cu) on one conv result `v` of sample b, output
+// channel o, flat output pixel `pix`: demodulation, noise, bias, then activate's act, gain and clamp.
+__device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float v, int b, int o, int pix) {
+  if (p.dcoefs) v *= p.dcoefs[b * p.out_channels + o];
+  if (p.noise) v += p.noise[(long long)b * p.noise_sample_stride + pix] * p.noise_strength;
+  if (p.bias) v += p.bias[o];
+  return activate(v, p.act, p.alpha, p.gain, p.clamp);
+}
+
+// Tap t (0..3) of the up-sampling convs' blur: [1,3,3,1]/8 per axis with gain 2 per axis (gain 4 overall).
+__device__ __forceinline__ float up2_blur_tap(int t) { return (t == 0 || t == 3) ? 0.25f : 0.75f; }
 
 // 16-byte copy global -> shared that bypasses the registers (cp.async, sm_80+): weight tiles need no prologue, so
 // they stream in while the block computes. Both addresses 16-byte aligned. In the emulation, a plain copy.

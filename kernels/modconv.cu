@@ -1,5 +1,5 @@
 // The modulated convolution of a StyleGAN2 synthesis layer, float32 (the exact mode). Twin: cpu::conv (fast) and
-// cpu::ops::modulated_conv2d (reference).
+// cpu::ops::modulated_conv2d (reference). modconv_tc.cu runs the same convolutions on the tensor cores.
 //
 // conv(x_b, W * s_b) = conv(x_b * s_b, W): the whole batch shares one weight. Each conv is an implicit GEMM with
 // M = batch * pixels, N = output channels, K = input channels * taps; the prologue scales input channel i of
@@ -36,14 +36,6 @@ KERNEL_BOUNDED(modconv_demod, ModconvDemodParams, 256) {
     for (int i = 0; i < p.in_channels; ++i) sum += s[i] * s[i] * p.wsq_t[(long long)i * p.out_channels + o];
     p.dcoefs[e] = rsqrtf(sum + 1e-8f);
   }
-}
-
-// The fused epilogue on one conv result `v` of sample b, output channel o, flat output pixel `pix`.
-__device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float v, int b, int o, int pix) {
-  if (p.dcoefs) v *= p.dcoefs[b * p.out_channels + o];
-  if (p.noise) v += p.noise[(long long)b * p.noise_sample_stride + pix] * p.noise_strength;
-  if (p.bias) v += p.bias[o];
-  return activate(v, p.act, p.alpha, p.gain, p.clamp);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -238,12 +230,10 @@ constexpr int OY = 2 * PY - 4, OX = 2 * PX - 4;  // output tile
 constexpr int TY = 2 * PY + 1, TX = 2 * PX + 1;  // transposed-conv tile held in shared memory
 constexpr int A_FLOATS = 2 * BK * BM, B_FLOATS = 2 * BK * BN;
 static_assert(CH * TY * TX <= A_FLOATS + B_FLOATS, "the T tile reuses the GEMM tiles' shared memory");
-// The blur [1,3,3,1]/8 per axis with gain 2 per axis (gain 4 overall).
-__device__ __forceinline__ float blur_tap(int t) { return (t == 0 || t == 3) ? 0.25f : 0.75f; }
 }  // namespace up2
 
 // One K-slice of the up-sampling GEMM: acc[i][t] += sum_k As[k][position i] * Bs[k][channel c, tap t] for this
-// thread's positions (s * 4 + {0..3}, 64 + s * 4 + {0..3}) and its channel c. A tensor-core variant replaces this.
+// thread's positions (s * 4 + {0..3}, 64 + s * 4 + {0..3}) and its channel c.
 __device__ __forceinline__ void up2_slice_product_fp32(const float* As, const float* Bs, int s, int c,
                                                         float (&acc)[8][9]) {
   using namespace up2;
@@ -361,8 +351,8 @@ KERNEL_BOUNDED(modconv_up2_3x3, ModconvParams, 128) {
       for (int a = 0; a < 4; ++a) {
         float h = 0.0f;
 #pragma unroll
-        for (int bx = 0; bx < 4; ++bx) h += blur_tap(bx) * Tc[(ty + 1 + a) * TX + tx + 1 + bx];
-        v += blur_tap(a) * h;
+        for (int bx = 0; bx < 4; ++bx) h += up2_blur_tap(bx) * Tc[(ty + 1 + a) * TX + tx + 1 + bx];
+        v += up2_blur_tap(a) * h;
       }
       static_cast<float*>(p.y)[((long long)b * p.out_channels + o) * oh * ow + y * ow + x] =
           modconv_epilogue(p, v, b, o, y * ow + x);
@@ -403,7 +393,6 @@ KERNEL_BOUNDED(modconv_transpose_ref, ModconvParams, 256) {
 // x = T from modconv_transpose_ref (height, width: the conv's input size); y [batch, out_channels, 2H, 2W] =
 // epilogue(blur of T with padding 1).
 KERNEL_BOUNDED(modconv_blur_ref, ModconvParams, 256) {
-  using up2::blur_tap;
   const int th = 2 * p.height + 1, tw = 2 * p.width + 1, oh = 2 * p.height, ow = 2 * p.width;
   GRID_STRIDE_LOOP(e, (long long)p.batch * p.out_channels * oh * ow) {
     const int x = int(e % ow), y = int(e / ow % oh);
@@ -417,9 +406,9 @@ KERNEL_BOUNDED(modconv_blur_ref, ModconvParams, 256) {
       float h = 0.0f;
       for (int c = 0; c < 4; ++c) {
         const int tx = x + c - 1;
-        if (tx >= 0 && tx < tw) h += blur_tap(c) * t[ty * tw + tx];
+        if (tx >= 0 && tx < tw) h += up2_blur_tap(c) * t[ty * tw + tx];
       }
-      v += blur_tap(a) * h;
+      v += up2_blur_tap(a) * h;
     }
     static_cast<float*>(p.y)[e] = modconv_epilogue(p, v, b, o, y * ow + x);
   }

@@ -3,8 +3,9 @@
 // (modconv.cu): an implicit GEMM over the whole batch with M = batch * pixels, N = output channels,
 // K = input channels * taps, whose prologue scales input channel i of sample b by styles[b, i] while staging the A
 // tile, and whose epilogue applies demodulation, noise, bias, activation, gain and clamp. x is read in the mode's
-// activation type (f32 for tf32, the 16-bit type for f16 and bf16: act.cuh), y stored as y_dtype. The up-sampling conv
-// keeps its f32 kernel in every mode.
+// activation type (f32 for tf32, the 16-bit type for f16 and bf16: act.cuh), y stored as y_dtype. The fused
+// up-sampling 3x3 conv (modconv_up2_3x3_*, at the end of the file) runs modconv_up2_3x3's algorithm with its GEMM on
+// mma.sync.
 //
 // Shared memory holds 32-bit words as in gemm_tc.cu: one tf32 value, or two f16/bf16 values adjacent along K
 // (lower K in the low half), so both mma shapes read a 16x8 A and an 8x8 B fragment of words with one lane
@@ -200,6 +201,210 @@ __device__ void same_impl(const ModconvParams& p) {
 
 }  // namespace modconv_tc
 
+// ---------------------------------------------------------------------------------------------------------------
+// The fused up-sampling 3x3 conv: modconv_up2_3x3 (modconv.cu) with its GEMM on the tensor cores. A block takes one
+// sample, 16 output channels and a patch of 8 x 16 input positions (rows py0.., cols px0.., zero outside the image),
+// and writes a 12 x 28 output tile:
+// - GEMM z[position][column], M = 128 positions, K = input channels (in words, one mma K step of 8 words per stage),
+//   N = 16 channels x 9 taps = 144 columns = 18 n8 tiles, no padding taps. 8 warps: 4 along M (an m16 tile is one
+//   patch row, a warp takes two), 2 along N (8 channels each). A warp's 72 columns are tap-major (column
+//   tap * 8 + channel), so its n8 tile t holds tap t and the scatter knows every accumulator's tap at compile time.
+// - Scatter into T[channel][16][32], rows/cols 0..15 / 0..31 of the patch's transposed-conv output (tap (ky, kx) of
+//   position (y, x) lands on T[2y + ky][2x + kx]), over the GEMM tiles' shared memory, in four phases whose targets
+//   are distinct within each phase: the taps with ky, kx < 2 cover every element exactly once and store; then the
+//   kx = 2, the ky = 2 and the (2, 2) taps add. Values for row 16 or col 32 are dropped: the blur reads rows 1..15
+//   and cols 1..31 only (the complete ones).
+// - Blur and epilogue in f32, in modconv_up2_3x3's arithmetic order: a thread takes a column of 12 outputs of one
+//   channel and blurs each T row horizontally once.
+// Why 16 channels: 16 x 9 taps fill n8 tiles exactly, and each gathered A element (a load, a style multiply, a
+// conversion) feeds 144 multiply-adds. Why one K step per stage: it keeps the kernel within 128 registers without
+// spilling (the accumulators take 72), so two blocks share an SM and one block's gather latency, barriers, scatter
+// and blur overlap the other's mma work. Shared memory: T, 16 x 520 floats (33 KB); the GEMM tiles fit inside it.
+//
+// Weight packing (conv.rs, pack_up2_words): words [K words rounded up to 8][O rounded up to 16, times 9]; channel
+// block ob's 144 words, in order (half, tap, c), hold W[o = 16 ob + 8 half + c, i, tap] as tf32 (i = kw) or the
+// f16/bf16 pair i = 2 kw, 2 kw + 1; zeros past the ends. fp16 layers that demodulate are prescaled as above.
+namespace modconv_up_tc {
+constexpr int kThreads = 256;
+constexpr int PY = 8, PX = 16, kBlockM = PY * PX;
+constexpr int kChannels = 16, kTaps = 9, kBlockN = kChannels * kTaps;
+constexpr int kWarpM = 32, kWarpChannels = 8;
+constexpr int kStageWords = 8;
+// Fragment reads conflict-free: A lanes hit banks 12 group + tig, B lanes 24 tig + group (152 = 24 mod 32).
+constexpr int kRowA = kStageWords + 4, kRowB = kBlockN + 8;
+constexpr int kWordsA = kBlockM * kStageWords / kThreads;  // A words each thread gathers per stage
+constexpr int kChunksB = kStageWords * kBlockN / 4;        // 16-byte B copies per stage
+constexpr int kTileA = kBlockM * kRowA, kTileB = kStageWords * kRowB;
+constexpr int OY = 2 * PY - 4, OX = 2 * PX - 4;  // output tile
+constexpr int TY = 2 * PY, TX = 2 * PX;          // T rows and cols kept
+// T's channel stride: 8 mod 32 keeps the scatter's stores (lanes 2 px + 16 tig apart) at 2-way bank conflicts.
+constexpr int kPlaneT = TY * TX + 8;
+constexpr int kGemmWords = 2 * kTileA + 2 * kTileB;
+constexpr int kSmemWords = kChannels * kPlaneT;
+static_assert(kGemmWords <= kSmemWords, "the GEMM tiles live inside T's shared memory");
+static_assert(kWarpM == 2 * PX && (kBlockM / kWarpM) * 2 * 32 == kThreads, "4 x 2 warps, two patch rows each");
+static_assert(kWordsA == 4, "each thread stores its A words as one 128-bit store");
+
+// The A gather of the up-sampling kernels: N consecutive input channels i0.. of one position of x (planes `plane`
+// elements apart, element type X::T), each times its style, as f32; zero from channel `channels` on.
+template <class X, int N>
+__device__ __forceinline__ void gather_scaled(float (&v)[N], const typename X::T* x, int plane, const float* styles,
+                                              int i0, int channels) {
+#pragma unroll
+  for (int r = 0; r < N; ++r)
+    v[r] = i0 + r < channels ? X::load(&x[(long long)(i0 + r) * plane]) * styles[i0 + r] : 0.0f;
+}
+
+template <class Mode>
+__device__ void up2_impl(const ModconvParams& p) {
+  constexpr int kPerWord = Mode::kPerWord;
+  constexpr int kGather = kWordsA * kPerWord;  // K elements each thread gathers per stage
+  __align__(16) __shared__ unsigned smem[kSmemWords];
+  unsigned* const a_tiles = smem;
+  unsigned* const b_tiles = smem + 2 * kTileA;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int group = lane / 4, tig = lane % 4;
+  const int warp_m = warp % 4, warp_n = warp / 4;
+  const int b = blockIdx.z, o0 = blockIdx.y * kChannels;
+  const int oy0 = (blockIdx.x / p.tiles_x) * OY, ox0 = (blockIdx.x % p.tiles_x) * OX;
+  const int py0 = oy0 / 2 - 1, px0 = ox0 / 2 - 1;  // patch origin (input position of T rows/cols 0..2)
+  const int hw = p.height * p.width;
+  const int k_words = (p.in_channels + kPerWord - 1) / kPerWord;
+  const int stages = (k_words + kStageWords - 1) / kStageWords;
+
+  // The position (A row) this thread gathers, and which half of the row's words.
+  const int a_row = tid % kBlockM, a_word0 = (tid / kBlockM) * kWordsA;
+  const int gy = py0 + a_row / PX, gx = px0 + a_row % PX;
+  const bool inside = gy >= 0 && gy < p.height && gx >= 0 && gx < p.width;
+  using X = typename Mode::Act;  // x's element type: f32, or the mode's 16-bit type
+  const typename X::T* xb =
+      static_cast<const typename X::T*>(p.x) + (long long)b * p.in_channels * hw + (inside ? gy * p.width + gx : 0);
+  const float* sb = p.styles + (long long)b * p.in_channels;
+  const int a_channels = inside ? p.in_channels : 0;  // a position outside the image gathers zeros
+
+  // A (gathered, scaled by the style, f32) waits in registers while the current stage is multiplied.
+  float a_next[kGather];
+  auto load_a = [&](int stage) {
+    gather_scaled<X>(a_next, xb, hw, sb, (stage * kStageWords + a_word0) * kPerWord, a_channels);
+  };
+  auto store_a = [&](int buf) {
+    uint4 w;
+    w.x = Mode::word(&a_next[0 * kPerWord]);
+    w.y = Mode::word(&a_next[1 * kPerWord]);
+    w.z = Mode::word(&a_next[2 * kPerWord]);
+    w.w = Mode::word(&a_next[3 * kPerWord]);
+    *reinterpret_cast<uint4*>(a_tiles + buf * kTileA + a_row * kRowA + a_word0) = w;
+  };
+  const unsigned* weight = reinterpret_cast<const unsigned*>(p.weight) + blockIdx.y * kBlockN;
+  auto copy_b = [&](int stage, int buf) {
+#pragma unroll
+    for (int j = 0; j < (kChunksB + kThreads - 1) / kThreads; ++j) {
+      const int q = tid + j * kThreads, r = q / (kBlockN / 4), c4 = q % (kBlockN / 4);
+      if (q < kChunksB)
+        copy16_async(b_tiles + buf * kTileB + r * kRowB + c4 * 4,
+                     weight + (long long)(stage * kStageWords + r) * p.weight_stride + c4 * 4);
+    }
+  };
+
+  float acc[2][kTaps][4];  // [m16 tile: patch row 2 warp_m + mi][n8 tile: tap][C fragment register]
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int t = 0; t < kTaps; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mi][t][i] = 0.0f;
+
+  copy_b(0, 0);
+  load_a(0);
+  store_a(0);
+  copy_async_wait();
+  __syncthreads();
+  for (int s = 0; s < stages; ++s) {
+    const int cur = s & 1;
+    const bool more = s + 1 < stages;
+    if (more) {
+      copy_b(s + 1, cur ^ 1);
+      load_a(s + 1);
+    }
+    const unsigned* at = a_tiles + cur * kTileA + warp_m * kWarpM * kRowA;
+    const unsigned* bt = b_tiles + cur * kTileB + warp_n * kWarpChannels * kTaps;
+    unsigned a_frag[2][4], b_frag[kTaps][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a_frag[mi][r] = at[(mi * 16 + group + 8 * (r & 1)) * kRowA + tig + 4 * (r >> 1)];
+#pragma unroll
+    for (int t = 0; t < kTaps; ++t)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) b_frag[t][r] = bt[(tig + 4 * r) * kRowB + t * 8 + group];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int t = 0; t < kTaps; ++t) Mode::mma(acc[mi][t], a_frag[mi], b_frag[t], acc[mi][t]);
+    if (more) store_a(cur ^ 1);
+    copy_async_wait();
+    __syncthreads();
+  }
+
+  // Scatter. This lane's accumulator acc[mi][t][2 h + e] is tap t of position (2 warp_m + mi, group + 8 h) and
+  // channel warp_n * 8 + 2 tig + e. Phase (ky == 2) * 2 + (kx == 2) of each tap; phase 0 stores, the rest add.
+  float* const T = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int phase = 0; phase < 4; ++phase) {
+#pragma unroll
+    for (int t = 0; t < kTaps; ++t) {
+      const int ky = t / 3, kx = t % 3;
+      if ((ky == 2) * 2 + (kx == 2) != phase) continue;
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int ty = 2 * (2 * warp_m + mi) + ky, tx = 2 * (group + 8 * h) + kx;
+          if (ty >= TY || tx >= TX) continue;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& dst = T[(warp_n * kWarpChannels + 2 * tig + e) * kPlaneT + ty * TX + tx];
+            dst = phase == 0 ? acc[mi][t][2 * h + e] : dst + acc[mi][t][2 * h + e];
+          }
+        }
+    }
+    __syncthreads();
+  }
+
+  // Blur the complete part of T into the 12 x 28 output tile, then the epilogue: one output column of one channel
+  // per item, each T row blurred horizontally once (hr[r] for T row r + 1).
+  const int oh = 2 * p.height, ow = 2 * p.width;
+  with_output_type(p.y_dtype, [&](auto store) {
+    for (int item = tid; item < kChannels * OX; item += kThreads) {
+      const int c = item / OX, tx = item % OX;
+      const int o = o0 + c, x = ox0 + tx;
+      if (o >= p.out_channels || x >= ow) continue;
+      const float* tc = T + c * kPlaneT + TX + tx + 1;
+      float hr[TY - 1];
+#pragma unroll
+      for (int r = 0; r < TY - 1; ++r) {
+        float h = 0.0f;
+#pragma unroll
+        for (int bx = 0; bx < 4; ++bx) h += up2_blur_tap(bx) * tc[r * TX + bx];
+        hr[r] = h;
+      }
+      const long long yc = ((long long)b * p.out_channels + o) * oh * ow;
+#pragma unroll
+      for (int ty = 0; ty < OY; ++ty) {
+        const int y = oy0 + ty;
+        if (y >= oh) break;
+        float v = 0.0f;
+#pragma unroll
+        for (int a = 0; a < 4; ++a) v += up2_blur_tap(a) * hr[ty + a];
+        store(p.y, yc + y * ow + x, modconv_epilogue(p, v, b, o, y * ow + x));
+      }
+    }
+  });
+}
+
+}  // namespace modconv_up_tc
+
 // Grid: (ceil(batch * pixels / 64), ceil(out_channels / 64)); 128 threads.
 KERNEL_BOUNDED(modconv_3x3_tf32, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Tf32>(p); }
 KERNEL_BOUNDED(modconv_3x3_f16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::F16>(p); }
@@ -207,3 +412,8 @@ KERNEL_BOUNDED(modconv_3x3_bf16, ModconvParams, 128) { modconv_tc::same_impl<3, 
 KERNEL_BOUNDED(modconv_1x1_tf32, ModconvParams, 128) { modconv_tc::same_impl<1, modconv_tc::Tf32>(p); }
 KERNEL_BOUNDED(modconv_1x1_f16, ModconvParams, 128) { modconv_tc::same_impl<1, modconv_tc::F16>(p); }
 KERNEL_BOUNDED(modconv_1x1_bf16, ModconvParams, 128) { modconv_tc::same_impl<1, modconv_tc::Bf16>(p); }
+
+// Grid: (tiles_y * tiles_x output tiles of 12 x 28, ceil(out_channels / 16), batch); 256 threads, two blocks per SM.
+KERNEL_BOUNDED(modconv_up2_3x3_tf32, ModconvParams, 256, 2) { modconv_up_tc::up2_impl<modconv_tc::Tf32>(p); }
+KERNEL_BOUNDED(modconv_up2_3x3_f16, ModconvParams, 256, 2) { modconv_up_tc::up2_impl<modconv_tc::F16>(p); }
+KERNEL_BOUNDED(modconv_up2_3x3_bf16, ModconvParams, 256, 2) { modconv_up_tc::up2_impl<modconv_tc::Bf16>(p); }

@@ -1187,8 +1187,8 @@ mod tensor_core_conv {
         }
     }
 
-    /// One same-resolution layer with the magnitudes of a real FFHQ layer: activations up to `x_scale` (256, the
-    /// conv clamp), styles up to 10, weights of a unit-variance-like weight times 1/sqrt(fan_in).
+    /// One layer with the magnitudes of a real FFHQ layer: activations up to 256 (the conv clamp), styles up to
+    /// 10, weights of a unit-variance-like weight times 1/sqrt(fan_in). `up` 2: the fused up-sampling conv (k 3).
     struct Layer {
         n: usize,
         i: usize,
@@ -1196,6 +1196,7 @@ mod tensor_core_conv {
         h: usize,
         w: usize,
         k: usize,
+        up: usize,
         demodulate: bool,
         per_sample_noise: bool,
         clamp: Option<f32>,
@@ -1211,6 +1212,14 @@ mod tensor_core_conv {
     /// gain, clamp: all 1-Lipschitz after the gain) maps that to
     ///   gain (d bound + 2^-20 (d S + |noise| + |bias|))
     /// where the second term covers the two kernels' f32 roundings of the epilogue itself.
+    ///
+    /// Up-sampling (`up_sums`): each GEMM value z = sum_i a_i w_i (K = I terms, one position and tap) carries the
+    /// bound above with its own S_z and A_z + W_z. T[Y, X] adds the at most 4 z landing on it, and the output is
+    /// v = sum_{a,b} f_a f_b T[y - 1 + a, x - 1 + b] with f = (1/4, 3/4, 3/4, 1/4): linear, with
+    /// sum |f_a f_b| = 4 (the blur's gain). So v's error is at most the same blur, with |f|, of the T errors,
+    /// i.e. the bound above with S and A + W replaced by their blurred sums over T (S = sum f_a f_b sum S_z, at
+    /// most 4 times the largest S_z), plus the f32 roundings of scatter and blur in each kernel: a term of v passes
+    /// at most 3 T additions, then 1 product and 3 additions per blur axis, 11 roundings, so 2 x 11 x 2^-24 S.
     fn check_layer(l: &Layer, seed: u64) {
         let dev = EmuDevice::new();
         let mut rng = Rng(seed);
@@ -1222,17 +1231,17 @@ mod tensor_core_conv {
         let fan_in = (l.i * l.k * l.k) as f32;
         let weight = scaled(rng.tensor(vec![l.o, l.i, l.k, l.k]), 1.0 / fan_in.sqrt()).unwrap();
         let bias = rng.tensor(vec![l.o]).data;
-        let noise_plane = rng.tensor(vec![l.n, 1, l.h, l.w]);
+        let (oh, ow) = (l.h * l.up, l.w * l.up);
+        let noise_plane = rng.tensor(vec![l.n, 1, oh, ow]);
         let act = if l.k == 3 { Act::LRELU } else { Act::Linear };
         let gain = act.default_gain();
         let sd = DeviceTensor::upload(&dev, &styles).unwrap();
         let noise_d = DeviceTensor::upload(&dev, &noise_plane).unwrap();
-        let shared_plane =
-            Tensor::new(vec![l.h, l.w], noise_plane.data[..l.h * l.w].to_vec()).unwrap();
+        let shared_plane = Tensor::new(vec![oh, ow], noise_plane.data[..oh * ow].to_vec()).unwrap();
         let shared_d = DeviceTensor::upload(&dev, &shared_plane).unwrap();
         let noise_strength = 0.7f32;
-        // x in the layer's input type; the output in `output`.
-        let run = |precision: Precision, x: &Tensor, output: DType| {
+        // x in the layer's input type; the output stored as `output`.
+        let run_path = |precision: Precision, path, x: &Tensor, output: DType| {
             let finish = Finish {
                 bias: Some(&bias),
                 act,
@@ -1244,9 +1253,9 @@ mod tensor_core_conv {
                 &dev,
                 &weight,
                 l.demodulate,
-                1,
+                l.up,
                 &finish,
-                false,
+                path == ConvPath::Reference,
                 precision,
             )
             .unwrap();
@@ -1261,73 +1270,59 @@ mod tensor_core_conv {
                 }
             };
             let y = layer
-                .forward(&dev, &xd, &sd, dcoefs.as_ref(), Some(noise), ConvPath::Fast)
+                .forward(&dev, &xd, &sd, dcoefs.as_ref(), Some(noise), path)
                 .unwrap()
                 .download(&dev)
                 .unwrap();
             (y, dcoefs.map(|d| d.download(&dev).unwrap()))
         };
-
-        let (hw, kk, pad) = (l.h * l.w, l.k * l.k, l.k as isize / 2);
-        let k_total = (l.i * kk) as f64;
+        let mut addends = vec![0f64; l.n * l.o * oh * ow];
+        for (e, addend) in addends.iter_mut().enumerate() {
+            let (b, o, pix) = (e / (l.o * oh * ow), e / (oh * ow) % l.o, e % (oh * ow));
+            let noise = if l.per_sample_noise {
+                noise_plane.data[b * oh * ow + pix]
+            } else {
+                noise_plane.data[pix] * noise_strength
+            };
+            *addend = (noise.abs() + bias[o].abs()) as f64;
+        }
+        // K: the terms of one f32 sum in each kernel's GEMM; the up-sampling kernels' scatter and blur add 11
+        // roundings (see above).
+        let (k_total, blur_roundings) = if l.up == 1 {
+            ((l.i * l.k * l.k) as f64, 0.0)
+        } else {
+            (l.i as f64, 11.0)
+        };
         let mut clamp_hits = 0;
         for precision in TENSOR_CORE_MODES {
-            // The kernel reads x stored in the mode's activation type (16-bit in fp16 and bf16): the f32
-            // reference gets the same values, so the analysis below covers the conv itself. A 3x3 layer stores
-            // its output in that type too (as in the synthesis), a 1x1 (ToRGB) in f32.
+            // The kernels read x stored in the mode's activation type (16-bit in fp16 and bf16): the f32 reference
+            // gets the same values, so the analysis above covers the conv itself. A 3x3 layer stores its output in
+            // that type too (as in the synthesis), which rounds the result once more (u_out relative, eta_out
+            // absolute); a 1x1 (ToRGB) stores f32.
             let activations = precision.activation_dtype();
             let x_in = round_to(&x, activations);
             let output = if l.k == 3 { activations } else { DType::F32 };
-            let (y32, d32) = run(Precision::Fp32, &x_in, DType::F32);
+            let (y32, d32) = run_path(Precision::Fp32, ConvPath::Fast, &x_in, DType::F32);
             clamp_hits += l
                 .clamp
                 .map_or(0, |c| y32.data.iter().filter(|v| v.abs() == c).count());
-
-            // Per output (b, o, pixel): S, A + W, and the epilogue's addends.
-            let mut s_sum = vec![0f64; y32.data.len()];
-            let mut aw_sum = vec![0f64; y32.data.len()];
-            let mut addends = vec![0f64; y32.data.len()];
-            for b in 0..l.n {
-                for (o, bias_o) in bias.iter().enumerate() {
-                    for pix in 0..hw {
-                        let (py, px) = ((pix / l.w) as isize, (pix % l.w) as isize);
-                        let e = (b * l.o + o) * hw + pix;
-                        for i in 0..l.i {
-                            for t in 0..kk {
-                                let iy = py + (t / l.k) as isize - pad;
-                                let ix = px + (t % l.k) as isize - pad;
-                                let w = weight.data[(o * l.i + i) * kk + t].abs() as f64;
-                                let a =
-                                    if iy < 0 || ix < 0 || iy >= l.h as isize || ix >= l.w as isize
-                                    {
-                                        0.0
-                                    } else {
-                                        let xv = x_in.data
-                                            [(b * l.i + i) * hw + iy as usize * l.w + ix as usize];
-                                        (xv * styles.data[b * l.i + i]).abs() as f64
-                                    };
-                                s_sum[e] += a * w;
-                                aw_sum[e] += a + w;
-                            }
-                        }
-                        let noise = if l.per_sample_noise {
-                            noise_plane.data[b * hw + pix]
-                        } else {
-                            noise_plane.data[pix] * noise_strength
-                        };
-                        addends[e] = (noise.abs() + bias_o.abs()) as f64;
-                    }
-                }
-            }
-
-            let (y, _) = run(precision, &x_in, output);
-            let (u, eta) = input_rounding(precision);
-            // Rounding the result to a 16-bit output adds u relative (and eta absolute) to the stored value.
-            let (u_out, eta_out) = match output {
-                DType::F32 => (0.0, 0.0),
-                _ => (u, eta),
+            // Per output (b, o, pixel): S and A + W.
+            let (s_sum, aw_sum) = if l.up == 1 {
+                same_sums(l, &x_in, &styles, &weight)
+            } else {
+                up_sums(l, &x_in, &styles, &weight)
             };
-            let relative = 2.0 * u + u * u + 2.0 * k_total * F32_ROUNDING * (1.0 + u) * (1.0 + u);
+            let (y, _) = run_path(precision, ConvPath::Fast, &x_in, output);
+            let (u, eta) = input_rounding(precision);
+            let (u_out, eta_out) = if output == DType::F32 {
+                (0.0, 0.0)
+            } else {
+                (u, eta)
+            };
+            let relative = 2.0 * u
+                + u * u
+                + 2.0 * k_total * F32_ROUNDING * (1.0 + u) * (1.0 + u)
+                + blur_roundings * F32_ROUNDING;
             let mut worst = 0f64;
             for (e, (&got, &want)) in y.data.iter().zip(&y32.data).enumerate() {
                 assert!(got.is_finite(), "{precision}: element {e} is {got}");
@@ -1337,9 +1332,9 @@ mod tensor_core_conv {
                         "{precision}: element {e} = {got} beyond the clamp"
                     );
                 }
-                let d = d32
-                    .as_ref()
-                    .map_or(1.0, |d| d.data[e / (l.o * hw) * l.o + e / hw % l.o] as f64);
+                let d = d32.as_ref().map_or(1.0, |d| {
+                    d.data[e / (l.o * oh * ow) * l.o + e / (oh * ow) % l.o] as f64
+                });
                 let conv_bound = gain as f64
                     * (d * (relative * s_sum[e] + 2.0 * eta * aw_sum[e])
                         + 2f64.powi(-20) * (d * s_sum[e] + addends[e]));
@@ -1353,14 +1348,124 @@ mod tensor_core_conv {
             }
             let max_err = assert_close(precision.name(), &y.data, &y32.data, f32::INFINITY, 0.0);
             println!(
-                "modconv_tc {precision} ({activations:?} activations, {output:?} output) n{} i{} o{} {}x{} \
-                 k{}: max abs error vs f32 {max_err:.3e}, worst error / bound {worst:.3}",
-                l.n, l.i, l.o, l.h, l.w, l.k
+                "modconv_tc {precision} ({activations:?} in, {output:?} out) n{} i{} o{} {}x{} k{} up{}: max abs \
+                 error vs f32 {max_err:.3e}, worst error / bound {worst:.3}",
+                l.n, l.i, l.o, l.h, l.w, l.k, l.up
             );
+            if l.up == 2 && activations != DType::F32 {
+                // The unfused up-sampling twin computes in f32 only: it refuses 16-bit activations.
+                let layer = DeviceConvLayer::with_precision(
+                    &dev,
+                    &weight,
+                    l.demodulate,
+                    l.up,
+                    &Finish {
+                        bias: Some(&bias),
+                        act,
+                        gain,
+                        clamp: l.clamp,
+                        output,
+                    },
+                    true,
+                    precision,
+                )
+                .unwrap();
+                let xd = DeviceTensor::upload_as(&dev, &x_in, activations).unwrap();
+                let dcoefs = layer.demod(&dev, &sd).unwrap();
+                let refused =
+                    layer.forward(&dev, &xd, &sd, dcoefs.as_ref(), None, ConvPath::Reference);
+                assert!(
+                    refused.is_err(),
+                    "{precision}: the unfused twin took 16-bit activations"
+                );
+            }
         }
         if l.clamp.is_some() {
             assert!(clamp_hits > 0, "the test clamp should bite");
         }
+    }
+
+    /// |a_k| for input channel i at (y, x) of sample b, zero outside the image.
+    fn staged_abs(
+        l: &Layer,
+        x: &Tensor,
+        styles: &Tensor,
+        b: usize,
+        i: usize,
+        y: isize,
+        x_: isize,
+    ) -> f64 {
+        if y < 0 || x_ < 0 || y >= l.h as isize || x_ >= l.w as isize {
+            return 0.0;
+        }
+        let v = x.data[((b * l.i + i) * l.h + y as usize) * l.w + x_ as usize];
+        (v * styles.data[b * l.i + i]).abs() as f64
+    }
+
+    /// Same-resolution S and A + W per output over the k x k receptive field (padding counts a zero a_k with its
+    /// weight).
+    fn same_sums(l: &Layer, x: &Tensor, styles: &Tensor, weight: &Tensor) -> (Vec<f64>, Vec<f64>) {
+        let (hw, kk, pad) = (l.h * l.w, l.k * l.k, l.k as isize / 2);
+        let mut s_sum = vec![0f64; l.n * l.o * hw];
+        let mut aw_sum = vec![0f64; l.n * l.o * hw];
+        for b in 0..l.n {
+            for o in 0..l.o {
+                for pix in 0..hw {
+                    let (py, px) = ((pix / l.w) as isize, (pix % l.w) as isize);
+                    let e = (b * l.o + o) * hw + pix;
+                    for i in 0..l.i {
+                        for t in 0..kk {
+                            let iy = py + (t / l.k) as isize - pad;
+                            let ix = px + (t % l.k) as isize - pad;
+                            let w = weight.data[(o * l.i + i) * kk + t].abs() as f64;
+                            let a = staged_abs(l, x, styles, b, i, iy, ix);
+                            s_sum[e] += a * w;
+                            aw_sum[e] += a + w;
+                        }
+                    }
+                }
+            }
+        }
+        (s_sum, aw_sum)
+    }
+
+    /// Up-sampling S and A + W per output: S_z and A_z + W_z of each GEMM value summed into the transposed conv's
+    /// (2H + 1) x (2W + 1) grid T, then blurred with |f| (padding 1), as check_layer derives.
+    fn up_sums(l: &Layer, x: &Tensor, styles: &Tensor, weight: &Tensor) -> (Vec<f64>, Vec<f64>) {
+        const F: [f64; 4] = [0.25, 0.75, 0.75, 0.25];
+        let (th, tw, oh, ow) = (2 * l.h + 1, 2 * l.w + 1, 2 * l.h, 2 * l.w);
+        let mut s_sum = vec![0f64; l.n * l.o * oh * ow];
+        let mut aw_sum = vec![0f64; l.n * l.o * oh * ow];
+        for b in 0..l.n {
+            for o in 0..l.o {
+                let (mut s_t, mut aw_t) = (vec![0f64; th * tw], vec![0f64; th * tw]);
+                for (y, x_) in (0..l.h).flat_map(|y| (0..l.w).map(move |x_| (y, x_))) {
+                    for t in 0..9 {
+                        let at = (2 * y + t / 3) * tw + 2 * x_ + t % 3;
+                        for i in 0..l.i {
+                            let a = staged_abs(l, x, styles, b, i, y as isize, x_ as isize);
+                            let w = weight.data[(o * l.i + i) * 9 + t].abs() as f64;
+                            s_t[at] += a * w;
+                            aw_t[at] += a + w;
+                        }
+                    }
+                }
+                for (y, x_) in (0..oh).flat_map(|y| (0..ow).map(move |x_| (y, x_))) {
+                    let e = ((b * l.o + o) * oh + y) * ow + x_;
+                    for (ty, fy) in (y..y + 4).zip(F) {
+                        for (tx, fx) in (x_..x_ + 4).zip(F) {
+                            // T row/col ty - 1, tx - 1 (padding 1).
+                            if (1..=th).contains(&ty) && (1..=tw).contains(&tx) {
+                                let at = (ty - 1) * tw + tx - 1;
+                                s_sum[e] += fy * fx * s_t[at];
+                                aw_sum[e] += fy * fx * aw_t[at];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (s_sum, aw_sum)
     }
 
     /// `t` rounded to `dtype` as the device stores it (round to nearest even).
@@ -1384,6 +1489,7 @@ mod tensor_core_conv {
                 h: 5,
                 w: 7,
                 k: 3,
+                up: 1,
                 demodulate: true,
                 per_sample_noise: false,
                 clamp: Some(256.0),
@@ -1399,6 +1505,7 @@ mod tensor_core_conv {
                 h: 4,
                 w: 8,
                 k: 3,
+                up: 1,
                 demodulate: false,
                 per_sample_noise: true,
                 clamp: None,
@@ -1418,6 +1525,7 @@ mod tensor_core_conv {
                 h: 6,
                 w: 6,
                 k: 1,
+                up: 1,
                 demodulate: false,
                 per_sample_noise: false,
                 clamp: Some(256.0),
@@ -1432,11 +1540,50 @@ mod tensor_core_conv {
                 h: 3,
                 w: 5,
                 k: 1,
+                up: 1,
                 demodulate: true,
                 per_sample_noise: true,
                 clamp: None,
             },
             0x7c04,
+        );
+    }
+
+    #[test]
+    fn up_sampling_3x3_against_f32() {
+        // Output 14 x 18: two tile rows, one partial tile column. 20 channels: a full and a partial 16-channel
+        // block. I = 20: a partial last stage in every mode (3 tf32 stages of 8, 2 f16/bf16 stages of 16).
+        check_layer(
+            &Layer {
+                n: 2,
+                i: 20,
+                o: 20,
+                h: 7,
+                w: 9,
+                k: 3,
+                up: 2,
+                demodulate: true,
+                per_sample_noise: false,
+                clamp: Some(256.0),
+            },
+            0x7c05,
+        );
+        // No demodulation, per-sample noise, three samples, output 26 x 30 (3 x 2 tiles, all partial at the far
+        // edges), 9 channels (one partial block), I = 37 (odd: an f16/bf16 pair split at the end).
+        check_layer(
+            &Layer {
+                n: 3,
+                i: 37,
+                o: 9,
+                h: 13,
+                w: 15,
+                k: 3,
+                up: 2,
+                demodulate: false,
+                per_sample_noise: true,
+                clamp: None,
+            },
+            0x7c06,
         );
     }
 

@@ -2,11 +2,32 @@
 //! memory, tensor-core instructions in every tensor-core kernel, and 128-bit loads in the GEMM main loops. Without nvcc the table is empty and there is
 //! nothing to check, unless `MMENGINE_REQUIRE_NVCC` says the kernels must have been built.
 
-use mmengine::cuda::kernels::{KERNEL_TABLE, NVCC_VERSION, SASS_CHECKED};
+use mmengine::cuda::kernels::{KernelInfo, KERNEL_TABLE, NVCC_VERSION, SASS_CHECKED};
 
 /// Kernels whose names say they take tensor-core input types.
 fn is_tensor_core_kernel(name: &str) -> bool {
     ["tf32", "f16", "bf16"].iter().any(|t| name.contains(t))
+}
+
+/// The tensor-core convolutions the engine selects (`cuda::conv`); each must be in the table, so a renamed kernel
+/// cannot drop out of the checks below unnoticed.
+const TENSOR_CORE_CONVS: [&str; 9] = [
+    "modconv_3x3_tf32",
+    "modconv_3x3_f16",
+    "modconv_3x3_bf16",
+    "modconv_1x1_tf32",
+    "modconv_1x1_f16",
+    "modconv_1x1_bf16",
+    "modconv_up2_3x3_tf32",
+    "modconv_up2_3x3_f16",
+    "modconv_up2_3x3_bf16",
+];
+
+fn kernel(name: &str) -> &'static KernelInfo {
+    KERNEL_TABLE
+        .iter()
+        .find(|k| k.name == name)
+        .unwrap_or_else(|| panic!("kernel {name} missing from the table"))
 }
 
 #[test]
@@ -20,6 +41,12 @@ fn compiled_kernels_neither_spill_nor_use_local_memory_and_tensor_core_kernels_u
         return;
     }
     eprintln!("kernels compiled by {}", NVCC_VERSION.unwrap_or("nvcc"));
+    for name in TENSOR_CORE_CONVS {
+        assert!(
+            is_tensor_core_kernel(kernel(name).name),
+            "{name} escapes the HMMA check"
+        );
+    }
     for k in KERNEL_TABLE {
         assert_eq!(
             k.spill_bytes, 0,
@@ -66,15 +93,21 @@ fn gemm_main_loops_use_128_bit_loads() {
         "modconv_up2_3x3",
     ];
     for name in hot {
-        let k = KERNEL_TABLE
-            .iter()
-            .find(|k| k.name == name)
-            .unwrap_or_else(|| panic!("kernel {name} missing from the table"));
+        let k = kernel(name);
         assert!(
             k.ldg128 > 0 && k.lds128 > 0,
             "kernel {name}: {} 128-bit global loads, {} 128-bit shared loads",
             k.ldg128,
             k.lds128
+        );
+    }
+    // The tensor-core convolutions stage their weights with 16-byte cp.async copies; their shared-memory reads are
+    // 32-bit by design (each lane loads its own mma fragment registers, mma.cuh), so only the global side applies.
+    for name in TENSOR_CORE_CONVS {
+        let k = kernel(name);
+        assert!(
+            k.ldg128 > 0,
+            "kernel {name}: no 128-bit global loads (cp.async weight stages)"
         );
     }
 }

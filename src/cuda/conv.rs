@@ -36,6 +36,11 @@ const UP2_THREADS: u32 = 128;
 const TC_TILE: [usize; 2] = [64, 64];
 const TC_STAGE_WORDS: usize = 16;
 const TC_THREADS: u32 = 128;
+/// The tensor-core up-sampling kernels (same file; the output tile is the f32 kernel's): channels per block, K
+/// words per stage, threads.
+const UP2_TC_CH: usize = 16;
+const UP2_TC_STAGE_WORDS: usize = 8;
+const UP2_TC_THREADS: u32 = 256;
 /// Element-wise kernels.
 const EW_THREADS: u32 = 256;
 const EW_MAX_BLOCKS: u32 = 65535;
@@ -63,26 +68,40 @@ pub struct Finish<'a> {
     pub output: DType,
 }
 
+/// The kernel a layer launches, with its block shape.
+#[derive(Clone, Copy, Debug)]
+enum ConvKernel {
+    /// A same-resolution conv (also the 1x1 before the skip up-sampling): pixels x channels per block.
+    Same {
+        kernel: Kernel,
+        tile: [usize; 2],
+        threads: u32,
+    },
+    /// The fused up-sampling 3x3 conv: output channels per block (the output tile is `UP2_OUT_TILE`).
+    Up2 {
+        kernel: Kernel,
+        channels: usize,
+        threads: u32,
+    },
+}
+
 /// One modulated convolution uploaded for its kernel.
 pub struct DeviceConvLayer<D: Device> {
     in_channels: usize,
     out_channels: usize,
     kernel: usize,
     up: usize,
-    /// The kernel's packing (see `kernels/modconv.cu`), `weight_stride` floats per packed row.
+    /// The kernel's packing (see `kernels/modconv.cu`, `kernels/modconv_tc.cu`), `weight_stride` floats (32-bit
+    /// words) per packed row.
     weight: DeviceTensor<D>,
     weight_stride: usize,
-    /// The same-resolution kernel and its tile (pixels, channels).
-    same_kernel: Kernel,
-    same_tile: [usize; 2],
-    /// `[O, I, 3, 3]` as given, for the unfused up-sampling twin (kept only when asked for).
+    conv_kernel: ConvKernel,
+    /// `[O, I, 3, 3]` (with the fp16 prescale, if any), for the unfused up-sampling twin (kept only when asked for).
     reference_weight: Option<DeviceTensor<D>>,
     /// `wsq_t[i, o] = sum_k W[o, i, k]^2`, when demodulating.
     wsq_t: Option<DeviceTensor<D>>,
     bias: Option<DeviceTensor<D>>,
-    /// The same-resolution kernels' arithmetic (the up-sampling 3x3 conv is f32 in every mode).
-    precision: Precision,
-    /// The element types of x and y.
+    /// The element types of x (the precision's activation type) and y.
     input: DType,
     output: DType,
     act: i32,
@@ -116,9 +135,9 @@ impl<D: Device> DeviceConvLayer<D> {
         )
     }
 
-    /// [`Self::new`] in the given precision: the same-resolution convolutions (3x3 and 1x1, including the 1x1
-    /// before the skip up-sampling) run on the tensor cores in the tf32, fp16 and bf16 modes; the fused
-    /// up-sampling 3x3 conv stays f32.
+    /// [`Self::new`] in the given precision: in the tf32, fp16 and bf16 modes every convolution (3x3 and 1x1, the
+    /// fused up-sampling 3x3 and the 1x1 before the skip up-sampling) runs on the tensor cores. The unfused
+    /// up-sampling twin ([`ConvPath::Reference`]) stays f32.
     pub fn with_precision(
         dev: &D,
         weight: &Tensor,
@@ -164,48 +183,65 @@ impl<D: Device> DeviceConvLayer<D> {
             );
         }
         let kk = kh * kw;
-        let requested = precision;
-        let tensor_cores = precision.uses_tensor_cores() && !(up == 2 && kh == 3);
-        let precision = if tensor_cores {
-            precision
-        } else {
-            Precision::Fp32
-        };
-        // The kernel reads x in its precision's activation type; the synthesis stores every activation in the
-        // requested one.
+        // Every kernel of a mode reads x in the mode's activation type (16-bit for fp16 and bf16). The f32
+        // kernels store f32, and the skip up-sampling after a 1x1 up-sampling conv reads f32.
         let input = precision.activation_dtype();
-        if input != requested.activation_dtype() {
-            bail!("modulated conv: no {requested} kernel for this layer shape (k {kh}, up {up})");
-        }
-        // The f32 kernels store f32; the skip up-sampling after a 1x1 up-sampling conv reads f32.
         if finish.output != DType::F32 && (precision == Precision::Fp32 || up == 2 && kh == 1) {
             bail!(
                 "modulated conv: this layer stores f32 outputs only, not {:?}",
                 finish.output
             );
         }
-        let (same_kernel, same_tile) = match (kh, precision) {
-            (3, Precision::Fp32) => (Kernel::Modconv3x3, WIDE_TILE),
-            (_, Precision::Fp32) if o <= NARROW_MAX_CHANNELS => {
-                (Kernel::Modconv1x1Narrow, NARROW_TILE)
+        let up2_3x3 = up == 2 && kh == 3;
+        let conv_kernel = if up2_3x3 {
+            let (kernel, channels, threads) = match precision {
+                Precision::Fp32 => (Kernel::ModconvUp23x3, UP2_CH, UP2_THREADS),
+                Precision::Tf32 => (Kernel::ModconvUp23x3Tf32, UP2_TC_CH, UP2_TC_THREADS),
+                Precision::Fp16 => (Kernel::ModconvUp23x3F16, UP2_TC_CH, UP2_TC_THREADS),
+                Precision::Bf16 => (Kernel::ModconvUp23x3Bf16, UP2_TC_CH, UP2_TC_THREADS),
+            };
+            ConvKernel::Up2 {
+                kernel,
+                channels,
+                threads,
             }
-            (_, Precision::Fp32) => (Kernel::Modconv1x1, WIDE_TILE),
-            (3, Precision::Tf32) => (Kernel::Modconv3x3Tf32, TC_TILE),
-            (_, Precision::Tf32) => (Kernel::Modconv1x1Tf32, TC_TILE),
-            (3, Precision::Fp16) => (Kernel::Modconv3x3F16, TC_TILE),
-            (_, Precision::Fp16) => (Kernel::Modconv1x1F16, TC_TILE),
-            (3, Precision::Bf16) => (Kernel::Modconv3x3Bf16, TC_TILE),
-            (_, Precision::Bf16) => (Kernel::Modconv1x1Bf16, TC_TILE),
+        } else {
+            let (kernel, tile) = match (kh, precision) {
+                (3, Precision::Fp32) => (Kernel::Modconv3x3, WIDE_TILE),
+                (_, Precision::Fp32) if o <= NARROW_MAX_CHANNELS => {
+                    (Kernel::Modconv1x1Narrow, NARROW_TILE)
+                }
+                (_, Precision::Fp32) => (Kernel::Modconv1x1, WIDE_TILE),
+                (3, Precision::Tf32) => (Kernel::Modconv3x3Tf32, TC_TILE),
+                (_, Precision::Tf32) => (Kernel::Modconv1x1Tf32, TC_TILE),
+                (3, Precision::Fp16) => (Kernel::Modconv3x3F16, TC_TILE),
+                (_, Precision::Fp16) => (Kernel::Modconv1x1F16, TC_TILE),
+                (3, Precision::Bf16) => (Kernel::Modconv3x3Bf16, TC_TILE),
+                (_, Precision::Bf16) => (Kernel::Modconv1x1Bf16, TC_TILE),
+            };
+            let threads = if precision.uses_tensor_cores() {
+                TC_THREADS
+            } else {
+                SAME_THREADS
+            };
+            ConvKernel::Same {
+                kernel,
+                tile,
+                threads,
+            }
         };
         let scaled = fp16_weight_scale(precision, demodulate, &weight.data)
             .map(|scale| weight.data.iter().map(|v| v * scale).collect::<Vec<_>>());
         let weight_data = scaled.as_deref().unwrap_or(&weight.data);
-        let (packed, weight_stride) = if up == 2 && kh == 3 {
-            pack_up2(weight_data, o, i)
-        } else if tensor_cores {
-            pack_same_words(weight_data, o, i * kk, precision)
-        } else {
-            pack_same(weight_data, o, i * kk, same_tile[1])
+        let (packed, weight_stride) = match conv_kernel {
+            ConvKernel::Up2 { .. } if precision.uses_tensor_cores() => {
+                pack_up2_words(weight_data, o, i, precision)
+            }
+            ConvKernel::Up2 { .. } => pack_up2(weight_data, o, i),
+            ConvKernel::Same { .. } if precision.uses_tensor_cores() => {
+                pack_same_words(weight_data, o, i * kk, precision)
+            }
+            ConvKernel::Same { tile, .. } => pack_same(weight_data, o, i * kk, tile[1]),
         };
         // sum_k W^2 once per layer on the host at upload: O(weights), summed in the CPU backend's order, and no
         // kernel to keep for a value that never changes.
@@ -229,18 +265,17 @@ impl<D: Device> DeviceConvLayer<D> {
             kernel: kh,
             up,
             weight_stride,
-            same_kernel,
-            same_tile,
+            conv_kernel,
             weight: upload(dev, vec![packed.len()], packed)?,
-            reference_weight: (keep_reference && up == 2 && kh == 3)
-                .then(|| DeviceTensor::upload(dev, weight))
+            // The prescaled weight: the demodulation coefficients come from it.
+            reference_weight: (keep_reference && up2_3x3)
+                .then(|| upload(dev, weight.shape.clone(), weight_data.to_vec()))
                 .transpose()?,
             wsq_t,
             bias: finish
                 .bias
                 .map(|b| upload(dev, vec![o], b.to_vec()))
                 .transpose()?,
-            precision,
             input,
             output: finish.output,
             act,
@@ -397,23 +432,34 @@ impl<D: Device> DeviceConvLayer<D> {
         if self.up == 1 {
             self.launch_same(dev, &params, n * h * w)?;
         } else if path == ConvPath::Fast {
+            let ConvKernel::Up2 {
+                kernel,
+                channels,
+                threads,
+            } = self.conv_kernel
+            else {
+                bail!("modulated conv: an up-sampling 3x3 layer without its kernel");
+            };
             let [tile_h, tile_w] = UP2_OUT_TILE;
             let (tiles_y, tiles_x) = (oh.div_ceil(tile_h), ow.div_ceil(tile_w));
             params.tiles_x = tiles_x as i32;
             let dims = LaunchDims {
                 grid: [
                     grid_size(tiles_y * tiles_x, GRID_X_MAX)?,
-                    grid_size(o.div_ceil(UP2_CH), GRID_YZ_MAX)?,
+                    grid_size(o.div_ceil(channels), GRID_YZ_MAX)?,
                     grid_size(n, GRID_YZ_MAX)?,
                 ],
-                block: [UP2_THREADS, 1, 1],
+                block: [threads, 1, 1],
                 shared_bytes: 0,
             };
-            dev.launch(Kernel::ModconvUp23x3, dims, &params)?;
+            dev.launch(kernel, dims, &params)?;
         } else {
             let Some(natural) = &self.reference_weight else {
                 bail!("modulated conv: the layer was uploaded without its reference weight");
             };
+            if self.input != DType::F32 || self.output != DType::F32 {
+                bail!("modulated conv: the unfused up-sampling twin reads and writes f32 activations only");
+            }
             let t = DeviceTensor::alloc(dev, &[n, o, 2 * h + 1, 2 * w + 1])?;
             let tparams = ModconvParams {
                 y: t.ptr(),
@@ -439,11 +485,13 @@ impl<D: Device> DeviceConvLayer<D> {
     }
 
     fn launch_same(&self, dev: &D, params: &ModconvParams, pixels: usize) -> Result<()> {
-        let [bm, bn] = self.same_tile;
-        let threads = if self.precision.uses_tensor_cores() {
-            TC_THREADS
-        } else {
-            SAME_THREADS
+        let ConvKernel::Same {
+            kernel,
+            tile: [bm, bn],
+            threads,
+        } = self.conv_kernel
+        else {
+            bail!("modulated conv: a same-resolution launch on an up-sampling 3x3 layer");
         };
         let dims = LaunchDims {
             grid: [
@@ -454,7 +502,7 @@ impl<D: Device> DeviceConvLayer<D> {
             block: [threads, 1, 1],
             shared_bytes: 0,
         };
-        dev.launch(self.same_kernel, dims, params)
+        dev.launch(kernel, dims, params)
     }
 }
 
@@ -553,33 +601,74 @@ fn pack_up2(w: &[f32], o: usize, i: usize) -> (Vec<f32>, usize) {
     (packed, stride)
 }
 
-/// The tensor-core packing of `kernels/modconv_tc.cu`: 32-bit words `[K words rounded up to 16][O rounded up to
-/// 64]`, word `(kw, o)` holding `W[o, kw]` as tf32, or the pair `W[o, 2 kw]` (low half), `W[o, 2 kw + 1]` as
-/// f16/bf16 (round to nearest even, as `cvt`; tf32 rounds to nearest, ties away, as `cvt.rna`), zeros past the
-/// ends. Stored as the f32 with those bits.
+/// Elements per 32-bit word of the tensor-core packings: 1 (tf32) or 2 (an f16/bf16 pair).
+fn per_word(precision: Precision) -> usize {
+    if precision == Precision::Tf32 {
+        1
+    } else {
+        2
+    }
+}
+
+/// One tensor-core word, stored as the f32 with its bits: `lo` as tf32 (round to nearest, ties away, as
+/// `cvt.rna`), or `lo` (low half) and `hi` as f16/bf16 (round to nearest even, as `cvt`).
+fn word(precision: Precision, lo: f32, hi: f32) -> f32 {
+    let bits = match precision {
+        Precision::Fp32 => lo.to_bits(),
+        Precision::Tf32 => tf32_rna_bits(lo),
+        Precision::Fp16 => {
+            u32::from(half::f16::from_f32(lo).to_bits())
+                | (u32::from(half::f16::from_f32(hi).to_bits()) << 16)
+        }
+        Precision::Bf16 => {
+            u32::from(half::bf16::from_f32(lo).to_bits())
+                | (u32::from(half::bf16::from_f32(hi).to_bits()) << 16)
+        }
+    };
+    f32::from_bits(bits)
+}
+
+/// The tensor-core packing of `kernels/modconv_tc.cu`'s same-resolution kernels: 32-bit words `[K words rounded
+/// up to 16][O rounded up to 64]`, word `(kw, o)` holding `W[o, kw]` (tf32) or the pair `W[o, 2 kw]`,
+/// `W[o, 2 kw + 1]` (f16/bf16), zeros past the ends.
 fn pack_same_words(w: &[f32], o: usize, k: usize, precision: Precision) -> (Vec<f32>, usize) {
-    let per_word = if precision == Precision::Tf32 { 1 } else { 2 };
+    let per_word = per_word(precision);
     let rows = k.div_ceil(per_word).next_multiple_of(TC_STAGE_WORDS);
     let cols = o.next_multiple_of(TC_TILE[1]);
     let mut packed = vec![0.0f32; rows * cols];
     for oc in 0..o {
         let taps = &w[oc * k..(oc + 1) * k];
         for (kw, pair) in taps.chunks(per_word).enumerate() {
-            let lo = pair[0];
-            let hi = pair.get(1).copied().unwrap_or(0.0);
-            let bits = match precision {
-                Precision::Fp32 => lo.to_bits(),
-                Precision::Tf32 => tf32_rna_bits(lo),
-                Precision::Fp16 => {
-                    u32::from(half::f16::from_f32(lo).to_bits())
-                        | (u32::from(half::f16::from_f32(hi).to_bits()) << 16)
-                }
-                Precision::Bf16 => {
-                    u32::from(half::bf16::from_f32(lo).to_bits())
-                        | (u32::from(half::bf16::from_f32(hi).to_bits()) << 16)
+            packed[kw * cols + oc] = word(precision, pair[0], pair.get(1).copied().unwrap_or(0.0));
+        }
+    }
+    (packed, cols)
+}
+
+/// The packing of `kernels/modconv_tc.cu`'s up-sampling kernels: 32-bit words `[I words rounded up to 8][O rounded
+/// up to 16, times 9]`. Each block of 16 output channels owns 144 consecutive columns ordered (half, tap, c) for
+/// `o = 16 block + 8 half + c`, so a warp's 8 channels are tap-major; word `(iw, column)` holds `W[o, iw, tap]`
+/// (tf32) or the pair `W[o, 2 iw, tap]`, `W[o, 2 iw + 1, tap]` (f16/bf16), zeros past the ends.
+fn pack_up2_words(w: &[f32], o: usize, i: usize, precision: Precision) -> (Vec<f32>, usize) {
+    let per_word = per_word(precision);
+    let rows = i.div_ceil(per_word).next_multiple_of(UP2_TC_STAGE_WORDS);
+    let cols = o.next_multiple_of(UP2_TC_CH) * 9;
+    let mut packed = vec![0.0f32; rows * cols];
+    for oc in 0..o {
+        let (block, half, c) = (oc / UP2_TC_CH, oc % UP2_TC_CH / 8, oc % 8);
+        for tap in 0..9 {
+            let col = ((block * 2 + half) * 9 + tap) * 8 + c;
+            let at = |ic: usize| {
+                if ic < i {
+                    w[(oc * i + ic) * 9 + tap]
+                } else {
+                    0.0
                 }
             };
-            packed[kw * cols + oc] = f32::from_bits(bits);
+            for iw in 0..i.div_ceil(per_word) {
+                let ic = iw * per_word;
+                packed[iw * cols + col] = word(precision, at(ic), at(ic + 1));
+            }
         }
     }
     (packed, cols)
