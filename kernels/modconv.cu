@@ -57,7 +57,6 @@ using NarrowTile = SameTile<256, 16, 8>;
 
 // One K-slice of the block's product: acc[i][j] += sum_k As[k][pixel i] * Bs[k][channel j] for this thread's
 // pixels (tx * 4 + {0..3}, BM / 2 + tx * 4 + {0..3}) and channels (ty * 4 + {0..3}, BN / 2 + ty * 4 + {0..3}).
-// A tensor-core variant replaces this function; the tiles and the loop around it stay.
 template <class Tile>
 __device__ __forceinline__ void same_slice_product_fp32(const float* As, const float* Bs, int tx, int ty,
                                                          float (&acc)[Tile::TM][Tile::TN]) {
