@@ -9,7 +9,7 @@
 #           unpacks to /tmp and writes two files into $OUT (default ./gpu-out; the device tool returns at most 8):
 #           log.txt, every step's output under a header with its exit status and time, and results.jsonl, one line
 #           {"step": ..., "result": ...} per JSON-printing step (doctor, selftest per precision, bench per config and
-#           precision).
+#           precision). The fit timings (cpu and cuda) are in log.txt.
 #
 # Each step has its own time limit so one hang cannot eat the call; the whole run takes a few minutes on an H100.
 set -uo pipefail
@@ -82,6 +82,12 @@ run() {
     for p in fp32 fp16; do
         step "bench-ffhq256-$p" 120 "$mm" bench --device cuda --config ffhq256 --batch 512 --precision "$p" \
             --iters 3 --json
+    done
+    # The micromotion fit (golden case E's 11 x 18 x 512 anchors) on the GPU beside the CPU of the same machine; each
+    # prints its time.
+    for d in cpu cuda; do
+        step "fit-$d" 120 "$mm" fit --anchors "$root/golden/micromotion_rpca/rpca.safetensors:anchors" --device "$d" \
+            -o "/tmp/fit-$d.safetensors"
     done
     # Out-of-bounds and misaligned accesses in every kernel the golden cases reach.
     if command -v compute-sanitizer >/dev/null; then
