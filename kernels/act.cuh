@@ -58,18 +58,22 @@ struct ActBf16 {
 // Stores of an output activation, one type per struct (rounding to nearest even). The output type is a run-time
 // choice (one kernel serves layers whose output stays f32, ToRGB, and those whose output is the next layer's 16-bit
 // input): with_output_type branches once and runs the whole epilogue with the store fixed.
+// rounded(v): the value a store of v leaves in memory.
 struct StoreF32 {
   __device__ void operator()(void* y, long long i, float v) const { static_cast<float*>(y)[i] = v; }
+  __device__ static float rounded(float v) { return v; }
 };
 struct StoreF16 {
   __device__ void operator()(void* y, long long i, float v) const {
     static_cast<unsigned short*>(y)[i] = float_to_f16_bits(v);
   }
+  __device__ static float rounded(float v) { return f16_bits_to_float(float_to_f16_bits(v)); }
 };
 struct StoreBf16 {
   __device__ void operator()(void* y, long long i, float v) const {
     static_cast<unsigned short*>(y)[i] = float_to_bf16_bits(v);
   }
+  __device__ static float rounded(float v) { return bf16_bits_to_float(float_to_bf16_bits(v)); }
 };
 
 // Calls f(store) with the store for `dtype` (a DType of params.h).

@@ -60,7 +60,12 @@ struct Bf16 {
   }
 };
 
-template <int KS, class Mode>
+// The fused ToRGB's cap on its output channels (conv.rs rejects more): its partial sums live in registers.
+constexpr int kMaxRgb = 4;
+
+// RGB: the kernel also computes the ToRGB after this layer (ModconvParams::rgb; 3x3 with out_channels <= kBlockN,
+// so one block holds all of a pixel's channels), from y as stored (the value the unfused ToRGB would read).
+template <int KS, class Mode, bool RGB = false>
 __device__ void same_impl(const ModconvParams& p) {
   constexpr int TAPS = KS * KS, PAD = KS / 2;
   constexpr int kPerWord = Mode::kPerWord;
@@ -173,6 +178,7 @@ __device__ void same_impl(const ModconvParams& p) {
 
   // Epilogue in modconv.cu's order. This thread's rows (pixels): warp_m + mi * 16 + group + 8 * h; its columns
   // (channels): warp_n + ni * 8 + 2 * tig + e. Lanes with one tig store 8 consecutive pixels of a channel.
+  float rgb[2][2][kMaxRgb] = {};  // RGB: this thread's ToRGB partial sums per row [mi][h] and rgb channel
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
@@ -193,10 +199,52 @@ __device__ void same_impl(const ModconvParams& p) {
             if (p.dcoefs) v *= p.dcoefs[b * p.out_channels + o];
             if (p.noise) v += nz;
             if (p.bias) v += p.bias[o];
-            store(p.y, yb + (long long)o * hw, activate(v, p.act, p.alpha, p.gain, p.clamp));
+            v = activate(v, p.act, p.alpha, p.gain, p.clamp);
+            if constexpr (RGB) {
+              v = store.rounded(v);
+              const float a = v * p.rgb_styles[b * p.out_channels + o];
+#pragma unroll
+              for (int c = 0; c < kMaxRgb; ++c)
+                if (c < p.rgb_channels) rgb[mi][h][c] += a * p.rgb_weight[c * p.out_channels + o];
+            }
+            store(p.y, yb + (long long)o * hw, v);
           }
       }
   });
+  if constexpr (RGB) {
+    // Sum a row's partials over the 4 lanes that share it (one tig each), then over the two warps along N through
+    // shared memory. The tiles are free: the main loop's last barrier follows its last read of them.
+    float* const partial = reinterpret_cast<float*>(a_tile);  // [kBlockM rows][kMaxRgb], from the warp_n 32 warps
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int c = 0; c < kMaxRgb; ++c) {
+          float& r = rgb[mi][h][c];
+          r += __shfl_xor_sync(0xffffffffu, r, 1);
+          r += __shfl_xor_sync(0xffffffffu, r, 2);
+          if (warp_n != 0 && tig == 0) partial[(warp_m + mi * 16 + group + 8 * h) * kMaxRgb + c] = r;
+        }
+    __syncthreads();
+    if (warp_n == 0 && tig == 0) {
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = warp_m + mi * 16 + group + 8 * h;
+          const long long m = m0 + row;
+          if (m >= m_total) continue;
+          const int b = int(m / hw), pix = int(m - (long long)b * hw);
+#pragma unroll
+          for (int c = 0; c < kMaxRgb; ++c)
+            if (c < p.rgb_channels)
+              p.rgb[((long long)b * p.rgb_channels + c) * hw + pix] =
+                  activate(rgb[mi][h][c] + partial[row * kMaxRgb + c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f,
+                           p.rgb_clamp);
+        }
+    }
+  }
 }
 
 }  // namespace modconv_tc
@@ -409,6 +457,10 @@ __device__ void up2_impl(const ModconvParams& p) {
 KERNEL_BOUNDED(modconv_3x3_tf32, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Tf32>(p); }
 KERNEL_BOUNDED(modconv_3x3_f16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::F16>(p); }
 KERNEL_BOUNDED(modconv_3x3_bf16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Bf16>(p); }
+// The same 3x3 kernels with the ToRGB after them fused (ModconvParams::rgb); grid (ceil(batch * pixels / 64), 1).
+KERNEL_BOUNDED(modconv_3x3_torgb_tf32, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Tf32, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_f16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::F16, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_bf16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Bf16, true>(p); }
 KERNEL_BOUNDED(modconv_1x1_tf32, ModconvParams, 128) { modconv_tc::same_impl<1, modconv_tc::Tf32>(p); }
 KERNEL_BOUNDED(modconv_1x1_f16, ModconvParams, 128) { modconv_tc::same_impl<1, modconv_tc::F16>(p); }
 KERNEL_BOUNDED(modconv_1x1_bf16, ModconvParams, 128) { modconv_tc::same_impl<1, modconv_tc::Bf16>(p); }

@@ -145,6 +145,9 @@ struct ModconvDemodParams {
 // be null; noise is [height', width'] per sample, noise_sample_stride apart (0: one plane shared by the batch).
 // tiles_x: output tiles per tile row (up-sampling kernel). clamp < 0: none. y_dtype: a DType (the f32 kernels of
 // modconv.cu take DTYPE_F32 only).
+// The fused ToRGB (modconv_3x3_torgb_*; the other kernels ignore these): rgb [batch, rgb_channels, height, width]
+// f32 = clamp(sum_o y[b, o] * rgb_styles[b, o] * rgb_weight[c, o] + rgb_bias[c]) (rgb_clamp < 0: none), from y
+// as stored; rgb_weight [rgb_channels, out_channels] with its weight gain, rgb_styles [batch, out_channels].
 struct ModconvParams {
   void* y;
   const void* x;
@@ -153,6 +156,10 @@ struct ModconvParams {
   const float* dcoefs;
   const float* noise;
   const float* bias;
+  float* rgb;
+  const float* rgb_weight;
+  const float* rgb_styles;
+  const float* rgb_bias;
   int noise_sample_stride;
   int batch;
   int in_channels;
@@ -167,6 +174,8 @@ struct ModconvParams {
   float clamp;
   float noise_strength;
   int y_dtype;
+  int rgb_channels;
+  float rgb_clamp;
 };
 
 // The skip image's up-sampling: y = upfirdn2d(x, [1,3,3,1], up=2, pad [2,1,2,1], gain 4) + addend, x

@@ -1165,8 +1165,10 @@ mod tensor_core_conv {
     use mmengine::cuda::device::{DType, DeviceTensor};
     use mmengine::cuda::emu::EmuDevice;
     use mmengine::cuda::gemm::Precision;
+    use mmengine::cuda::kernels::Kernel;
     use mmengine::cuda::synthesis::DeviceSynthesis;
     use mmengine::io::safetensors::SafeTensors;
+    use mmengine::model::LayerKind;
     use mmengine::selftest;
 
     use mmengine::Tensor;
@@ -1587,16 +1589,286 @@ mod tensor_core_conv {
         );
     }
 
+    /// A block's conv1 (3x3, demodulated, lrelu, noise, bias, clamp 256, output in the mode's activation type) and
+    /// the ToRGB after it (1x1 to 3 channels, linear, gain 1, f32 output), as the synthesis builds them.
+    struct Pair {
+        n: usize,
+        i: usize,
+        o: usize,
+        h: usize,
+        w: usize,
+        rgb_clamp: Option<f32>,
+    }
+
+    /// The fused pair (forward_with_torgb) against the unfused one in every tensor-core mode. y must be bit for bit
+    /// the unfused conv's. rgb[b, c, pix] = clamp(sum_o a_o w_co + bias_c), a_o = y_o s_o, in both from the same
+    /// stored y: the unfused ToRGB rounds a_o and w_co to the mode's type (u relative, or eta absolute below f16's
+    /// normal range) and sums the K = O products in f32; the fused one multiplies and sums in f32 (K + 1
+    /// roundings of at most 2^-24 S). With S = sum_o |a_o w_co| and A + W = sum_o |a_o| + |w_co|, that is
+    /// check_layer's conv bound with gain 1 and no demodulation or noise:
+    ///   (2u + u^2 + 2 K 2^-23 (1 + u)^2) S + 2 eta (A + W) + 2^-20 (S + |bias_c|)
+    /// (the last term: each kernel's f32 rounding of the bias addition); the clamp is 1-Lipschitz.
+    fn check_fused_torgb(l: &Pair, seed: u64) {
+        let dev = EmuDevice::new();
+        let mut rng = Rng(seed);
+        let scaled = |t: Tensor, s: f32| {
+            Tensor::new(t.shape.clone(), t.data.iter().map(|v| v * s).collect()).unwrap()
+        };
+        let x = scaled(rng.tensor(vec![l.n, l.i, l.h, l.w]), 256.0);
+        let styles = scaled(rng.tensor(vec![l.n, l.i]), 10.0);
+        let weight = scaled(
+            rng.tensor(vec![l.o, l.i, 3, 3]),
+            1.0 / ((9 * l.i) as f32).sqrt(),
+        );
+        let bias = rng.tensor(vec![l.o]).data;
+        let noise = DeviceTensor::upload(&dev, &rng.tensor(vec![l.h, l.w])).unwrap();
+        let rgb_styles = scaled(rng.tensor(vec![l.n, l.o]), 10.0);
+        let rgb_weight = scaled(rng.tensor(vec![3, l.o, 1, 1]), 1.0 / (l.o as f32).sqrt());
+        let rgb_bias = rng.tensor(vec![3]).data;
+        let sd = DeviceTensor::upload(&dev, &styles).unwrap();
+        let rgb_sd = DeviceTensor::upload(&dev, &rgb_styles).unwrap();
+        let hw = l.h * l.w;
+        let mut clamp_hits = 0;
+        for precision in TENSOR_CORE_MODES {
+            let activations = precision.activation_dtype();
+            let conv = DeviceConvLayer::with_precision(
+                &dev,
+                &weight,
+                true,
+                1,
+                &Finish {
+                    bias: Some(&bias),
+                    act: Act::LRELU,
+                    gain: Act::LRELU.default_gain(),
+                    clamp: Some(256.0),
+                    output: activations,
+                },
+                false,
+                precision,
+            )
+            .unwrap();
+            let torgb = DeviceConvLayer::with_precision(
+                &dev,
+                &rgb_weight,
+                false,
+                1,
+                &Finish {
+                    bias: Some(&rgb_bias),
+                    act: Act::Linear,
+                    gain: 1.0,
+                    clamp: l.rgb_clamp,
+                    output: DType::F32,
+                },
+                false,
+                precision,
+            )
+            .unwrap();
+            assert!(conv.can_fuse_torgb(&torgb), "{precision}: not fusable");
+            let xd = DeviceTensor::upload_as(&dev, &x, activations).unwrap();
+            let dcoefs = conv.demod(&dev, &sd).unwrap();
+            let layer_noise = || {
+                Some(DeviceNoise::Shared {
+                    plane: &noise,
+                    strength: 0.7,
+                })
+            };
+            let y_ref = conv
+                .forward(
+                    &dev,
+                    &xd,
+                    &sd,
+                    dcoefs.as_ref(),
+                    layer_noise(),
+                    ConvPath::Fast,
+                )
+                .unwrap();
+            let rgb_ref = torgb
+                .forward(&dev, &y_ref, &rgb_sd, None, None, ConvPath::Fast)
+                .unwrap()
+                .download(&dev)
+                .unwrap();
+            let (y, rgb) = conv
+                .forward_with_torgb(
+                    &dev,
+                    &xd,
+                    &sd,
+                    dcoefs.as_ref(),
+                    layer_noise(),
+                    &torgb,
+                    &rgb_sd,
+                )
+                .unwrap();
+            let (y, y_ref) = (y.download(&dev).unwrap(), y_ref.download(&dev).unwrap());
+            assert_eq!(y.shape, y_ref.shape);
+            for (e, (a, b)) in y.data.iter().zip(&y_ref.data).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{precision}: y element {e}: fused {a}, unfused {b}"
+                );
+            }
+            let rgb = rgb.download(&dev).unwrap();
+            assert_eq!(rgb.shape, rgb_ref.shape);
+            let (u, eta) = input_rounding(precision);
+            let k = l.o as f64;
+            let relative = 2.0 * u + u * u + 2.0 * k * F32_ROUNDING * (1.0 + u) * (1.0 + u);
+            let mut worst = 0f64;
+            for (e, (&got, &want)) in rgb.data.iter().zip(&rgb_ref.data).enumerate() {
+                let (b, c, pix) = (e / (3 * hw), e / hw % 3, e % hw);
+                let (mut s_sum, mut aw_sum) = (0f64, 0f64);
+                for o in 0..l.o {
+                    let a = (y.data[(b * l.o + o) * hw + pix] * rgb_styles.data[b * l.o + o]).abs();
+                    let w = rgb_weight.data[c * l.o + o].abs();
+                    s_sum += a as f64 * w as f64;
+                    aw_sum += a as f64 + w as f64;
+                }
+                let bound = relative * s_sum
+                    + 2.0 * eta * aw_sum
+                    + 2f64.powi(-20) * (s_sum + rgb_bias[c].abs() as f64);
+                let err = (got as f64 - want as f64).abs();
+                assert!(
+                    err <= bound,
+                    "{precision}: rgb element {e}: fused {got}, unfused {want} (error {err:e}, bound {bound:e})"
+                );
+                if let Some(clamp) = l.rgb_clamp {
+                    assert!(
+                        got.abs() <= clamp,
+                        "{precision}: rgb element {e} = {got} beyond the clamp"
+                    );
+                }
+                worst = worst.max(err / bound);
+            }
+            clamp_hits += l
+                .rgb_clamp
+                .map_or(0, |c| rgb.data.iter().filter(|v| v.abs() == c).count());
+            let max_err = assert_close(
+                precision.name(),
+                &rgb.data,
+                &rgb_ref.data,
+                f32::INFINITY,
+                0.0,
+            );
+            println!(
+                "fused torgb {precision} n{} i{} o{} {}x{}: y identical, rgb max abs error vs unfused {max_err:.3e}, \
+                 worst error / bound {worst:.3}",
+                l.n, l.i, l.o, l.h, l.w
+            );
+        }
+        if l.rgb_clamp.is_some() {
+            assert!(clamp_hits > 0, "the test's rgb clamp should bite");
+        }
+    }
+
+    #[test]
+    fn fused_torgb_matches_the_unfused_pair() {
+        // 3 x 35 = 105 pixels: a full and a partial pixel tile; 20 channels (not a multiple of 8, the second warp
+        // column empty); clamped.
+        check_fused_torgb(
+            &Pair {
+                n: 3,
+                i: 20,
+                o: 20,
+                h: 5,
+                w: 7,
+                rgb_clamp: Some(2.0),
+            },
+            0x7c11,
+        );
+        // 2 x 81 = 162 pixels (three tiles, the last partial), 37 channels across both warp columns, no clamp.
+        check_fused_torgb(
+            &Pair {
+                n: 2,
+                i: 9,
+                o: 37,
+                h: 9,
+                w: 9,
+                rgb_clamp: None,
+            },
+            0x7c12,
+        );
+    }
+
+    /// The fusion is for the tensor-core modes, a conv with at most 64 outputs (one block column), and a ToRGB of
+    /// at most 4 channels that reads that conv's outputs.
+    #[test]
+    fn fused_torgb_only_where_it_applies() {
+        let dev = EmuDevice::new();
+        let mut rng = Rng(0x7c13);
+        let mut layer = |precision: Precision, o: usize, i: usize, k: usize, rgb: bool| {
+            let finish = Finish {
+                bias: None,
+                act: if rgb { Act::Linear } else { Act::LRELU },
+                gain: if rgb { 1.0 } else { Act::LRELU.default_gain() },
+                clamp: None,
+                output: if rgb {
+                    DType::F32
+                } else {
+                    precision.activation_dtype()
+                },
+            };
+            let w = rng.tensor(vec![o, i, k, k]);
+            DeviceConvLayer::with_precision(&dev, &w, !rgb, 1, &finish, false, precision).unwrap()
+        };
+        for precision in TENSOR_CORE_MODES {
+            assert!(
+                layer(precision, 64, 8, 3, false).can_fuse_torgb(&layer(precision, 3, 64, 1, true))
+            );
+            assert!(!layer(precision, 65, 8, 3, false)
+                .can_fuse_torgb(&layer(precision, 3, 65, 1, true)));
+            assert!(!layer(precision, 32, 8, 3, false)
+                .can_fuse_torgb(&layer(precision, 5, 32, 1, true)));
+            assert!(!layer(precision, 32, 8, 3, false)
+                .can_fuse_torgb(&layer(precision, 3, 16, 1, true)));
+            assert!(!layer(precision, 32, 8, 1, false)
+                .can_fuse_torgb(&layer(precision, 3, 32, 1, true)));
+        }
+        let conv = layer(Precision::Fp32, 32, 8, 3, false);
+        let torgb = layer(Precision::Fp32, 3, 32, 1, true);
+        assert!(!conv.can_fuse_torgb(&torgb));
+        let x = DeviceTensor::upload(&dev, &rng.tensor(vec![1, 8, 4, 4])).unwrap();
+        let styles = DeviceTensor::upload(&dev, &rng.tensor(vec![1, 8])).unwrap();
+        let rgb_styles = DeviceTensor::upload(&dev, &rng.tensor(vec![1, 32])).unwrap();
+        let dcoefs = conv.demod(&dev, &styles).unwrap();
+        assert!(conv
+            .forward_with_torgb(
+                &dev,
+                &x,
+                &styles,
+                dcoefs.as_ref(),
+                None,
+                &torgb,
+                &rgb_styles
+            )
+            .is_err());
+    }
+
+    /// The fused conv1 + ToRGB kernel of `precision`.
+    fn fused_kernel(precision: Precision) -> Kernel {
+        match precision {
+            Precision::Tf32 => Kernel::Modconv3x3TorgbTf32,
+            Precision::Fp16 => Kernel::Modconv3x3TorgbF16,
+            Precision::Bf16 => Kernel::Modconv3x3TorgbBf16,
+            Precision::Fp32 => unreachable!("fp32 runs no fused ToRGB"),
+        }
+    }
+
     /// Renders `case`'s `img_const` in `precision`; returns the image, the golden one and every traced tensor.
     fn render(case: &str, precision: Precision) -> (Tensor, Tensor, BTreeMap<String, Tensor>) {
+        render_on(&EmuDevice::new(), case, precision)
+    }
+
+    fn render_on(
+        dev: &EmuDevice,
+        case: &str,
+        precision: Precision,
+    ) -> (Tensor, Tensor, BTreeMap<String, Tensor>) {
         let net = nvlabs_network(case);
-        let dev = EmuDevice::new();
-        let synth = DeviceSynthesis::with_precision(&dev, &net, ConvPath::Fast, precision).unwrap();
+        let synth = DeviceSynthesis::with_precision(dev, &net, ConvPath::Fast, precision).unwrap();
         let cases = SafeTensors::open(golden(case, "cases.safetensors")).unwrap();
         let mut seen = BTreeMap::new();
         let img = synth
             .synthesize_traced(
-                &dev,
+                dev,
                 &net,
                 &cases.tensor("ws").unwrap(),
                 NoiseMode::Const,
@@ -1608,10 +1880,53 @@ mod tensor_core_conv {
         (img, cases.tensor("img_const").unwrap(), seen)
     }
 
+    /// Also: the blocks whose conv1 has at most 64 channels (b16 and b32 here; b4 and b8 have 128) compute their
+    /// ToRGB in conv1's epilogue, the others run it on its own, and the trace names the same tensors as the
+    /// unfused fp32 synthesis.
     #[test]
     fn nvlabs_tiny_case_a_in_every_mode() {
+        let net = nvlabs_network("nvlabs_tiny");
+        let fusable = net
+            .layers
+            .windows(2)
+            .filter(|p| {
+                p[0].kind == LayerKind::Conv
+                    && p[1].kind == LayerKind::ToRgb
+                    && p[0].weight.shape[0] <= 64
+            })
+            .count();
+        let torgbs = net
+            .layers
+            .iter()
+            .filter(|l| l.kind == LayerKind::ToRgb)
+            .count();
+        assert!(
+            fusable > 0 && fusable < torgbs,
+            "the case should cover both paths"
+        );
+        let (_, _, unfused) = render("nvlabs_tiny", Precision::Fp32);
         for precision in TENSOR_CORE_MODES {
-            let (img, golden_img, _) = render("nvlabs_tiny", precision);
+            let dev = EmuDevice::new();
+            let (img, golden_img, seen) = render_on(&dev, "nvlabs_tiny", precision);
+            assert_eq!(
+                dev.launches(fused_kernel(precision)),
+                fusable,
+                "{precision}: fused launches"
+            );
+            let plain_1x1 = match precision {
+                Precision::Tf32 => Kernel::Modconv1x1Tf32,
+                Precision::Fp16 => Kernel::Modconv1x1F16,
+                _ => Kernel::Modconv1x1Bf16,
+            };
+            assert_eq!(
+                dev.launches(plain_1x1),
+                torgbs - fusable,
+                "{precision}: unfused ToRGB launches"
+            );
+            assert!(
+                seen.keys().eq(unfused.keys()),
+                "{precision}: the trace names other tensors"
+            );
             let tol = selftest::image_tolerance(precision, &golden_img);
             let err = assert_close(precision.name(), &img.data, &golden_img.data, tol, 0.0);
             println!(

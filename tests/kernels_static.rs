@@ -11,10 +11,13 @@ fn is_tensor_core_kernel(name: &str) -> bool {
 
 /// The tensor-core convolutions the engine selects (`cuda::conv`); each must be in the table, so a renamed kernel
 /// cannot drop out of the checks below unnoticed.
-const TENSOR_CORE_CONVS: [&str; 9] = [
+const TENSOR_CORE_CONVS: [&str; 12] = [
     "modconv_3x3_tf32",
     "modconv_3x3_f16",
     "modconv_3x3_bf16",
+    "modconv_3x3_torgb_tf32",
+    "modconv_3x3_torgb_f16",
+    "modconv_3x3_torgb_bf16",
     "modconv_1x1_tf32",
     "modconv_1x1_f16",
     "modconv_1x1_bf16",

@@ -36,6 +36,8 @@ const UP2_THREADS: u32 = 128;
 const TC_TILE: [usize; 2] = [64, 64];
 const TC_STAGE_WORDS: usize = 16;
 const TC_THREADS: u32 = 128;
+/// The most output channels of a ToRGB fused into the 3x3 conv before it (`kMaxRgb` of `kernels/modconv_tc.cu`).
+const FUSED_RGB_MAX_CHANNELS: usize = 4;
 /// The tensor-core up-sampling kernels (same file; the output tile is the f32 kernel's): channels per block, K
 /// words per stage, threads.
 const UP2_TC_CH: usize = 16;
@@ -71,9 +73,11 @@ pub struct Finish<'a> {
 /// The kernel a layer launches, with its block shape.
 #[derive(Clone, Copy, Debug)]
 enum ConvKernel {
-    /// A same-resolution conv (also the 1x1 before the skip up-sampling): pixels x channels per block.
+    /// A same-resolution conv (also the 1x1 before the skip up-sampling): pixels x channels per block. `torgb`:
+    /// the same kernel with a ToRGB fused into its epilogue (tensor-core 3x3 layers).
     Same {
         kernel: Kernel,
+        torgb: Option<Kernel>,
         tile: [usize; 2],
         threads: u32,
     },
@@ -98,6 +102,9 @@ pub struct DeviceConvLayer<D: Device> {
     conv_kernel: ConvKernel,
     /// `[O, I, 3, 3]` (with the fp16 prescale, if any), for the unfused up-sampling twin (kept only when asked for).
     reference_weight: Option<DeviceTensor<D>>,
+    /// `[O, I]`, for a ToRGB that the 3x3 conv before it can compute in its epilogue (tensor-core modes, 1x1, at
+    /// most `FUSED_RGB_MAX_CHANNELS` outputs, no demodulation, linear, gain 1, f32 output).
+    rgb_weight: Option<DeviceTensor<D>>,
     /// `wsq_t[i, o] = sum_k W[o, i, k]^2`, when demodulating.
     wsq_t: Option<DeviceTensor<D>>,
     bias: Option<DeviceTensor<D>>,
@@ -219,6 +226,14 @@ impl<D: Device> DeviceConvLayer<D> {
                 (3, Precision::Bf16) => (Kernel::Modconv3x3Bf16, TC_TILE),
                 (_, Precision::Bf16) => (Kernel::Modconv1x1Bf16, TC_TILE),
             };
+            // One block column must hold all of a pixel's channels for the fused ToRGB's sums.
+            let torgb = match (kh, precision) {
+                (3, Precision::Tf32) => Some(Kernel::Modconv3x3TorgbTf32),
+                (3, Precision::Fp16) => Some(Kernel::Modconv3x3TorgbF16),
+                (3, Precision::Bf16) => Some(Kernel::Modconv3x3TorgbBf16),
+                _ => None,
+            }
+            .filter(|_| o <= TC_TILE[1]);
             let threads = if precision.uses_tensor_cores() {
                 TC_THREADS
             } else {
@@ -226,10 +241,19 @@ impl<D: Device> DeviceConvLayer<D> {
             };
             ConvKernel::Same {
                 kernel,
+                torgb,
                 tile,
                 threads,
             }
         };
+        let fusable_torgb = precision.uses_tensor_cores()
+            && kh == 1
+            && up == 1
+            && o <= FUSED_RGB_MAX_CHANNELS
+            && !demodulate
+            && finish.act == Act::Linear
+            && finish.gain == 1.0
+            && finish.output == DType::F32;
         let scaled = fp16_weight_scale(precision, demodulate, &weight.data)
             .map(|scale| weight.data.iter().map(|v| v * scale).collect::<Vec<_>>());
         let weight_data = scaled.as_deref().unwrap_or(&weight.data);
@@ -270,6 +294,9 @@ impl<D: Device> DeviceConvLayer<D> {
             // The prescaled weight: the demodulation coefficients come from it.
             reference_weight: (keep_reference && up2_3x3)
                 .then(|| upload(dev, weight.shape.clone(), weight_data.to_vec()))
+                .transpose()?,
+            rgb_weight: fusable_torgb
+                .then(|| upload(dev, vec![o, i], weight.data.clone()))
                 .transpose()?,
             wsq_t,
             bias: finish
@@ -334,90 +361,17 @@ impl<D: Device> DeviceConvLayer<D> {
         noise: Option<DeviceNoise<D>>,
         path: ConvPath,
     ) -> Result<DeviceTensor<D>> {
-        let [n, i, h, w] = match x.shape[..] {
-            [n, i, h, w] => [n, i, h, w],
-            _ => bail!("modulated conv: x must be [N, C, H, W], got {:?}", x.shape),
-        };
-        if x.dtype() != self.input {
-            bail!(
-                "modulated conv: x holds {:?} elements, this layer reads {:?}",
-                x.dtype(),
-                self.input
-            );
-        }
-        if i != self.in_channels || n == 0 || h == 0 || w == 0 {
-            bail!(
-                "modulated conv: x {:?} does not fit a layer with {} input channels",
-                x.shape,
-                self.in_channels
-            );
-        }
-        if styles.shape != [n, i] {
-            bail!(
-                "modulated conv: styles {:?} should be [{n}, {i}]",
-                styles.shape
-            );
-        }
-        let dcoefs_ok = match (dcoefs, &self.wsq_t) {
-            (Some(d), Some(_)) => d.shape == [n, self.out_channels],
-            (None, None) => true,
-            _ => false,
-        };
-        if !dcoefs_ok {
-            bail!("modulated conv: demodulation coefficients missing, unexpected or of the wrong shape");
-        }
+        let mut params = self.params(x, styles, dcoefs, noise.as_ref())?;
+        let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
         let (oh, ow) = (h * self.up, w * self.up);
-        let (noise_ptr, noise_sample_stride, noise_strength) = match &noise {
-            None => (0, 0, 0.0),
-            Some(DeviceNoise::Shared { plane, strength }) => {
-                if plane.shape != [oh, ow] {
-                    bail!(
-                        "modulated conv: noise {:?} should be [{oh}, {ow}]",
-                        plane.shape
-                    );
-                }
-                (plane.ptr(), 0, *strength)
-            }
-            Some(DeviceNoise::PerSample(planes)) => {
-                if planes.shape != [n, 1, oh, ow] {
-                    bail!(
-                        "modulated conv: per-sample noise {:?} should be [{n}, 1, {oh}, {ow}]",
-                        planes.shape
-                    );
-                }
-                (planes.ptr(), (oh * ow) as i32, 1.0)
-            }
-        };
+        let (noise_ptr, noise_sample_stride) = (params.noise, params.noise_sample_stride);
         let o = self.out_channels;
-        let mut params = ModconvParams {
-            y: 0,
-            x: x.ptr(),
-            weight: self.weight.ptr(),
-            styles: styles.ptr(),
-            dcoefs: dcoefs.map_or(0, |d| d.ptr()),
-            noise: noise_ptr,
-            bias: self.bias.as_ref().map_or(0, |b| b.ptr()),
-            noise_sample_stride,
-            batch: n as i32,
-            in_channels: i as i32,
-            out_channels: o as i32,
-            height: h as i32,
-            width: w as i32,
-            weight_stride: self.weight_stride as i32,
-            tiles_x: 0,
-            act: self.act,
-            alpha: self.alpha,
-            gain: self.gain,
-            clamp: self.clamp,
-            noise_strength,
-            y_dtype: dtype_code(self.output),
-        };
         if self.up == 2 && self.kernel == 1 {
             // Conv (with demodulation) at input resolution, then the skip up-sampling adds the noise.
             let z = DeviceTensor::alloc(dev, &[n, o, h, w])?;
             params.y = z.ptr();
             params.noise = 0;
-            self.launch_same(dev, &params, n * h * w)?;
+            self.launch_same(dev, &params, n * h * w, false)?;
             let y = DeviceTensor::alloc(dev, &[n, o, oh, ow])?;
             skip_upsample(
                 dev,
@@ -430,7 +384,7 @@ impl<D: Device> DeviceConvLayer<D> {
         let y = DeviceTensor::alloc_as(dev, &[n, o, oh, ow], self.output)?;
         params.y = y.ptr();
         if self.up == 1 {
-            self.launch_same(dev, &params, n * h * w)?;
+            self.launch_same(dev, &params, n * h * w, false)?;
         } else if path == ConvPath::Fast {
             let ConvKernel::Up2 {
                 kernel,
@@ -484,14 +438,172 @@ impl<D: Device> DeviceConvLayer<D> {
         Ok(y)
     }
 
-    fn launch_same(&self, dev: &D, params: &ModconvParams, pixels: usize) -> Result<()> {
+    /// The kernel parameters of the layer on `x` (see [`Self::forward`]), checked, with no output yet.
+    fn params(
+        &self,
+        x: &DeviceTensor<D>,
+        styles: &DeviceTensor<D>,
+        dcoefs: Option<&DeviceTensor<D>>,
+        noise: Option<&DeviceNoise<D>>,
+    ) -> Result<ModconvParams> {
+        let [n, i, h, w] = match x.shape[..] {
+            [n, i, h, w] => [n, i, h, w],
+            _ => bail!("modulated conv: x must be [N, C, H, W], got {:?}", x.shape),
+        };
+        if x.dtype() != self.input {
+            bail!(
+                "modulated conv: x holds {:?} elements, this layer reads {:?}",
+                x.dtype(),
+                self.input
+            );
+        }
+        if i != self.in_channels || n == 0 || h == 0 || w == 0 {
+            bail!(
+                "modulated conv: x {:?} does not fit a layer with {} input channels",
+                x.shape,
+                self.in_channels
+            );
+        }
+        if styles.shape != [n, i] {
+            bail!(
+                "modulated conv: styles {:?} should be [{n}, {i}]",
+                styles.shape
+            );
+        }
+        let dcoefs_ok = match (dcoefs, &self.wsq_t) {
+            (Some(d), Some(_)) => d.shape == [n, self.out_channels],
+            (None, None) => true,
+            _ => false,
+        };
+        if !dcoefs_ok {
+            bail!("modulated conv: demodulation coefficients missing, unexpected or of the wrong shape");
+        }
+        let (oh, ow) = (h * self.up, w * self.up);
+        let (noise_ptr, noise_sample_stride, noise_strength) = match noise {
+            None => (0, 0, 0.0),
+            Some(DeviceNoise::Shared { plane, strength }) => {
+                if plane.shape != [oh, ow] {
+                    bail!(
+                        "modulated conv: noise {:?} should be [{oh}, {ow}]",
+                        plane.shape
+                    );
+                }
+                (plane.ptr(), 0, *strength)
+            }
+            Some(DeviceNoise::PerSample(planes)) => {
+                if planes.shape != [n, 1, oh, ow] {
+                    bail!(
+                        "modulated conv: per-sample noise {:?} should be [{n}, 1, {oh}, {ow}]",
+                        planes.shape
+                    );
+                }
+                (planes.ptr(), (oh * ow) as i32, 1.0)
+            }
+        };
+        let o = self.out_channels;
+        Ok(ModconvParams {
+            y: 0,
+            x: x.ptr(),
+            weight: self.weight.ptr(),
+            styles: styles.ptr(),
+            dcoefs: dcoefs.map_or(0, |d| d.ptr()),
+            noise: noise_ptr,
+            bias: self.bias.as_ref().map_or(0, |b| b.ptr()),
+            noise_sample_stride,
+            batch: n as i32,
+            in_channels: i as i32,
+            out_channels: o as i32,
+            height: h as i32,
+            width: w as i32,
+            weight_stride: self.weight_stride as i32,
+            tiles_x: 0,
+            act: self.act,
+            alpha: self.alpha,
+            gain: self.gain,
+            clamp: self.clamp,
+            noise_strength,
+            y_dtype: dtype_code(self.output),
+            rgb: 0,
+            rgb_weight: 0,
+            rgb_styles: 0,
+            rgb_bias: 0,
+            rgb_channels: 0,
+            rgb_clamp: -1.0,
+        })
+    }
+
+    /// Whether `torgb`, applied to this layer's output, can run in this layer's epilogue
+    /// ([`Self::forward_with_torgb`]): a tensor-core same-resolution 3x3 layer with at most 64 outputs, followed
+    /// by a 1x1 ToRGB (see `rgb_weight`) that reads them.
+    pub fn can_fuse_torgb(&self, torgb: &DeviceConvLayer<D>) -> bool {
+        matches!(self.conv_kernel, ConvKernel::Same { torgb: Some(_), .. })
+            && self.up == 1
+            && torgb.rgb_weight.is_some()
+            && torgb.in_channels == self.out_channels
+            && torgb.input == self.output
+    }
+
+    /// [`Self::forward`] (same resolution) that also computes `torgb` on its output, `torgb_styles [N, O]`, in
+    /// the same kernel, from the output as stored: returns `(y, rgb)`, `rgb [N, torgb's outputs, H, W]` f32. `y`
+    /// is bit for bit [`Self::forward`]'s; rgb differs from `torgb.forward(y)` by that one's rounding of its
+    /// inputs to the mode's type and by summation order. Needs [`Self::can_fuse_torgb`].
+    pub fn forward_with_torgb(
+        &self,
+        dev: &D,
+        x: &DeviceTensor<D>,
+        styles: &DeviceTensor<D>,
+        dcoefs: Option<&DeviceTensor<D>>,
+        noise: Option<DeviceNoise<D>>,
+        torgb: &DeviceConvLayer<D>,
+        torgb_styles: &DeviceTensor<D>,
+    ) -> Result<(DeviceTensor<D>, DeviceTensor<D>)> {
+        let (Some(rgb_weight), true) = (&torgb.rgb_weight, self.can_fuse_torgb(torgb)) else {
+            bail!("modulated conv: this ToRGB cannot be fused into this layer");
+        };
+        let mut params = self.params(x, styles, dcoefs, noise.as_ref())?;
+        let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
+        if torgb_styles.shape != [n, self.out_channels] {
+            bail!(
+                "modulated conv: ToRGB styles {:?} should be [{n}, {}]",
+                torgb_styles.shape,
+                self.out_channels
+            );
+        }
+        let c = torgb.out_channels;
+        let y = DeviceTensor::alloc_as(dev, &[n, self.out_channels, h, w], self.output)?;
+        let rgb = DeviceTensor::alloc(dev, &[n, c, h, w])?;
+        params.y = y.ptr();
+        params.rgb = rgb.ptr();
+        params.rgb_weight = rgb_weight.ptr();
+        params.rgb_styles = torgb_styles.ptr();
+        params.rgb_bias = torgb.bias.as_ref().map_or(0, |b| b.ptr());
+        params.rgb_channels = c as i32;
+        params.rgb_clamp = torgb.clamp;
+        self.launch_same(dev, &params, n * h * w, true)?;
+        Ok((y, rgb))
+    }
+
+    /// Launches the same-resolution kernel, or with `fused_torgb` its fused-ToRGB variant.
+    fn launch_same(
+        &self,
+        dev: &D,
+        params: &ModconvParams,
+        pixels: usize,
+        fused_torgb: bool,
+    ) -> Result<()> {
         let ConvKernel::Same {
             kernel,
+            torgb,
             tile: [bm, bn],
             threads,
         } = self.conv_kernel
         else {
             bail!("modulated conv: a same-resolution launch on an up-sampling 3x3 layer");
+        };
+        let kernel = match (fused_torgb, torgb) {
+            (false, _) => kernel,
+            (true, Some(torgb)) => torgb,
+            (true, None) => bail!("modulated conv: this layer has no fused-ToRGB kernel"),
         };
         let dims = LaunchDims {
             grid: [

@@ -3,9 +3,10 @@
 //! kernel against the golden data.
 
 use std::alloc::{self, Layout};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::device::{check_params, Device, LaunchDims, MemoryMeter};
 use super::kernels::Kernel;
@@ -34,6 +35,8 @@ extern "C" {
 pub struct EmuDevice {
     meter: Arc<MemoryMeter>,
     memory: Option<MemoryLimit>,
+    /// Launches per kernel, so tests can tell which kernels a path ran.
+    launches: Mutex<HashMap<Kernel, usize>>,
 }
 
 /// A device memory size for the emulation, to exercise what a GPU's memory limit causes: allocations past it
@@ -54,9 +57,15 @@ impl EmuDevice {
     /// An emulated device with `bytes` of memory, whose free memory is reported when `reported` is set.
     pub fn with_memory_limit(bytes: usize, reported: bool) -> Self {
         EmuDevice {
-            meter: Arc::default(),
             memory: Some(MemoryLimit { bytes, reported }),
+            ..EmuDevice::default()
         }
+    }
+
+    /// How many times `kernel` was launched on this device.
+    pub fn launches(&self, kernel: Kernel) -> usize {
+        let launches = self.launches.lock().unwrap_or_else(|e| e.into_inner());
+        launches.get(&kernel).copied().unwrap_or(0)
     }
 }
 
@@ -179,7 +188,11 @@ impl Device for EmuDevice {
             )
         };
         match status {
-            0 => Ok(()),
+            0 => {
+                let mut launches = self.launches.lock().unwrap_or_else(|e| e.into_inner());
+                *launches.entry(kernel).or_default() += 1;
+                Ok(())
+            }
             _ => Err(Error::Invalid(format!(
                 "emulated launch of {} rejected: grid {:?}, block {:?}, {} bytes shared",
                 kernel.name(),

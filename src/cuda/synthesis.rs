@@ -193,8 +193,9 @@ impl<D: Device> DeviceSynthesis<D> {
         )?;
         let mut img: Option<DeviceTensor<D>> = None;
         let mut noise_layer = 0;
-        for layer in &self.layers {
-            let styles = affine(dev, net, &ws_d, layer, n)?;
+        // A ToRGB computed by the conv before it (forward_with_torgb): its styles and output.
+        let mut fused_rgb: Option<(DeviceTensor<D>, DeviceTensor<D>)> = None;
+        for (index, layer) in self.layers.iter().enumerate() {
             let layer_noise = match (noise, &layer.noise, &random) {
                 (NoiseMode::Const, Some((plane, strength)), _) => Some(DeviceNoise::Shared {
                     plane,
@@ -208,11 +209,43 @@ impl<D: Device> DeviceSynthesis<D> {
             if layer.noise.is_some() {
                 noise_layer += 1;
             }
-            let dcoefs = layer.conv.demod(dev, &styles)?;
-            let out =
-                layer
-                    .conv
-                    .forward(dev, &x, &styles, dcoefs.as_ref(), layer_noise, self.path)?;
+            // In the tensor-core modes a block's conv1 computes the block's ToRGB in its epilogue, which saves
+            // the ToRGB's read of the whole activation.
+            let torgb = self.layers.get(index + 1).filter(|next| {
+                next.kind == LayerKind::ToRgb && layer.conv.can_fuse_torgb(&next.conv)
+            });
+            let (styles, out) = match fused_rgb.take() {
+                Some(done) => done,
+                None => {
+                    let styles = affine(dev, net, &ws_d, layer, n)?;
+                    let dcoefs = layer.conv.demod(dev, &styles)?;
+                    let out = match torgb {
+                        Some(next) => {
+                            let rgb_styles = affine(dev, net, &ws_d, next, n)?;
+                            let (out, rgb) = layer.conv.forward_with_torgb(
+                                dev,
+                                &x,
+                                &styles,
+                                dcoefs.as_ref(),
+                                layer_noise,
+                                &next.conv,
+                                &rgb_styles,
+                            )?;
+                            fused_rgb = Some((rgb_styles, rgb));
+                            out
+                        }
+                        None => layer.conv.forward(
+                            dev,
+                            &x,
+                            &styles,
+                            dcoefs.as_ref(),
+                            layer_noise,
+                            self.path,
+                        )?,
+                    };
+                    (styles, out)
+                }
+            };
             if let Some(t) = trace.as_mut() {
                 t(&format!("{}.styles", layer.name), &styles.download(dev)?);
                 t(&format!("{}.out", layer.name), &out.download(dev)?);
