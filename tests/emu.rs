@@ -1694,8 +1694,7 @@ mod tensor_core_conv {
                     &sd,
                     dcoefs.as_ref(),
                     layer_noise(),
-                    &torgb,
-                    &rgb_sd,
+                    (&torgb, &rgb_sd),
                 )
                 .unwrap();
             let (y, y_ref) = (y.download(&dev).unwrap(), y_ref.download(&dev).unwrap());
@@ -1788,15 +1787,17 @@ mod tensor_core_conv {
         );
     }
 
-    /// The fusion is for the tensor-core modes, a conv with at most 64 outputs (one block column), and a ToRGB of
-    /// at most 4 channels that reads that conv's outputs.
+    /// The fusion is for the tensor-core modes, a 3x3 conv with at most 64 outputs (one block column), and a ToRGB
+    /// of at most 4 channels, with a bias, that reads that conv's outputs.
     #[test]
     fn fused_torgb_only_where_it_applies() {
         let dev = EmuDevice::new();
         let mut rng = Rng(0x7c13);
+        let unbiased_weight = rng.tensor(vec![3, 64, 1, 1]);
         let mut layer = |precision: Precision, o: usize, i: usize, k: usize, rgb: bool| {
+            let bias = vec![0.5; o];
             let finish = Finish {
-                bias: None,
+                bias: Some(&bias),
                 act: if rgb { Act::Linear } else { Act::LRELU },
                 gain: if rgb { 1.0 } else { Act::LRELU.default_gain() },
                 clamp: None,
@@ -1821,6 +1822,24 @@ mod tensor_core_conv {
                 .can_fuse_torgb(&layer(precision, 3, 16, 1, true)));
             assert!(!layer(precision, 32, 8, 1, false)
                 .can_fuse_torgb(&layer(precision, 3, 32, 1, true)));
+            // The kernel adds the ToRGB's bias unconditionally.
+            let unbiased = DeviceConvLayer::with_precision(
+                &dev,
+                &unbiased_weight,
+                false,
+                1,
+                &Finish {
+                    bias: None,
+                    act: Act::Linear,
+                    gain: 1.0,
+                    clamp: None,
+                    output: DType::F32,
+                },
+                false,
+                precision,
+            )
+            .unwrap();
+            assert!(!layer(precision, 64, 8, 3, false).can_fuse_torgb(&unbiased));
         }
         let conv = layer(Precision::Fp32, 32, 8, 3, false);
         let torgb = layer(Precision::Fp32, 3, 32, 1, true);
@@ -1836,8 +1855,7 @@ mod tensor_core_conv {
                 &styles,
                 dcoefs.as_ref(),
                 None,
-                &torgb,
-                &rgb_styles
+                (&torgb, &rgb_styles),
             )
             .is_err());
     }

@@ -103,7 +103,7 @@ pub struct DeviceConvLayer<D: Device> {
     /// `[O, I, 3, 3]` (with the fp16 prescale, if any), for the unfused up-sampling twin (kept only when asked for).
     reference_weight: Option<DeviceTensor<D>>,
     /// `[O, I]`, for a ToRGB that the 3x3 conv before it can compute in its epilogue (tensor-core modes, 1x1, at
-    /// most `FUSED_RGB_MAX_CHANNELS` outputs, no demodulation, linear, gain 1, f32 output).
+    /// most `FUSED_RGB_MAX_CHANNELS` outputs, no demodulation, a bias, linear, gain 1, f32 output).
     rgb_weight: Option<DeviceTensor<D>>,
     /// `wsq_t[i, o] = sum_k W[o, i, k]^2`, when demodulating.
     wsq_t: Option<DeviceTensor<D>>,
@@ -251,6 +251,7 @@ impl<D: Device> DeviceConvLayer<D> {
             && up == 1
             && o <= FUSED_RGB_MAX_CHANNELS
             && !demodulate
+            && finish.bias.is_some()
             && finish.act == Act::Linear
             && finish.gain == 1.0
             && finish.output == DType::F32;
@@ -543,8 +544,8 @@ impl<D: Device> DeviceConvLayer<D> {
             && torgb.input == self.output
     }
 
-    /// [`Self::forward`] (same resolution) that also computes `torgb` on its output, `torgb_styles [N, O]`, in
-    /// the same kernel, from the output as stored: returns `(y, rgb)`, `rgb [N, torgb's outputs, H, W]` f32. `y`
+    /// [`Self::forward`] (same resolution) that also computes `torgb` on its output, with `torgb_styles [N, O]`,
+    /// in the same kernel, from the output as stored: returns `(y, rgb)`, `rgb [N, torgb's outputs, H, W]` f32. `y`
     /// is bit for bit [`Self::forward`]'s; rgb differs from `torgb.forward(y)` by that one's rounding of its
     /// inputs to the mode's type and by summation order. Needs [`Self::can_fuse_torgb`].
     pub fn forward_with_torgb(
@@ -554,8 +555,7 @@ impl<D: Device> DeviceConvLayer<D> {
         styles: &DeviceTensor<D>,
         dcoefs: Option<&DeviceTensor<D>>,
         noise: Option<DeviceNoise<D>>,
-        torgb: &DeviceConvLayer<D>,
-        torgb_styles: &DeviceTensor<D>,
+        (torgb, torgb_styles): (&DeviceConvLayer<D>, &DeviceTensor<D>),
     ) -> Result<(DeviceTensor<D>, DeviceTensor<D>)> {
         let (Some(rgb_weight), true) = (&torgb.rgb_weight, self.can_fuse_torgb(torgb)) else {
             bail!("modulated conv: this ToRGB cannot be fused into this layer");

@@ -228,8 +228,7 @@ impl<D: Device> DeviceSynthesis<D> {
                                 &styles,
                                 dcoefs.as_ref(),
                                 layer_noise,
-                                &next.conv,
-                                &rgb_styles,
+                                (&next.conv, &rgb_styles),
                             )?;
                             fused_rgb = Some((rgb_styles, rgb));
                             out
