@@ -1189,6 +1189,17 @@ mod tensor_core_conv {
         }
     }
 
+    /// The relative part of check_layer's conv bound: two factors rounded by u each, and an f32 sum of K terms
+    /// in each kernel.
+    fn conv_relative_bound(u: f64, k: f64) -> f64 {
+        2.0 * u + u * u + 2.0 * k * F32_ROUNDING * (1.0 + u) * (1.0 + u)
+    }
+
+    /// `t` times `s`.
+    fn scaled(t: Tensor, s: f32) -> Tensor {
+        Tensor::new(t.shape.clone(), t.data.iter().map(|v| v * s).collect()).unwrap()
+    }
+
     /// One layer with the magnitudes of a real FFHQ layer: activations up to 256 (the conv clamp), styles up to
     /// 10, weights of a unit-variance-like weight times 1/sqrt(fan_in). `up` 2: the fused up-sampling conv (k 3).
     struct Layer {
@@ -1225,13 +1236,10 @@ mod tensor_core_conv {
     fn check_layer(l: &Layer, seed: u64) {
         let dev = EmuDevice::new();
         let mut rng = Rng(seed);
-        let scaled = |t: Tensor, s: f32| {
-            Tensor::new(t.shape.clone(), t.data.iter().map(|v| v * s).collect())
-        };
-        let x = scaled(rng.tensor(vec![l.n, l.i, l.h, l.w]), 256.0).unwrap();
-        let styles = scaled(rng.tensor(vec![l.n, l.i]), 10.0).unwrap();
+        let x = scaled(rng.tensor(vec![l.n, l.i, l.h, l.w]), 256.0);
+        let styles = scaled(rng.tensor(vec![l.n, l.i]), 10.0);
         let fan_in = (l.i * l.k * l.k) as f32;
-        let weight = scaled(rng.tensor(vec![l.o, l.i, l.k, l.k]), 1.0 / fan_in.sqrt()).unwrap();
+        let weight = scaled(rng.tensor(vec![l.o, l.i, l.k, l.k]), 1.0 / fan_in.sqrt());
         let bias = rng.tensor(vec![l.o]).data;
         let (oh, ow) = (l.h * l.up, l.w * l.up);
         let noise_plane = rng.tensor(vec![l.n, 1, oh, ow]);
@@ -1321,10 +1329,7 @@ mod tensor_core_conv {
             } else {
                 (u, eta)
             };
-            let relative = 2.0 * u
-                + u * u
-                + 2.0 * k_total * F32_ROUNDING * (1.0 + u) * (1.0 + u)
-                + blur_roundings * F32_ROUNDING;
+            let relative = conv_relative_bound(u, k_total) + blur_roundings * F32_ROUNDING;
             let mut worst = 0f64;
             for (e, (&got, &want)) in y.data.iter().zip(&y32.data).enumerate() {
                 assert!(got.is_finite(), "{precision}: element {e} is {got}");
@@ -1611,9 +1616,6 @@ mod tensor_core_conv {
     fn check_fused_torgb(l: &Pair, seed: u64) {
         let dev = EmuDevice::new();
         let mut rng = Rng(seed);
-        let scaled = |t: Tensor, s: f32| {
-            Tensor::new(t.shape.clone(), t.data.iter().map(|v| v * s).collect()).unwrap()
-        };
         let x = scaled(rng.tensor(vec![l.n, l.i, l.h, l.w]), 256.0);
         let styles = scaled(rng.tensor(vec![l.n, l.i]), 10.0);
         let weight = scaled(
@@ -1710,7 +1712,7 @@ mod tensor_core_conv {
             assert_eq!(rgb.shape, rgb_ref.shape);
             let (u, eta) = input_rounding(precision);
             let k = l.o as f64;
-            let relative = 2.0 * u + u * u + 2.0 * k * F32_ROUNDING * (1.0 + u) * (1.0 + u);
+            let relative = conv_relative_bound(u, k);
             let mut worst = 0f64;
             for (e, (&got, &want)) in rgb.data.iter().zip(&rgb_ref.data).enumerate() {
                 let (b, c, pix) = (e / (3 * hw), e / hw % 3, e % hw);

@@ -30,6 +30,14 @@ pub fn check_case_e(what: &str, fit: impl Fn(&Tensor, &FitOptions) -> Result<Fit
     let iterations: Vec<usize> = iterations.into_iter().map(|v| v as usize).collect();
     println!("{what}: iterations {:?}", got.iterations);
     assert_eq!(got.iterations, iterations, "{what}: iterations per layer");
+    let (_, iterations_f64) = case.tensor_i64("iterations_f64").unwrap();
+    assert!(
+        iterations_f64
+            .iter()
+            .map(|&v| v as usize)
+            .eq(got.iterations.iter().copied()),
+        "{what}: iterations per layer against the float64 reference"
+    );
     assert_eq!((got.from, got.to), (0, 10));
     for (name, tensor, tol) in [
         ("L", &got.rpca_low_rank, FIT_TOL),
