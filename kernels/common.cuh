@@ -49,6 +49,47 @@ __device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float 
   return activate(v, p.act, p.alpha, p.gain, p.clamp);
 }
 
+// The skip image's up-sampling, upfirdn2d(up=2, [1,3,3,1], pad [2,1,2,1], gain 4), has four non-zero taps per
+// axis: output Y even: 0.25 x[Y/2 - 1] + 0.75 x[Y/2]; Y odd: 0.75 x[(Y-1)/2] + 0.25 x[(Y+1)/2] (zero outside).
+__device__ __forceinline__ void skip_taps(int out, int n, int (&idx)[2], float (&w)[2]) {
+  const int base = out / 2;
+  if (out % 2 == 0) {
+    idx[0] = base - 1, w[0] = 0.25f, idx[1] = base, w[1] = 0.75f;
+  } else {
+    idx[0] = base, w[0] = 0.75f, idx[1] = base + 1, w[1] = 0.25f;
+  }
+  for (int t = 0; t < 2; ++t) {
+    if (idx[t] < 0 || idx[t] >= n) idx[t] = 0, w[t] = 0.0f;
+  }
+}
+
+// Output pixel (y, x) of the up-sampled `plane` [h, w].
+__device__ __forceinline__ float skip_upsampled(const float* plane, int h, int w, int y, int x) {
+  int iy[2], ix[2];
+  float wy[2], wx[2];
+  skip_taps(y, h, iy, wy);
+  skip_taps(x, w, ix, wx);
+  float v = 0.0f;
+  for (int a = 0; a < 2; ++a) {
+    if (wy[a] == 0.0f) continue;  // a tap outside the image: skipped, not multiplied by 0 (an inf stays local)
+    float row = 0.0f;
+    for (int c = 0; c < 2; ++c) {
+      if (wx[c] != 0.0f) row += wx[c] * plane[iy[a] * w + ix[c]];
+    }
+    v += wy[a] * row;
+  }
+  return v;
+}
+
+// ModconvParams::skip added to the value v a kernel writes at (sample b, channel c of `channels`, flat pixel pix
+// of the height x width output); the sum in skip_upsample's order, so both give the same bits.
+__device__ __forceinline__ float add_skip(const ModconvParams& p, float v, int b, int channels, int c, int pix) {
+  if (!p.skip) return v;
+  const int h = p.height / 2, w = p.width / 2;
+  const float* plane = p.skip + ((long long)b * channels + c) * h * w;
+  return skip_upsampled(plane, h, w, pix / p.width, pix % p.width) + v;
+}
+
 // Tap t (0..3) of the up-sampling convs' blur: [1,3,3,1]/8 per axis with gain 2 per axis (gain 4 overall).
 __device__ __forceinline__ float up2_blur_tap(int t) { return (t == 0 || t == 3) ? 0.25f : 0.75f; }
 

@@ -190,6 +190,12 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
         v.y = activate(acc[half * 4 + 1][j] * d + nz.y + bias, p.act, p.alpha, p.gain, p.clamp);
         v.z = activate(acc[half * 4 + 2][j] * d + nz.z + bias, p.act, p.alpha, p.gain, p.clamp);
         v.w = activate(acc[half * 4 + 3][j] * d + nz.w + bias, p.act, p.alpha, p.gain, p.clamp);
+        if constexpr (KS == 1) {  // ToRGB: the skip image joins here
+          v.x = add_skip(p, v.x, b, p.out_channels, o, pix);
+          v.y = add_skip(p, v.y, b, p.out_channels, o, pix + 1);
+          v.z = add_skip(p, v.z, b, p.out_channels, o, pix + 2);
+          v.w = add_skip(p, v.w, b, p.out_channels, o, pix + 3);
+        }
         *reinterpret_cast<float4*>(y + ((long long)b * p.out_channels + o) * hw + pix) = v;
       }
     } else {
@@ -201,8 +207,10 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
 #pragma unroll
         for (int j = 0; j < Tile::TN; ++j) {
           const int o = n0 + (j < 4 ? ty * 4 + j : BN / 2 + ty * 4 + j - 4);
-          if (o < p.out_channels)
-            y[((long long)b * p.out_channels + o) * hw + pix] = modconv_epilogue(p, acc[half * 4 + i][j], b, o, pix);
+          if (o >= p.out_channels) continue;
+          float v = modconv_epilogue(p, acc[half * 4 + i][j], b, o, pix);
+          if constexpr (KS == 1) v = add_skip(p, v, b, p.out_channels, o, pix);
+          y[((long long)b * p.out_channels + o) * hw + pix] = v;
         }
       }
     }
@@ -414,42 +422,15 @@ KERNEL_BOUNDED(modconv_blur_ref, ModconvParams, 256) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The skip image's up-sampling plus the ToRGB output (or any broadcast addend). out[Y] along each axis: Y even:
-// 0.25 x[Y/2 - 1] + 0.75 x[Y/2]; Y odd: 0.75 x[(Y-1)/2] + 0.25 x[(Y+1)/2] (zero outside), the four non-zero taps
-// of upfirdn2d(up=2, [1,3,3,1], pad [2,1,2,1], gain 4).
-
-__device__ __forceinline__ void skip_taps(int out, int n, int (&idx)[2], float (&w)[2]) {
-  const int base = out / 2;
-  if (out % 2 == 0) {
-    idx[0] = base - 1, w[0] = 0.25f, idx[1] = base, w[1] = 0.75f;
-  } else {
-    idx[0] = base, w[0] = 0.75f, idx[1] = base + 1, w[1] = 0.25f;
-  }
-  for (int t = 0; t < 2; ++t) {
-    if (idx[t] < 0 || idx[t] >= n) idx[t] = 0, w[t] = 0.0f;
-  }
-}
-
+// The skip image's up-sampling (common.cuh) plus the ToRGB output (or any broadcast addend): the unfused twin of
+// ModconvParams::skip, and the up-sampling after a 1x1 conv.
 KERNEL_BOUNDED(skip_upsample, SkipUpsampleParams, 256) {
   const int oh = 2 * p.height, ow = 2 * p.width;
   GRID_STRIDE_LOOP(e, (long long)p.batch * p.channels * oh * ow) {
     const int x = int(e % ow), y = int(e / ow % oh);
     const long long plane = e / ((long long)oh * ow);
     const int ch = int(plane % p.channels), b = int(plane / p.channels);
-    const float* src = p.x + plane * p.height * p.width;
-    int iy[2], ix[2];
-    float wy[2], wx[2];
-    skip_taps(y, p.height, iy, wy);
-    skip_taps(x, p.width, ix, wx);
-    float v = 0.0f;
-    for (int a = 0; a < 2; ++a) {
-      if (wy[a] == 0.0f) continue;  // a tap outside the image: skipped, not multiplied by 0 (an inf stays local)
-      float h = 0.0f;
-      for (int c = 0; c < 2; ++c) {
-        if (wx[c] != 0.0f) h += wx[c] * src[iy[a] * p.width + ix[c]];
-      }
-      v += wy[a] * h;
-    }
+    float v = skip_upsampled(p.x + plane * p.height * p.width, p.height, p.width, y, x);
     if (p.addend) v += p.addend[b * p.addend_sample_stride + ch * p.addend_channel_stride + y * ow + x];
     p.y[e] = v;
   }

@@ -207,6 +207,7 @@ __device__ void same_impl(const ModconvParams& p) {
               for (int c = 0; c < kMaxRgb; ++c)
                 if (c < p.rgb_channels) rgb[mi][h][c] += a * p.rgb_weight[c * p.out_channels + o];
             }
+            if constexpr (KS == 1) v = add_skip(p, v, b, p.out_channels, o, pix);  // ToRGB: the skip image joins
             store(p.y, yb + (long long)o * hw, v);
           }
       }
@@ -238,10 +239,11 @@ __device__ void same_impl(const ModconvParams& p) {
           const int b = int(m / hw), pix = int(m - (long long)b * hw);
 #pragma unroll
           for (int c = 0; c < kMaxRgb; ++c)
-            if (c < p.rgb_channels)
-              p.rgb[((long long)b * p.rgb_channels + c) * hw + pix] =
-                  activate(rgb[mi][h][c] + partial[row * kMaxRgb + c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f,
-                           p.rgb_clamp);
+            if (c < p.rgb_channels) {
+              const float v = activate(rgb[mi][h][c] + partial[row * kMaxRgb + c] + p.rgb_bias[c], ACT_LINEAR,
+                                       0.0f, 1.0f, p.rgb_clamp);
+              p.rgb[((long long)b * p.rgb_channels + c) * hw + pix] = add_skip(p, v, b, p.rgb_channels, c, pix);
+            }
         }
     }
   }

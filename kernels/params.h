@@ -148,6 +148,10 @@ struct ModconvDemodParams {
 // The fused ToRGB (modconv_3x3_torgb_*; the other kernels ignore these): rgb [batch, rgb_channels, height, width]
 // f32 = clamp(sum_o y[b, o] * rgb_styles[b, o] * rgb_weight[c, o] + rgb_bias[c]) (rgb_clamp < 0: none), from y
 // as stored; rgb_weight [rgb_channels, out_channels] with its weight gain, rgb_styles [batch, out_channels].
+// skip (may be null; the same-resolution 1x1 kernels with f32 y and the fused ToRGB kernels): the previous block's
+// image [batch, channels, height / 2, width / 2] f32, channels = rgb_channels for the fused ToRGB, else
+// out_channels; its up-sampling (SkipUpsampleParams' filter) is added to the image the kernel writes (rgb for the
+// fused ToRGB, else y) after the clamp, which is StyleGAN2's img = upsample(img) + torgb(x).
 struct ModconvParams {
   void* y;
   const void* x;
@@ -160,6 +164,7 @@ struct ModconvParams {
   const float* rgb_weight;
   const float* rgb_styles;
   const float* rgb_bias;
+  const float* skip;
   int noise_sample_stride;
   int batch;
   int in_channels;

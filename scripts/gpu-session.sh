@@ -4,27 +4,39 @@
 #
 #   here:   scripts/gpu-session.sh pack
 #           builds the release binary and the GPU test binary (with the pinned nvcc), strips them and packs them
-#           with the golden cases the GPU tests read into device-carry/bundle.tar.gz (about 35 MB; gitignored).
-#   there:  scripts/gpu-session.sh run        (device tool: carry ["device-carry"], command as shown)
-#           unpacks to /tmp and writes two files into $OUT (default ./gpu-out; the device tool returns at most 8):
-#           log.txt, every step's output under a header with its exit status and time, and results.jsonl, one line
-#           {"step": ..., "result": ...} per JSON-printing step (doctor, selftest per precision, bench per config and
-#           precision). The fit timings (cpu and cuda) are in log.txt.
+#           with the golden cases the GPU tests read into device-carry/bundle.tar.gz (about 35 MB; gitignored),
+#           stamped with a hash of the sources they were built from.
+#   there:  scripts/gpu-session.sh run PHASE     (device tool: carry ["device-carry"], one call per phase)
+#           PHASE is one of, in order of importance (each fits one 600 s call):
+#             tests  nvidia-smi, the binaries' libraries, doctor, the GPU tests, selftest in every precision
+#             bench  bench --config ffhq1024 --batch 512 in every precision, ffhq256 in fp32 and fp16
+#             fit    the micromotion fit on the GPU and on the CPU, then compute-sanitizer memcheck if present
+#           Unpacks to /tmp (refusing a bundle built from other sources than this tree's) and appends to two
+#           files in $OUT (default ./gpu-out): log.txt, every step's output under a header with its exit status
+#           and time, written as the step runs (so a call cut off still returns what ran), and results.jsonl, one
+#           line {"step": ..., "exit": ..., "result": ...} per JSON-printing step.
 #
-# Each step has its own time limit so one hang cannot eat the call; the whole run takes a few minutes on an H100.
+# Each step has its own time limit, and a phase's limits add up to less than one call's 600 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 golden_cases=(ops nvlabs_tiny nvlabs_tiny_clamp rosinality_tiny micromotion_rpca)
 
+# A hash of everything the binaries are built from; the device's copy of the tree has no .git, so no git here.
+source_hash() {
+    find build.rs Cargo.toml Cargo.lock kernels src tests -type f | LC_ALL=C sort | xargs cat | sha256sum |
+        cut -c1-16
+}
+
 pack() {
     set -e
     scripts/cuda-toolchain.sh >/dev/null
     export MMENGINE_REQUIRE_NVCC=1
-    cargo build --release --features emu
+    # Without the emulation: the GPU needs none of it, and the binaries then need no C++ runtime.
+    cargo build --release
     # The GPU test binary: cargo prints its path among the test executables it built.
     local gpu_test
-    gpu_test=$(cargo test --release --features emu --test gpu --no-run --message-format=json 2>/dev/null |
+    gpu_test=$(cargo test --release --test gpu --no-run --message-format=json 2>/dev/null |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
     [ -x "$gpu_test" ] || { echo "gpu-session: no GPU test binary found" >&2; exit 1; }
     local stage
@@ -32,71 +44,97 @@ pack() {
     mkdir -p "$stage/bin" "$stage/golden"
     objcopy --strip-debug target/release/mmengine "$stage/bin/mmengine"
     objcopy --strip-debug "$gpu_test" "$stage/bin/gpu-tests"
+    source_hash >"$stage/bin/SOURCE_HASH"
     for c in "${golden_cases[@]}"; do cp -r "../shared/golden/$c" "$stage/golden/"; done
     mkdir -p device-carry
     tar -C "$stage" -czf device-carry/bundle.tar.gz bin golden
     rm -rf "$stage"
     du -h device-carry/bundle.tar.gz
+    echo "sources $(source_hash)"
 }
 
-# step NAME SECONDS CMD...: runs CMD with a time limit; its output goes to log.txt, and a JSON line it prints to
-# results.jsonl.
+# step NAME SECONDS CMD...: runs CMD with a time limit, its output appended to log.txt as it comes, and its last
+# JSON line to results.jsonl.
 step() {
     local name=$1 limit=$2
     shift 2
-    local start=$SECONDS out
-    out=$(timeout "$limit" "$@" 2>"$OUT/stderr.tmp")
+    local start=$SECONDS out=$OUT/step.out
+    echo "=== $name (limit $limit s): $*" >>"$OUT/log.txt"
+    timeout -k 10 "$limit" "$@" >"$out" 2>>"$OUT/log.txt"
     local rc=$?
-    {
-        echo "=== $name: exit $rc after $((SECONDS - start)) s: $*"
-        echo "$out"
-        cat "$OUT/stderr.tmp"
-    } >>"$OUT/log.txt"
-    rm -f "$OUT/stderr.tmp"
+    cat "$out" >>"$OUT/log.txt"
+    echo "=== $name: exit $rc after $((SECONDS - start)) s" >>"$OUT/log.txt"
     local json
-    json=$(printf '%s\n' "$out" | grep '^{' | tail -n 1)
+    json=$(grep '^{' "$out" | tail -n 1)
     [ -n "$json" ] && printf '{"step":"%s","exit":%d,"result":%s}\n' "$name" "$rc" "$json" >>"$OUT/results.jsonl"
+    rm -f "$out"
     echo "$name: exit $rc after $((SECONDS - start)) s"
 }
 
 run() {
+    local phase=${1:-}
     OUT=${OUT:-gpu-out}
     mkdir -p "$OUT"
     local root=/tmp/mmengine-gpu
+    # The golden files unpack read-only; a second call on a warm machine must still be able to replace them.
+    [ -d "$root" ] && chmod -R u+w "$root"
     rm -rf "$root" && mkdir -p "$root"
     tar -C "$root" -xzf device-carry/bundle.tar.gz ||
         { echo "gpu-session: no device-carry/bundle.tar.gz: run 'scripts/gpu-session.sh pack' here first"; exit 1; }
+    local packed here
+    packed=$(cat "$root/bin/SOURCE_HASH")
+    here=$(source_hash)
+    if [ "$packed" != "$here" ]; then
+        echo "gpu-session: the bundle was built from sources $packed, this tree is $here: pack again" >&2
+        exit 1
+    fi
     local mm=$root/bin/mmengine
     export MMENGINE_GOLDEN=$root/golden
 
-    step nvidia-smi 30 nvidia-smi
-    step doctor 60 "$mm" doctor --json
-    step gpu-tests 300 "$root/bin/gpu-tests"
-    for p in fp32 tf32 fp16 bf16; do
-        step "selftest-$p" 120 "$mm" selftest --device cuda --precision "$p" --json
-    done
-    for p in fp32 tf32 fp16 bf16; do
-        step "bench-ffhq1024-$p" 180 "$mm" bench --device cuda --config ffhq1024 --batch 512 --precision "$p" \
-            --iters 3 --json
-    done
-    for p in fp32 fp16; do
-        step "bench-ffhq256-$p" 120 "$mm" bench --device cuda --config ffhq256 --batch 512 --precision "$p" \
-            --iters 3 --json
-    done
-    # The micromotion fit (golden case E's 11 x 18 x 512 anchors) on the GPU beside the CPU of the same machine; each
-    # prints its time.
-    for d in cpu cuda; do
-        step "fit-$d" 120 "$mm" fit --anchors "$root/golden/micromotion_rpca/rpca.safetensors:anchors" --device "$d" \
-            -o "/tmp/fit-$d.safetensors"
-    done
-    # Out-of-bounds and misaligned accesses in every kernel the golden cases reach.
-    if command -v compute-sanitizer >/dev/null; then
-        step memcheck 300 compute-sanitizer --tool memcheck "$mm" selftest --device cuda --precision fp16
-    fi
+    case "$phase" in
+        tests)
+            step nvidia-smi 20 nvidia-smi
+            # What the binaries and the fit need from this machine: a missing library shows here first.
+            step libraries 10 sh -c "ldd '$mm'; ldconfig -p | grep -E 'libcuda\.|cusolver|cublas|nvrtc' || true"
+            step doctor 40 "$mm" doctor --json
+            step gpu-tests 240 "$root/bin/gpu-tests"
+            for p in fp32 tf32 fp16 bf16; do
+                step "selftest-$p" 55 "$mm" selftest --device cuda --precision "$p" --json
+            done
+            ;;
+        bench)
+            for p in fp32 tf32 fp16 bf16; do
+                step "bench-ffhq1024-$p" 110 "$mm" bench --device cuda --config ffhq1024 --batch 512 \
+                    --precision "$p" --iters 3 --json
+            done
+            for p in fp32 fp16; do
+                step "bench-ffhq256-$p" 50 "$mm" bench --device cuda --config ffhq256 --batch 512 --precision "$p" \
+                    --iters 3 --json
+            done
+            ;;
+        fit)
+            # Golden case E's 11 x 18 x 512 anchors on the GPU beside the CPU of the same machine; each prints
+            # its time.
+            for d in cuda cpu; do
+                step "fit-$d" 60 "$mm" fit --anchors "$root/golden/micromotion_rpca/rpca.safetensors:anchors" \
+                    --device "$d" -o "/tmp/fit-$d.safetensors"
+            done
+            # Out-of-bounds and misaligned accesses in every kernel the golden cases reach.
+            if command -v compute-sanitizer >/dev/null; then
+                step memcheck 420 compute-sanitizer --tool memcheck "$mm" selftest --device cuda --precision fp16
+            else
+                echo "=== memcheck: no compute-sanitizer on this machine" >>"$OUT/log.txt"
+            fi
+            ;;
+        *)
+            echo "usage: scripts/gpu-session.sh run tests|bench|fit" >&2
+            exit 2
+            ;;
+    esac
 }
 
 case "${1:-}" in
     pack) pack ;;
-    run) run ;;
-    *) echo "usage: scripts/gpu-session.sh pack|run" >&2; exit 2 ;;
+    run) run "${2:-}" ;;
+    *) echo "usage: scripts/gpu-session.sh pack | run tests|bench|fit" >&2; exit 2 ;;
 esac

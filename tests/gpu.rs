@@ -37,22 +37,43 @@ fn assert_all_pass(what: &str, checks: &[Check]) {
     assert!(!checks.is_empty(), "{what}: nothing checked");
 }
 
-fn golden_ops(dev: CudaDevice) {
-    let report = selftest::ops_cases(&golden_dir(), &DeviceOps(dev)).unwrap();
-    assert_all_pass("golden ops on the GPU", &report.checks);
+/// What a test did: its checks, or nothing because this machine lacks something it needs (printed as skipped).
+enum Ran {
+    Checked,
+    Skipped(String),
 }
 
-fn golden_generator(_dev: CudaDevice) {
+/// The mma wrappers against the PTX fragment tables and cvt's rounding, on the GPU's own instructions: the first
+/// place to look when a tensor-core mode fails its golden cases.
+fn tensor_core_instructions(dev: CudaDevice) -> Ran {
+    common::tensor_cores::mma_follows_the_ptx_fragment_layouts(&dev);
+    common::tensor_cores::register_conversions_round_like_cvt(&dev);
+    Ran::Checked
+}
+
+fn gemm_precisions(dev: CudaDevice) -> Ran {
+    common::tensor_cores::gemm_precisions_against_f64_products(&dev);
+    Ran::Checked
+}
+
+fn golden_ops(dev: CudaDevice) -> Ran {
+    let report = selftest::ops_cases(&golden_dir(), &DeviceOps(dev)).unwrap();
+    assert_all_pass("golden ops on the GPU", &report.checks);
+    Ran::Checked
+}
+
+fn golden_generator(_dev: CudaDevice) -> Ran {
     let checks = selftest::generator_cases(&golden_dir(), Precision::Fp32, &|net| {
         open_backend(DeviceArg::Cuda(0), net, Precision::Fp32)
     })
     .unwrap();
     assert_all_pass("golden generator cases on the GPU", &checks);
+    Ran::Checked
 }
 
 /// The generator cases in tf32, fp16 and bf16 on the GPU's tensor cores (whose summation order the emulation's
 /// twins do not reproduce), at the modes' derived image tolerances.
-fn golden_generator_tensor_cores(_dev: CudaDevice) {
+fn golden_generator_tensor_cores(_dev: CudaDevice) -> Ran {
     for precision in [Precision::Tf32, Precision::Fp16, Precision::Bf16] {
         println!("  {precision}:");
         let checks = selftest::generator_cases(&golden_dir(), precision, &|net| {
@@ -61,11 +82,12 @@ fn golden_generator_tensor_cores(_dev: CudaDevice) {
         .unwrap();
         assert_all_pass(&format!("golden generator cases in {precision}"), &checks);
     }
+    Ran::Checked
 }
 
 /// A batch in passes of 2 images, each pass's download overlapping the next pass's kernels on another stream,
 /// gives exactly the images of one pass (a download ordered before its kernels finish would not).
-fn pipelined_passes(dev: CudaDevice) {
+fn pipelined_passes(dev: CudaDevice) -> Ran {
     let net = common::golden_nets::nvlabs_network("nvlabs_tiny");
     let ws = common::golden_nets::cases("nvlabs_tiny")
         .tensor("ws")
@@ -85,17 +107,26 @@ fn pipelined_passes(dev: CudaDevice) {
             "pipelined passes changed the images"
         );
     }
+    Ran::Checked
 }
 
-fn golden_fit(dev: CudaDevice) {
+/// Needs cuSOLVER, which a machine with only the driver lacks.
+fn golden_fit(dev: CudaDevice) -> Ran {
+    // SAFETY: only tries to load the library.
+    if !unsafe { cudarc::cusolver::sys::is_culib_present() } {
+        return Ran::Skipped("cuSOLVER (libcusolver) could not be loaded".to_string());
+    }
     common::fit_case::check_case_e("cuda", |anchors, opts| {
         mmengine::micromotion::device::fit_on(&dev, anchors, opts)
     });
+    Ran::Checked
 }
 
-type GpuTest = (&'static str, fn(CudaDevice));
+type GpuTest = (&'static str, fn(CudaDevice) -> Ran);
 
 const TESTS: &[GpuTest] = &[
+    ("tensor_core_instructions", tensor_core_instructions),
+    ("gemm_precisions", gemm_precisions),
     ("golden_ops", golden_ops),
     ("golden_generator", golden_generator),
     (
@@ -116,9 +147,13 @@ fn main() {
                 skipped += 1;
             }
             Ok(dev) => match catch_unwind(AssertUnwindSafe(|| test(dev))) {
-                Ok(()) => {
+                Ok(Ran::Checked) => {
                     println!("test gpu::{name} ... ok");
                     passed += 1;
+                }
+                Ok(Ran::Skipped(why)) => {
+                    println!("test gpu::{name} ... skipped: {why}");
+                    skipped += 1;
                 }
                 Err(_) => {
                     println!("test gpu::{name} ... FAILED");
@@ -128,7 +163,7 @@ fn main() {
         }
     }
     if skipped > 0 {
-        println!("{skipped} GPU tests skipped: no usable CUDA device on this machine");
+        println!("{skipped} GPU tests skipped (reasons above)");
     }
     let verdict = if failed == 0 { "ok" } else { "FAILED" };
     println!(

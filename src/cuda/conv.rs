@@ -58,6 +58,14 @@ pub enum DeviceNoise<'a, D: Device> {
     PerSample(&'a DeviceTensor<D>),
 }
 
+/// A ToRGB for [`DeviceConvLayer::forward_with_torgb`]: the layer, its styles `[N, I]` and optionally the
+/// previous block's image to up-sample and add.
+pub struct FusedToRgb<'a, D: Device> {
+    pub layer: &'a DeviceConvLayer<D>,
+    pub styles: &'a DeviceTensor<D>,
+    pub skip: Option<&'a DeviceTensor<D>>,
+}
+
 /// How a [`DeviceConvLayer`] finishes its output: `clamp(act(v + bias) * gain)`, stored as `output`.
 #[derive(Clone, Debug)]
 pub struct Finish<'a> {
@@ -530,6 +538,7 @@ impl<D: Device> DeviceConvLayer<D> {
             rgb_bias: 0,
             rgb_channels: 0,
             rgb_clamp: -1.0,
+            skip: 0,
         })
     }
 
@@ -544,10 +553,11 @@ impl<D: Device> DeviceConvLayer<D> {
             && torgb.input == self.output
     }
 
-    /// [`Self::forward`] (same resolution) that also computes `torgb` on its output, with `torgb_styles [N, O]`,
-    /// in the same kernel, from the output as stored: returns `(y, rgb)`, `rgb [N, torgb's outputs, H, W]` f32. `y`
-    /// is bit for bit [`Self::forward`]'s; rgb differs from `torgb.forward(y)` by that one's rounding of its
-    /// inputs to the mode's type and by summation order. Needs [`Self::can_fuse_torgb`].
+    /// [`Self::forward`] (same resolution) that also computes `torgb.layer` on its output, with `torgb.styles
+    /// [N, O]`, in the same kernel, from the output as stored: returns `(y, rgb)`, `rgb [N, torgb's outputs, H,
+    /// W]` f32, plus the up-sampled `torgb.skip` if given (see [`Self::forward_torgb`]). `y` is bit for bit
+    /// [`Self::forward`]'s; rgb differs from `torgb.forward(y)` by that one's rounding of its inputs to the mode's
+    /// type and by summation order. Needs [`Self::can_fuse_torgb`].
     pub fn forward_with_torgb(
         &self,
         dev: &D,
@@ -555,32 +565,65 @@ impl<D: Device> DeviceConvLayer<D> {
         styles: &DeviceTensor<D>,
         dcoefs: Option<&DeviceTensor<D>>,
         noise: Option<DeviceNoise<D>>,
-        (torgb, torgb_styles): (&DeviceConvLayer<D>, &DeviceTensor<D>),
+        torgb: FusedToRgb<D>,
     ) -> Result<(DeviceTensor<D>, DeviceTensor<D>)> {
-        let (Some(rgb_weight), true) = (&torgb.rgb_weight, self.can_fuse_torgb(torgb)) else {
+        let (Some(rgb_weight), true) = (&torgb.layer.rgb_weight, self.can_fuse_torgb(torgb.layer))
+        else {
             bail!("modulated conv: this ToRGB cannot be fused into this layer");
         };
         let mut params = self.params(x, styles, dcoefs, noise.as_ref())?;
         let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
-        if torgb_styles.shape != [n, self.out_channels] {
+        if torgb.styles.shape != [n, self.out_channels] {
             bail!(
                 "modulated conv: ToRGB styles {:?} should be [{n}, {}]",
-                torgb_styles.shape,
+                torgb.styles.shape,
                 self.out_channels
             );
         }
-        let c = torgb.out_channels;
+        let c = torgb.layer.out_channels;
         let y = DeviceTensor::alloc_as(dev, &[n, self.out_channels, h, w], self.output)?;
         let rgb = DeviceTensor::alloc(dev, &[n, c, h, w])?;
         params.y = y.ptr();
         params.rgb = rgb.ptr();
         params.rgb_weight = rgb_weight.ptr();
-        params.rgb_styles = torgb_styles.ptr();
-        params.rgb_bias = torgb.bias.as_ref().map_or(0, |b| b.ptr());
+        params.rgb_styles = torgb.styles.ptr();
+        params.rgb_bias = torgb.layer.bias.as_ref().map_or(0, |b| b.ptr());
         params.rgb_channels = c as i32;
-        params.rgb_clamp = torgb.clamp;
+        params.rgb_clamp = torgb.layer.clamp;
+        params.skip = skip_ptr(torgb.skip, [n, c, h, w])?;
         self.launch_same(dev, &params, n * h * w, true)?;
         Ok((y, rgb))
+    }
+
+    /// Whether [`Self::forward_torgb`] can add a skip image: a same-resolution 1x1 layer with f32 output.
+    pub fn takes_skip(&self) -> bool {
+        self.kernel == 1 && self.up == 1 && self.output == DType::F32
+    }
+
+    /// A ToRGB layer (no demodulation, no noise) on `x`, plus the previous block's image `skip [N, O, H/2, W/2]`
+    /// up-sampled (`upfirdn2d(up=2)` with the [1,3,3,1] filter, as [`skip_upsample`]) if given: StyleGAN2's
+    /// `img = upsample(img) + torgb(x)` in one kernel, bit for bit the [`skip_upsample`] of `skip` with this
+    /// layer's [`Self::forward`] as its addend. A skip image needs [`Self::takes_skip`].
+    pub fn forward_torgb(
+        &self,
+        dev: &D,
+        x: &DeviceTensor<D>,
+        styles: &DeviceTensor<D>,
+        skip: Option<&DeviceTensor<D>>,
+    ) -> Result<DeviceTensor<D>> {
+        let Some(skip) = skip else {
+            return self.forward(dev, x, styles, None, None, ConvPath::Fast);
+        };
+        if !self.takes_skip() {
+            bail!("modulated conv: only a same-resolution 1x1 layer with f32 output adds a skip image");
+        }
+        let mut params = self.params(x, styles, None, None)?;
+        let [n, o, h, w] = [x.shape[0], self.out_channels, x.shape[2], x.shape[3]];
+        params.skip = skip_ptr(Some(skip), [n, o, h, w])?;
+        let y = DeviceTensor::alloc(dev, &[n, o, h, w])?;
+        params.y = y.ptr();
+        self.launch_same(dev, &params, n * h * w, false)?;
+        Ok(y)
     }
 
     /// Launches the same-resolution kernel, or with `fused_torgb` its fused-ToRGB variant.
@@ -658,6 +701,24 @@ pub fn skip_upsample<D: Device>(
         LaunchDims::linear(y.len(), EW_THREADS, EW_MAX_BLOCKS),
         &params,
     )
+}
+
+/// The pointer for `ModconvParams::skip`: a skip image for an f32 output `[N, C, H, W]` must be `[N, C, H/2, W/2]`
+/// f32 (H and W even).
+fn skip_ptr<D: Device>(skip: Option<&DeviceTensor<D>>, [n, c, h, w]: [usize; 4]) -> Result<u64> {
+    let Some(skip) = skip else { return Ok(0) };
+    if h % 2 != 0 || w % 2 != 0 || skip.shape != [n, c, h / 2, w / 2] || skip.dtype() != DType::F32
+    {
+        bail!(
+            "modulated conv: a skip image {:?} ({:?}) does not fit an output [{n}, {c}, {h}, {w}]: it should be \
+             [{n}, {c}, {}, {}] f32",
+            skip.shape,
+            skip.dtype(),
+            h / 2,
+            w / 2
+        );
+    }
+    Ok(skip.ptr())
 }
 
 /// The kernels' code for a [`DType`] (`enum DType` of `kernels/params.h`).

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUmemPool_attribute;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice,
-    PushKernelArg,
+    result, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -14,6 +15,9 @@ use super::device::{check_params, Device, LaunchDims, MemoryMeter};
 use super::kernels::{Kernel, FATBINS, HEADERS, SOURCES};
 use super::params::KernelParams;
 use crate::error::{Error, Result};
+
+/// The dynamic shared memory any launch may ask for.
+const MAX_DYNAMIC_SHARED_BYTES: u32 = 48 * 1024;
 
 pub struct CudaDevice {
     ordinal: usize,
@@ -90,6 +94,30 @@ pub fn list_devices() -> Result<Vec<DeviceSummary>> {
         .collect()
 }
 
+/// Sets a u64 attribute of the device's current memory pool.
+fn set_pool_attribute(ctx: &CudaContext, attr: CUmemPool_attribute, mut value: u64) -> Result<()> {
+    // SAFETY: the pool is the context's device's own, and the release threshold is a u64 (cuMemPoolSetAttribute).
+    unsafe {
+        result::device::get_mem_pool(ctx.cu_device()).and_then(|pool| {
+            result::mem_pool::set_attribute(pool, attr, (&mut value as *mut u64).cast())
+        })
+    }
+    .map_err(driver_error("memory pool"))
+}
+
+/// Reads a u64 attribute (a byte count) of the device's current memory pool.
+fn pool_attribute(ctx: &CudaContext, attr: CUmemPool_attribute) -> Result<u64> {
+    let mut value = 0u64;
+    // SAFETY: as in set_pool_attribute; the reserved and used byte counts are u64s.
+    unsafe {
+        result::device::get_mem_pool(ctx.cu_device()).and_then(|pool| {
+            result::mem_pool::get_attribute(pool, attr, (&mut value as *mut u64).cast())
+        })
+    }
+    .map_err(driver_error("memory pool"))?;
+    Ok(value)
+}
+
 fn no_driver() -> Error {
     Error::Invalid(
         "no CUDA driver found (libcuda could not be loaded); use --device cpu".to_string(),
@@ -106,6 +134,16 @@ impl CudaDevice {
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(driver_error("context"))?;
+        if ctx.has_async_alloc() {
+            // Buffers come from the stream-ordered pool (cuMemAllocAsync). Its default release threshold, 0, hands
+            // every freed byte back to the driver at each synchronisation, so each pass of a large batch would map
+            // its gigabytes anew; keep them in the pool instead (free_memory counts them as free).
+            set_pool_attribute(
+                &ctx,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                u64::MAX,
+            )?;
+        }
         // Two non-blocking streams, created before any allocation so that cudarc tracks every buffer's uses
         // across them (a buffer dropped on `stream` waits for a copy on `copy_stream` that reads it).
         let stream = ctx.new_stream().map_err(driver_error("stream"))?;
@@ -313,14 +351,16 @@ impl Device for CudaDevice {
             block_dim: dims.block.into(),
             shared_mem_bytes: dims.shared_bytes,
         };
-        let f = &self.functions[&kernel];
-        if dims.shared_bytes > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                dims.shared_bytes as i32,
-            )
-            .map_err(driver_error("shared memory attribute"))?;
+        // More needs a per-kernel opt-in (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) that no kernel uses.
+        if dims.shared_bytes > MAX_DYNAMIC_SHARED_BYTES {
+            return Err(Error::Invalid(format!(
+                "{}: {} bytes of dynamic shared memory, more than the {MAX_DYNAMIC_SHARED_BYTES} a launch gets \
+                 without an opt-in",
+                kernel.name(),
+                dims.shared_bytes
+            )));
         }
+        let f = &self.functions[&kernel];
         // SAFETY: `P` is the kernel's parameter struct (checked above) and its addresses come from this device.
         unsafe { self.stream.launch_builder(f).arg(params).launch(cfg) }
             .map_err(driver_error(&format!("launching {}", kernel.name())))?;
@@ -338,6 +378,21 @@ impl Device for CudaDevice {
     }
 
     fn free_memory(&self) -> Option<usize> {
-        self.memory().ok().map(|(free, _)| free)
+        let (free, _) = self.memory().ok()?;
+        // Memory the pool keeps (see `new`) is free for this process's allocations.
+        let pooled = if self.ctx.has_async_alloc() {
+            let reserved = pool_attribute(
+                &self.ctx,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+            );
+            let used = pool_attribute(
+                &self.ctx,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+            );
+            reserved.ok()?.saturating_sub(used.ok()?)
+        } else {
+            0
+        };
+        Some(free + pooled as usize)
     }
 }

@@ -1,8 +1,9 @@
 //! The synthesis network on a device: walks the layer table like [`crate::cpu::synthesis`], one modulated-conv
-//! kernel per layer (plus the styles and demodulation kernels), the skip image up-sampled and summed on the device.
+//! kernel per layer (plus the styles and demodulation kernels), the skip image up-sampled and added by the kernel
+//! that writes each ToRGB.
 //! Weights, noise buffers and the constant input are uploaded once.
 
-use super::conv::{skip_upsample, DeviceConvLayer, DeviceNoise, Finish};
+use super::conv::{skip_upsample, DeviceConvLayer, DeviceNoise, Finish, FusedToRgb};
 use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::gemm::Precision;
 use super::kernels::Kernel;
@@ -193,8 +194,12 @@ impl<D: Device> DeviceSynthesis<D> {
         )?;
         let mut img: Option<DeviceTensor<D>> = None;
         let mut noise_layer = 0;
-        // A ToRGB computed by the conv before it (forward_with_torgb): its styles and output.
-        let mut fused_rgb: Option<(DeviceTensor<D>, DeviceTensor<D>)> = None;
+        // The kernel that writes a ToRGB's output also adds the up-sampled skip image (ModconvParams::skip),
+        // except when tracing: the trace reports the ToRGB's output alone.
+        let join_skip = trace.is_none();
+        // A ToRGB computed by the conv before it (forward_with_torgb): its styles, its output, and whether the
+        // skip image is in it.
+        let mut fused_rgb: Option<(DeviceTensor<D>, DeviceTensor<D>, bool)> = None;
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_noise = match (noise, &layer.noise, &random) {
                 (NoiseMode::Const, Some((plane, strength)), _) => Some(DeviceNoise::Shared {
@@ -214,12 +219,13 @@ impl<D: Device> DeviceSynthesis<D> {
             let torgb = self.layers.get(index + 1).filter(|next| {
                 next.kind == LayerKind::ToRgb && layer.conv.can_fuse_torgb(&next.conv)
             });
-            let (styles, out) = match fused_rgb.take() {
+            let skip = img.as_ref().filter(|_| join_skip);
+            let (styles, out, joined) = match fused_rgb.take() {
                 Some(done) => done,
                 None => {
                     let styles = affine(dev, net, &ws_d, layer, n)?;
                     let dcoefs = layer.conv.demod(dev, &styles)?;
-                    let out = match torgb {
+                    let (out, joined) = match torgb {
                         Some(next) => {
                             let rgb_styles = affine(dev, net, &ws_d, next, n)?;
                             let (out, rgb) = layer.conv.forward_with_torgb(
@@ -228,21 +234,36 @@ impl<D: Device> DeviceSynthesis<D> {
                                 &styles,
                                 dcoefs.as_ref(),
                                 layer_noise,
-                                (&next.conv, &rgb_styles),
+                                FusedToRgb {
+                                    layer: &next.conv,
+                                    styles: &rgb_styles,
+                                    skip,
+                                },
                             )?;
-                            fused_rgb = Some((rgb_styles, rgb));
-                            out
+                            fused_rgb = Some((rgb_styles, rgb, skip.is_some()));
+                            (out, false)
                         }
-                        None => layer.conv.forward(
-                            dev,
-                            &x,
-                            &styles,
-                            dcoefs.as_ref(),
-                            layer_noise,
-                            self.path,
-                        )?,
+                        None if layer.kind == LayerKind::ToRgb
+                            && layer.conv.takes_skip()
+                            && dcoefs.is_none()
+                            && layer_noise.is_none() =>
+                        {
+                            let out = layer.conv.forward_torgb(dev, &x, &styles, skip)?;
+                            (out, skip.is_some())
+                        }
+                        None => {
+                            let out = layer.conv.forward(
+                                dev,
+                                &x,
+                                &styles,
+                                dcoefs.as_ref(),
+                                layer_noise,
+                                self.path,
+                            )?;
+                            (out, false)
+                        }
                     };
-                    (styles, out)
+                    (styles, out, joined)
                 }
             };
             if let Some(t) = trace.as_mut() {
@@ -253,8 +274,7 @@ impl<D: Device> DeviceSynthesis<D> {
                 LayerKind::Conv => x = out,
                 LayerKind::ToRgb => {
                     let sum = match img.take() {
-                        None => out,
-                        Some(prev) => {
+                        Some(prev) if !joined => {
                             let mut shape = prev.shape.clone();
                             shape[2] *= 2;
                             shape[3] *= 2;
@@ -269,6 +289,7 @@ impl<D: Device> DeviceSynthesis<D> {
                             )?;
                             up
                         }
+                        _ => out,
                     };
                     if let Some(t) = trace.as_mut() {
                         let block = format!("b{}", layer.resolution);

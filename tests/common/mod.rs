@@ -6,6 +6,7 @@ use std::path::PathBuf;
 pub mod fit_case;
 pub mod golden_nets;
 pub mod ops_cases;
+pub mod tensor_cores;
 
 /// Tolerance for case G's images. The reference (stylegan2-ada-pytorch, which has no device check) ran that
 /// network's 16 and 32 px blocks (`num_fp16_res=2`) in float16 on the CPU, contrary to the case README, so our
@@ -50,6 +51,18 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], abs: f32, rel:
         max_err = max_err.max(err);
     }
     max_err
+}
+
+/// Assert `actual` is `expected` bit for bit (same shape, same f32 bit patterns).
+pub fn assert_same_bits(what: &str, actual: &mmengine::Tensor, expected: &mmengine::Tensor) {
+    assert_eq!(actual.shape, expected.shape, "{what}: shapes differ");
+    for (i, (a, e)) in actual.data.iter().zip(&expected.data).enumerate() {
+        assert_eq!(
+            a.to_bits(),
+            e.to_bits(),
+            "{what}: element {i}: got {a}, expected {e}"
+        );
+    }
 }
 
 /// Deterministic uniform [-1, 1) values (xorshift64*), so the tests need no extra crates.
