@@ -105,7 +105,7 @@ run() {
         bench)
             for p in fp32 tf32 fp16 bf16; do
                 step "bench-ffhq1024-$p" 110 "$mm" bench --device cuda --config ffhq1024 --batch 512 \
-                    --precision "$p" --iters 3 --json
+                    --precision "$p" --iters 3 --profile --json
             done
             for p in fp32 fp16; do
                 step "bench-ffhq256-$p" 50 "$mm" bench --device cuda --config ffhq256 --batch 512 --precision "$p" \

@@ -32,6 +32,19 @@ pub enum NoiseMode {
     Random { seed: u32, first_image: usize },
 }
 
+/// One row of a per-layer profile ([`Backend::profile`]): one synthesis layer's kernels for a batch (a conv and
+/// the ToRGB its kernel computes make one row, named `conv + torgb`), their time, and the FLOPs and device-memory
+/// bytes the work needs ([`crate::cuda::profile::layer_cost`]).
+#[derive(Clone, Debug)]
+pub struct LayerProfile {
+    pub name: String,
+    /// The images synthesized together.
+    pub images: usize,
+    pub seconds: f64,
+    pub flop: f64,
+    pub bytes: f64,
+}
+
 pub trait Backend {
     fn name(&self) -> String;
     /// The network it executes.
@@ -43,5 +56,10 @@ pub trait Backend {
     /// The most device memory its buffers have held at once, for backends with a device of their own.
     fn peak_device_memory(&self) -> Option<usize> {
         None
+    }
+    /// Synthesizes `ws` (or as many of its rows as one pass takes) with the device waiting after every layer,
+    /// and times each layer; `None` from backends without per-layer timing.
+    fn profile(&self, _ws: &Tensor) -> Result<Option<Vec<LayerProfile>>> {
+        Ok(None)
     }
 }

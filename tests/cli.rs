@@ -428,6 +428,23 @@ fn doctor_reports_backends_devices_and_kernels() {
     assert!(text.contains("backends:") && text.contains("cpu"), "{text}");
     let json: serde_json::Value = serde_json::from_str(&ok(&["doctor", "--json"])).unwrap();
     assert!(json["devices"].is_array(), "{json}");
+    // The run-time CUDA libraries, libcuda found exactly when the engine sees a driver.
+    let libraries = json["libraries"].as_array().expect("libraries list");
+    let found = |name: &str| {
+        libraries
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {libraries:?}"))["found"]
+            .as_bool()
+            .unwrap()
+    };
+    assert_eq!(found("libcuda"), mmengine::cuda::driver::driver_present());
+    found("libcusolver");
+    found("libnvrtc");
+    assert!(
+        text.contains("libraries:") && text.contains("libcusolver"),
+        "{text}"
+    );
     let kernels = json["kernels"].as_array().expect("kernels list");
     // A build with nvcc lists every kernel of kernels/*.cu with its compiled figures.
     if json["nvcc"].is_string() {

@@ -1222,6 +1222,25 @@ mod tensor_core_conv {
         rgb_clamp: Option<f32>,
     }
 
+    /// A same-resolution synthesis conv as the generator builds it (demodulated, lrelu, its gain, the given
+    /// clamp), storing the mode's activation type.
+    fn synthesis_conv(
+        dev: &EmuDevice,
+        weight: &Tensor,
+        bias: &[f32],
+        clamp: Option<f32>,
+        precision: Precision,
+    ) -> DeviceConvLayer<EmuDevice> {
+        let finish = Finish {
+            bias: Some(bias),
+            act: Act::LRELU,
+            gain: Act::LRELU.default_gain(),
+            clamp,
+            output: precision.activation_dtype(),
+        };
+        DeviceConvLayer::with_precision(dev, weight, true, 1, &finish, false, precision).unwrap()
+    }
+
     /// The fused pair (forward_with_torgb) against the unfused one in every tensor-core mode. y must be bit for bit
     /// the unfused conv's. rgb[b, c, pix] = clamp(sum_o a_o w_co + bias_c), a_o = y_o s_o, in both from the same
     /// stored y: the unfused ToRGB rounds a_o and w_co to the mode's type (u relative, or eta absolute below f16's
@@ -1250,22 +1269,7 @@ mod tensor_core_conv {
         let mut clamp_hits = 0;
         for precision in TENSOR_CORE_MODES {
             let activations = precision.activation_dtype();
-            let conv = DeviceConvLayer::with_precision(
-                &dev,
-                &weight,
-                true,
-                1,
-                &Finish {
-                    bias: Some(&bias),
-                    act: Act::LRELU,
-                    gain: Act::LRELU.default_gain(),
-                    clamp: Some(256.0),
-                    output: activations,
-                },
-                false,
-                precision,
-            )
-            .unwrap();
+            let conv = synthesis_conv(&dev, &weight, &bias, Some(256.0), precision);
             let torgb = DeviceConvLayer::with_precision(
                 &dev,
                 &rgb_weight,
@@ -1564,22 +1568,7 @@ mod tensor_core_conv {
                 err.contains("skip image") && err.contains("[2, 3, 3, 5]"),
                 "{err}"
             );
-            let conv = DeviceConvLayer::with_precision(
-                &dev,
-                &weight,
-                true,
-                1,
-                &Finish {
-                    bias: Some(&bias),
-                    act: Act::LRELU,
-                    gain: Act::LRELU.default_gain(),
-                    clamp: None,
-                    output: activations,
-                },
-                false,
-                precision,
-            )
-            .unwrap();
+            let conv = synthesis_conv(&dev, &weight, &bias, None, precision);
             assert!(!conv.takes_skip());
             assert!(conv.forward_torgb(&dev, &xd, &styles, Some(&skip)).is_err());
             if precision == Precision::Fp32 {
@@ -1897,11 +1886,23 @@ fn cli_render_on_the_emulation_matches_the_cpu() {
 
 /// `bench` on a device reports throughput, TFLOP/s and the device memory the engine's buffers peaked at.
 #[test]
-fn cli_bench_on_the_emulation_reports_device_memory() {
+fn cli_bench_on_the_emulation_reports_device_memory_and_a_layer_profile() {
     let model = golden("nvlabs_tiny", "model.pkl");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_mmengine"))
         .args([
-            "bench", "--device", "emu", "--batch", "2", "--iters", "1", "--warmup", "0", "--json",
+            "bench",
+            "--device",
+            "emu",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--precision",
+            "fp16",
+            "--profile",
+            "--json",
             "--model",
         ])
         .arg(&model)
@@ -1921,6 +1922,41 @@ fn cli_bench_on_the_emulation_reports_device_memory() {
         report["peak_device_memory_bytes"].as_u64().unwrap() > images,
         "{report}"
     );
+    // One row per layer, the ToRGBs of the blocks whose conv1 computes them (16 and 32 px, 64 channels or
+    // fewer) in their conv's row; every layer's work at least its 3x3 convs' FLOPs; no roofline for the
+    // emulation.
+    let layers = &report["layers"];
+    assert_eq!(layers["images"], 2, "{layers}");
+    let rows = layers["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "b4.conv1",
+            "b4.torgb",
+            "b8.conv0",
+            "b8.conv1",
+            "b8.torgb",
+            "b16.conv0",
+            "b16.conv1 + b16.torgb",
+            "b32.conv0",
+            "b32.conv1 + b32.torgb",
+        ]
+    );
+    for r in rows {
+        assert!(
+            r["ms"].as_f64().unwrap() > 0.0 && r["mbytes"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+        assert!(r["bound_ms"].is_null(), "{r}");
+    }
+    let conv_gflop = 2.0 * report["gflop_per_image"].as_f64().unwrap();
+    let gflop: f64 = rows.iter().map(|r| r["gflop"].as_f64().unwrap()).sum();
+    assert!(
+        gflop >= conv_gflop && gflop < 1.05 * conv_gflop,
+        "{gflop} vs {conv_gflop}"
+    );
+    assert!(layers["fraction_of_bound"].is_null(), "{layers}");
 }
 
 /// `selftest --precision fp16` runs the generator cases through the tensor-core kernels, every one within the

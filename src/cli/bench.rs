@@ -1,8 +1,9 @@
 //! `mmengine bench`: throughput of the generator on a device, for a checkpoint or a random-weight configuration.
 
 use super::device::{open_backend, DeviceArg};
-use crate::backend::{NoiseMode, Truncation};
+use crate::backend::{LayerProfile, NoiseMode, Truncation};
 use crate::bail;
+use crate::cuda::profile::{bound_seconds, peaks, Peaks};
 use crate::cuda::Precision;
 use crate::error::Result;
 use crate::model::{self, random};
@@ -37,6 +38,10 @@ pub struct BenchArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Also time each synthesis layer on its own (cuda and emu; the device waits after every layer) against its
+    /// FLOPs and bytes, and, on a GPU with known peak rates (H100, H200), the roofline.
+    #[arg(long)]
+    profile: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -62,6 +67,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         z.extend(seeds::z_from_seed(i as u32, z_dim));
     }
     let z = Tensor::new(vec![args.batch, z_dim], z)?;
+    if args.profile && args.device == DeviceArg::Cpu {
+        bail!("--profile times the device kernels: use --device cuda or emu");
+    }
     let run = || -> Result<f64> {
         let start = Instant::now();
         let ws = backend.map(&z, Truncation::default())?;
@@ -78,12 +86,20 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let images_per_s = args.batch as f64 / mean;
     let gflops = gflop_per_image * images_per_s;
+    let layers = if args.profile {
+        let ws = backend.map(&z, Truncation::default())?;
+        backend.profile(&ws)?
+    } else {
+        None
+    };
+    let device = backend.name();
+    let rates = peaks(&device, args.precision);
     let peak = peak_rss_bytes();
     let peak_device = backend.peak_device_memory();
     if args.json {
         let report = serde_json::json!({
             "model": name,
-            "device": backend.name(),
+            "device": device,
             "precision": args.precision.to_string(),
             "resolution": res,
             "batch": args.batch,
@@ -96,11 +112,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "achieved_tflop_per_s": gflops / 1e3,
             "peak_memory_bytes": peak,
             "peak_device_memory_bytes": peak_device,
+            "layers": layers.as_ref().map(|rows| profile_json(rows, rates)),
         });
         println!("{report}");
     } else {
         println!("model:        {name} ({res}x{res}, {gflop_per_image:.1} GFLOP/image)");
-        println!("device:       {} ({})", backend.name(), args.precision);
+        println!("device:       {device} ({})", args.precision);
         println!(
             "batch {}:     {:.1} ms/batch (best {:.1}), {:.3} images/s, {:.1} GFLOP/s ({:.3} TFLOP/s)",
             args.batch,
@@ -123,8 +140,89 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 b as f64 / 1048576.0
             );
         }
+        if let Some(rows) = &layers {
+            print_profile(rows, rates);
+        }
     }
     Ok(())
+}
+
+/// The per-layer table: time, achieved rates and, with known peaks, the roofline bound and the fraction of it
+/// reached (bound time / measured time).
+fn print_profile(rows: &[LayerProfile], rates: Option<Peaks>) {
+    let images = rows.first().map_or(0, |r| r.images);
+    println!("per layer, one pass of {images} images, the device waiting after each layer:");
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
+        "layer", "GFLOP", "MB", "ms", "TFLOP/s", "GB/s", "bound ms", "of it"
+    );
+    let line = |name: &str, flop: f64, bytes: f64, seconds: f64, bound: Option<f64>| {
+        let (bound_ms, fraction) = match bound {
+            Some(b) => (
+                format!("{:.3}", b * 1e3),
+                format!("{:.0}%", 100.0 * b / seconds),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        println!(
+            "{name:<28} {:>9.2} {:>9.1} {:>9.3} {:>9.2} {:>9.1} {bound_ms:>9} {fraction:>6}",
+            flop / 1e9,
+            bytes / 1e6,
+            seconds * 1e3,
+            flop / seconds / 1e12,
+            bytes / seconds / 1e9
+        );
+    };
+    for r in rows {
+        line(
+            &r.name,
+            r.flop,
+            r.bytes,
+            r.seconds,
+            rates.map(|p| bound_seconds(r, p)),
+        );
+    }
+    let sum = |f: fn(&LayerProfile) -> f64| rows.iter().map(f).sum::<f64>();
+    line(
+        "total",
+        sum(|r| r.flop),
+        sum(|r| r.bytes),
+        sum(|r| r.seconds),
+        rates.map(|p| rows.iter().map(|r| bound_seconds(r, p)).sum()),
+    );
+    if rates.is_none() {
+        println!("(no roofline: the peak rates of this device are not known)");
+    }
+}
+
+fn profile_json(rows: &[LayerProfile], rates: Option<Peaks>) -> serde_json::Value {
+    let layers: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let bound = rates.map(|p| bound_seconds(r, p));
+            serde_json::json!({
+                "name": r.name,
+                "ms": r.seconds * 1e3,
+                "gflop": r.flop / 1e9,
+                "mbytes": r.bytes / 1e6,
+                "tflop_per_s": r.flop / r.seconds / 1e12,
+                "gbyte_per_s": r.bytes / r.seconds / 1e9,
+                "bound_ms": bound.map(|b| b * 1e3),
+                "fraction_of_bound": bound.map(|b| b / r.seconds),
+            })
+        })
+        .collect();
+    let bound: Option<f64> = rates.map(|p| rows.iter().map(|r| bound_seconds(r, p)).sum());
+    let seconds: f64 = rows.iter().map(|r| r.seconds).sum();
+    serde_json::json!({
+        "images": rows.first().map_or(0, |r| r.images),
+        "rows": layers,
+        "total_ms": seconds * 1e3,
+        "peak_tflop_per_s": rates.map(|p| p.flop_per_s / 1e12),
+        "peak_gbyte_per_s": rates.map(|p| p.bytes_per_s / 1e9),
+        "bound_ms": bound.map(|b| b * 1e3),
+        "fraction_of_bound": bound.map(|b| b / seconds),
+    })
 }
 
 /// The process's peak resident set (`VmHWM` in /proc/self/status), where the OS reports it.

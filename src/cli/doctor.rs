@@ -29,8 +29,33 @@ fn kernel_json(k: &KernelInfo) -> Value {
     })
 }
 
+/// The CUDA libraries loaded at run time, whether each loads here, and what needs it.
+fn libraries() -> [(&'static str, bool, &'static str); 3] {
+    // SAFETY: each call only tries to load its library (cudarc panics on the first use of a missing one).
+    unsafe {
+        [
+            (
+                "libcuda",
+                cudarc::driver::sys::is_culib_present(),
+                "the driver: --device cuda",
+            ),
+            (
+                "libcusolver",
+                cudarc::cusolver::sys::is_culib_present(),
+                "the SVD of fit --device cuda",
+            ),
+            (
+                "libnvrtc",
+                cudarc::nvrtc::sys::is_culib_present(),
+                "only for builds without nvcc (run-time kernel compilation)",
+            ),
+        ]
+    }
+}
+
 pub fn doctor(args: DoctorArgs) -> Result<()> {
     let devices = driver::list_devices();
+    let libraries = libraries();
     let cuda_detail = match &devices {
         Ok(d) if d.is_empty() => "driver found, no devices".to_string(),
         Ok(d) => format!("{} device(s)", d.len()),
@@ -70,6 +95,10 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
                 .map(|(name, ok, detail)| json!({"name": name, "available": ok, "detail": detail}))
                 .collect::<Vec<_>>(),
             "devices": devices.as_ref().map(|d| json!(d)).unwrap_or_else(|_| json!([])),
+            "libraries": libraries
+                .iter()
+                .map(|(name, found, needed_for)| json!({"name": name, "found": found, "needed_for": needed_for}))
+                .collect::<Vec<_>>(),
             "nvcc": NVCC_VERSION,
             "sass_checked": SASS_CHECKED,
             "kernels": KERNEL_TABLE.iter().map(kernel_json).collect::<Vec<_>>(),
@@ -94,6 +123,11 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
                 d.memory_free_bytes as f64 / (1u64 << 30) as f64
             );
         }
+    }
+    println!("libraries:");
+    for (name, found, needed_for) in &libraries {
+        let state = if *found { "found" } else { "not found" };
+        println!("  {name:12} {state:10} {needed_for}");
     }
     println!("kernels: {kernels_detail}");
     if KERNEL_TABLE.is_empty() {

@@ -7,7 +7,7 @@ use super::device::{Device, DeviceTensor};
 use super::gemm::Precision;
 use super::mapping::DeviceMapping;
 use super::synthesis::{check_ws, DeviceSynthesis};
-use crate::backend::{Backend, NoiseMode, Truncation};
+use crate::backend::{Backend, LayerProfile, NoiseMode, Truncation};
 use crate::cpu::ConvPath;
 use crate::error::{Error, Result};
 use crate::model::Network;
@@ -171,6 +171,14 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn map(&self, z: &Tensor, truncation: Truncation) -> Result<Tensor> {
         self.mapping.map(&self.dev, z, truncation)
+    }
+
+    fn profile(&self, ws: &Tensor) -> Result<Option<Vec<LayerProfile>>> {
+        check_ws(&self.net, ws)?;
+        let pass = ws.slice_rows(0, self.plan_chunk(ws.shape[0]));
+        self.synthesis
+            .profile(&self.dev, &self.net, &pass, NoiseMode::Const)
+            .map(Some)
     }
 
     fn synthesize(&self, ws: &Tensor, noise: NoiseMode) -> Result<Tensor> {

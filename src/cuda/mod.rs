@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod mapping;
 pub mod ops;
 pub mod params;
+pub mod profile;
 pub mod synthesis;
 
 pub use backend::CudaBackend;

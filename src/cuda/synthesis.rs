@@ -8,7 +8,8 @@ use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::gemm::Precision;
 use super::kernels::Kernel;
 use super::params::ModconvAffineParams;
-use crate::backend::NoiseMode;
+use super::profile::layer_cost;
+use crate::backend::{LayerProfile, NoiseMode};
 use crate::bail;
 use crate::cpu::ops::Act;
 use crate::cpu::synthesis::{random_noise, Trace};
@@ -16,9 +17,20 @@ use crate::cpu::ConvPath;
 use crate::error::Result;
 use crate::model::{LayerKind, Network};
 use crate::tensor::Tensor;
+use std::time::Instant;
 
 const AFFINE_THREADS: u32 = 256;
 const AFFINE_MAX_BLOCKS: u32 = 65535;
+
+/// What [`DeviceSynthesis::forward`] reports as it goes.
+enum Observe<'a> {
+    Nothing,
+    /// Every layer's styles and output, each block's x and img (downloaded).
+    Trace(Trace<'a>),
+    /// After each layer's kernels are queued: the layer's index, and whether the layer before computed it
+    /// (a ToRGB fused into its conv).
+    LayerQueued(&'a mut dyn FnMut(usize, bool) -> Result<()>),
+}
 
 /// One synthesis layer on the device.
 struct DeviceLayer<D: Device> {
@@ -133,7 +145,8 @@ impl<D: Device> DeviceSynthesis<D> {
         ws: &Tensor,
         noise: NoiseMode,
     ) -> Result<Tensor> {
-        self.forward(dev, net, ws, noise, None)?.download(dev)
+        self.forward(dev, net, ws, noise, Observe::Nothing)?
+            .download(dev)
     }
 
     /// [`Self::synthesize`] leaving the images in device memory, their kernels possibly still running.
@@ -144,7 +157,7 @@ impl<D: Device> DeviceSynthesis<D> {
         ws: &Tensor,
         noise: NoiseMode,
     ) -> Result<DeviceTensor<D>> {
-        self.forward(dev, net, ws, noise, None)
+        self.forward(dev, net, ws, noise, Observe::Nothing)
     }
 
     /// [`Self::synthesize`] that also reports every layer's styles and output, and each block's `x` and `img`,
@@ -157,8 +170,52 @@ impl<D: Device> DeviceSynthesis<D> {
         noise: NoiseMode,
         trace: Trace,
     ) -> Result<Tensor> {
-        self.forward(dev, net, ws, noise, Some(trace))?
+        self.forward(dev, net, ws, noise, Observe::Trace(trace))?
             .download(dev)
+    }
+
+    /// [`Self::synthesize`] with the device waiting after every layer: each layer's time (the first also holds
+    /// the uploads of ws and the constant input) and cost, a ToRGB computed by its conv's kernel merged into the
+    /// conv's row.
+    pub fn profile(
+        &self,
+        dev: &D,
+        net: &Network,
+        ws: &Tensor,
+        noise: NoiseMode,
+    ) -> Result<Vec<LayerProfile>> {
+        let n = ws.shape[0];
+        let activation_bytes = self.activations.size();
+        let mut rows: Vec<LayerProfile> = Vec::new();
+        let mut skip = false;
+        dev.synchronize()?;
+        let mut mark = Instant::now();
+        let mut layer_done = |index: usize, fused: bool| -> Result<()> {
+            dev.synchronize()?;
+            let seconds = mark.elapsed().as_secs_f64();
+            mark = Instant::now();
+            let layer = &net.layers[index];
+            let (flop, bytes) = layer_cost(layer, n, activation_bytes, fused, skip);
+            skip |= layer.kind == LayerKind::ToRgb;
+            match rows.last_mut() {
+                Some(conv) if fused => {
+                    conv.name = format!("{} + {}", conv.name, layer.name);
+                    conv.seconds += seconds;
+                    conv.flop += flop;
+                    conv.bytes += bytes;
+                }
+                _ => rows.push(LayerProfile {
+                    name: layer.name.clone(),
+                    images: n,
+                    seconds,
+                    flop,
+                    bytes,
+                }),
+            }
+            Ok(())
+        };
+        self.forward(dev, net, ws, noise, Observe::LayerQueued(&mut layer_done))?;
+        Ok(rows)
     }
 
     fn forward(
@@ -167,7 +224,7 @@ impl<D: Device> DeviceSynthesis<D> {
         net: &Network,
         ws: &Tensor,
         noise: NoiseMode,
-        mut trace: Option<Trace>,
+        mut observe: Observe,
     ) -> Result<DeviceTensor<D>> {
         if net.layers.len() != self.layers.len() {
             bail!("the device synthesis was built from another network");
@@ -196,7 +253,7 @@ impl<D: Device> DeviceSynthesis<D> {
         let mut noise_layer = 0;
         // The kernel that writes a ToRGB's output also adds the up-sampled skip image (ModconvParams::skip),
         // except when tracing: the trace reports the ToRGB's output alone.
-        let join_skip = trace.is_none();
+        let join_skip = !matches!(observe, Observe::Trace(_));
         // A ToRGB computed by the conv before it (forward_with_torgb): its styles, its output, and whether the
         // skip image is in it.
         let mut fused_rgb: Option<(DeviceTensor<D>, DeviceTensor<D>, bool)> = None;
@@ -220,6 +277,7 @@ impl<D: Device> DeviceSynthesis<D> {
                 next.kind == LayerKind::ToRgb && layer.conv.can_fuse_torgb(&next.conv)
             });
             let skip = img.as_ref().filter(|_| join_skip);
+            let computed_before = fused_rgb.is_some();
             let (styles, out, joined) = match fused_rgb.take() {
                 Some(done) => done,
                 None => {
@@ -266,7 +324,7 @@ impl<D: Device> DeviceSynthesis<D> {
                     (styles, out, joined)
                 }
             };
-            if let Some(t) = trace.as_mut() {
+            if let Observe::Trace(t) = &mut observe {
                 t(&format!("{}.styles", layer.name), &styles.download(dev)?);
                 t(&format!("{}.out", layer.name), &out.download(dev)?);
             }
@@ -291,13 +349,16 @@ impl<D: Device> DeviceSynthesis<D> {
                         }
                         _ => out,
                     };
-                    if let Some(t) = trace.as_mut() {
+                    if let Observe::Trace(t) = &mut observe {
                         let block = format!("b{}", layer.resolution);
                         t(&format!("{block}.x"), &x.download(dev)?);
                         t(&format!("{block}.img"), &sum.download(dev)?);
                     }
                     img = Some(sum);
                 }
+            }
+            if let Observe::LayerQueued(done) = &mut observe {
+                done(index, computed_before)?;
             }
         }
         match img {
