@@ -65,7 +65,8 @@ pub(crate) struct LayerFit {
 }
 
 impl LayerFit {
-    /// Completes layer `layer`'s fit from its robust PCA: the rank-`rank` reconstruction of L (exact truncated SVD).
+    /// Completes layer `layer`'s fit from its robust PCA: the rank-`rank` reconstruction of L (exact truncated SVD,
+    /// from the loop's own factors of L when it has them).
     pub(crate) fn from_rpca(
         dec: Rpca,
         layer: usize,
@@ -73,9 +74,12 @@ impl LayerFit {
         width: usize,
         rank: usize,
     ) -> Result<Self> {
-        let lowrank = svd(&dec.low_rank, k, width)
-            .map_err(|e| in_layer(layer, e))?
-            .truncated(rank);
+        let lowrank = match &dec.low_rank_svd {
+            Some(factors) => factors.truncated(rank),
+            None => svd(&dec.low_rank, k, width)
+                .map_err(|e| in_layer(layer, e))?
+                .truncated(rank),
+        };
         Ok(LayerFit {
             low_rank: dec.low_rank,
             sparse: dec.sparse,

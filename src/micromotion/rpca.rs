@@ -5,7 +5,7 @@
 //! absolute (`1e-7 * sum(M^2)`) while the error it is compared with is relative (`sum((M-L-S)^2) / sum(M^2)`), and
 //! both use squared norms. The golden case E reproduces the paper's counts only with these.
 
-use super::svd::svd;
+use super::svd::{svd, Svd};
 use crate::bail;
 use crate::error::Result;
 
@@ -20,6 +20,9 @@ pub struct Rpca {
     pub iterations: usize,
     /// `sum((M-L-S)^2) / sum(M^2)` at exit.
     pub final_err: f64,
+    /// L as a thin SVD: the last iteration's factors with its shrunk singular values (still descending), so a
+    /// truncation of L needs no second SVD. `None` where the loop ran elsewhere (the device fit).
+    pub low_rank_svd: Option<Svd>,
 }
 
 /// `sign(x) * max(|x| - t, 0)`.
@@ -96,6 +99,7 @@ pub fn rpca(m: &[f64], rows: usize, cols: usize, max_iter: usize) -> Result<Rpca
     let mut sparse = vec![0.0; n];
     let mut y = vec![0.0; n];
     let mut work = vec![0.0; n];
+    let mut low_rank_svd = None;
     let mut err = f64::INFINITY;
     let mut iterations = 0;
     while err > tol && iterations < max_iter {
@@ -103,9 +107,10 @@ pub fn rpca(m: &[f64], rows: usize, cols: usize, max_iter: usize) -> Result<Rpca
         for i in 0..n {
             work[i] = m[i] - sparse[i] + mu_inv * y[i];
         }
-        let dec = svd(&work, rows, cols)?;
-        let shrunk: Vec<f64> = dec.s.iter().map(|&s| shrink(s, mu_inv)).collect();
-        low_rank = dec.reconstruct_with(&shrunk);
+        let mut dec = svd(&work, rows, cols)?;
+        dec.s.iter_mut().for_each(|s| *s = shrink(*s, mu_inv));
+        low_rank = dec.reconstruct_with(&dec.s);
+        low_rank_svd = Some(dec);
         // S = entry-wise shrinkage of M - L + Y/mu at lambda/mu; then the dual ascent step and the error.
         let mut residual2 = 0.0;
         for i in 0..n {
@@ -122,5 +127,40 @@ pub fn rpca(m: &[f64], rows: usize, cols: usize, max_iter: usize) -> Result<Rpca
         sparse,
         iterations,
         final_err: err,
+        low_rank_svd,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop's factors of L are an SVD of L: they rebuild it, and truncating them gives what truncating a
+    /// fresh SVD of L gives (the fit's rank-q reconstruction takes the former).
+    #[test]
+    fn low_rank_factors_are_an_svd_of_l() {
+        let (rows, cols) = (12, 40);
+        let mut state = 0x1234_5678_u64;
+        let m: Vec<f64> = (0..rows * cols)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let noise = (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                // Two smooth components plus noise and a few outliers.
+                let (r, c) = ((i / cols) as f64, (i % cols) as f64);
+                (c * 0.3).sin()
+                    + r * 0.1 * (c * 0.7).cos()
+                    + 0.05 * noise
+                    + if i % 97 == 0 { 3.0 } else { 0.0 }
+            })
+            .collect();
+        let dec = rpca(&m, rows, cols, 1000).unwrap();
+        assert!(dec.iterations > 1);
+        let factors = dec.low_rank_svd.as_ref().unwrap();
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+        assert!(close(&factors.truncated(rows), &dec.low_rank));
+        let fresh = svd(&dec.low_rank, rows, cols).unwrap();
+        assert!(close(&factors.truncated(2), &fresh.truncated(2)));
+    }
 }
