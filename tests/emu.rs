@@ -524,8 +524,8 @@ mod modconv {
 mod synthesis {
     use super::common::assert_close;
     use super::common::golden_nets::{
-        cases, check_intermediates, nvlabs_network, rosinality_layer, rosinality_network,
-        CASE_B_CLAMP_HITS,
+        cases, check_intermediates, check_traced_const, nvlabs_network, rosinality_layer,
+        rosinality_network, CASE_B_CLAMP_HITS,
     };
     use mmengine::backend::{Backend, NoiseMode};
     use mmengine::cpu::{ConvPath, CpuBackend};
@@ -568,22 +568,7 @@ mod synthesis {
         let synth = DeviceSynthesis::new(&EmuDevice::new(), &net, path).unwrap();
         let c = cases(case);
         let (img, seen) = traced(&synth, &net, &c.tensor("ws").unwrap());
-        let err = assert_close(
-            "img_const",
-            &img.data,
-            &c.tensor("img_const").unwrap().data,
-            IMG_TOL,
-            1e-5,
-        );
-        println!("emu {case} {path:?} img_const max error {err:.3e}");
-        let compared = check_intermediates("emu", case, &seen, 1e-5, |name| {
-            name.strip_prefix("synthesis.").map(str::to_string)
-        });
-        assert_eq!(
-            compared,
-            (2 * 2 + 2) + 3 * (3 * 2 + 2),
-            "intermediates compared"
-        );
+        check_traced_const(&format!("emu {path:?}"), case, &img, &seen);
         (synth, net, seen)
     }
 

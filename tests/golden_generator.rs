@@ -6,8 +6,8 @@ mod common;
 
 use common::assert_close;
 use common::golden_nets::{
-    cases, check_intermediates, nvlabs_network, rosinality_layer, rosinality_network,
-    CASE_B_CLAMP_HITS,
+    cases, check_intermediates, check_traced_const, nvlabs_network, rosinality_layer,
+    rosinality_network, CASE_B_CLAMP_HITS,
 };
 use mmengine::backend::{Backend, NoiseMode, Truncation};
 use mmengine::cpu::{ConvPath, CpuBackend};
@@ -51,25 +51,7 @@ fn check_nvlabs_case_on(case: &str, backend: CpuBackend) {
 
     let expected_ws = c.tensor("ws").unwrap();
     let (img, seen) = traced(&backend, &expected_ws, NoiseMode::Const);
-    let err = assert_close(
-        "img_const",
-        &img.data,
-        &c.tensor("img_const").unwrap().data,
-        IMG_TOL,
-        1e-5,
-    );
-    println!("{case} img_const max error {err:e}");
-
-    // Every per-layer intermediate the reference captured (sample 0).
-    let compared = check_intermediates("cpu", case, &seen, 1e-5, |name| {
-        name.strip_prefix("synthesis.").map(str::to_string)
-    });
-    // 4 blocks: b4 has conv1+torgb (2 layers x styles/out) + x + img; b8..b32 have 3 layers.
-    assert_eq!(
-        compared,
-        (2 * 2 + 2) + 3 * (3 * 2 + 2),
-        "intermediates compared"
-    );
+    check_traced_const("cpu", case, &img, &seen);
 }
 
 #[test]

@@ -85,6 +85,28 @@ pub fn check_intermediates(
     compared
 }
 
+/// Checks a traced constant-noise render of an NVlabs case's `ws`: the image against `img_const` (1e-4, or 1e-5
+/// relative) and every golden intermediate of sample 0, all (2 * 2 + 2) + 3 * (3 * 2 + 2) of them (b4 has conv1 and
+/// torgb, styles and out of each, plus x and img; b8 to b32 three layers each).
+pub fn check_traced_const(label: &str, case: &str, img: &Tensor, seen: &HashMap<String, Tensor>) {
+    let err = assert_close(
+        "img_const",
+        &img.data,
+        &cases(case).tensor("img_const").unwrap().data,
+        1e-4,
+        1e-5,
+    );
+    println!("{label} {case} img_const max error {err:.3e}");
+    let compared = check_intermediates(label, case, seen, 1e-5, |name| {
+        name.strip_prefix("synthesis.").map(str::to_string)
+    });
+    assert_eq!(
+        compared,
+        (2 * 2 + 2) + 3 * (3 * 2 + 2),
+        "intermediates compared"
+    );
+}
+
 /// Elements at conv_clamp (256) per layer output in case B's reference run (all 4 samples): the clamp must bite
 /// exactly as often.
 pub const CASE_B_CLAMP_HITS: [(&str, usize); 3] = [
