@@ -522,11 +522,11 @@ mod modconv {
 // The device synthesis network against the golden generator cases A, B and C (as tests/golden_generator.rs).
 
 mod synthesis {
-    use super::common::assert_close;
     use super::common::golden_nets::{
         cases, check_intermediates, check_traced_const, nvlabs_network, rosinality_layer,
         rosinality_network, CASE_B_CLAMP_HITS,
     };
+    use super::common::{assert_close, assert_same_bits};
     use mmengine::backend::{Backend, NoiseMode};
     use mmengine::cpu::{ConvPath, CpuBackend};
     use mmengine::cuda::emu::EmuDevice;
@@ -625,6 +625,16 @@ mod synthesis {
         println!("emu rosinality img_fixed_noise max error {err:.3e}");
         let compared = check_intermediates("emu", "rosinality_tiny", &seen, 0.0, rosinality_layer);
         assert_eq!(compared, 11 * 2, "intermediates compared");
+        // Untraced, the skip image joins in the ToRGB kernels: the same bits.
+        let untraced = synth
+            .synthesize(
+                &EmuDevice::new(),
+                &net,
+                &c.tensor("wplus").unwrap(),
+                NoiseMode::Const,
+            )
+            .unwrap();
+        assert_same_bits("rosinality untraced", &untraced, &img);
     }
 
     #[test]
