@@ -4,14 +4,17 @@
 /// code elsewhere): the crate is built for baseline x86-64, where LLVM vectorises plain loops 4 wide only.
 macro_rules! avx2_twin {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $crate::cpu::avx2_twin!($(#[$meta])* $vis fn $name($($arg: $ty),*) -> () $body);
+    };
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
         $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) -> $ret {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            fn body($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             if $crate::cpu::microkernel::has_avx2_fma() {
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) {
+                fn avx2($($arg: $ty),*) -> $ret {
                     body($($arg),*)
                 }
                 // SAFETY: the CPU has both features.
@@ -21,6 +24,7 @@ macro_rules! avx2_twin {
         }
     };
 }
+pub(crate) use avx2_twin;
 
 pub mod conv;
 pub mod mapping;

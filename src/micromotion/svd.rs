@@ -113,30 +113,42 @@ fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     t
 }
 
-/// Four independent partial sums let the compiler vectorise the loop (a single running sum fixes the order).
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..4 {
-            acc[k] += x[k] * y[k];
+crate::cpu::avx2_twin! {
+    /// Four independent partial sums let the compiler vectorise the loop (a single running sum fixes the order);
+    /// the order is the same at any vector width, so the AVX2 twin gives the same bits.
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        let mut acc = [0.0; 4];
+        let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+        let tail: f64 = ca
+            .remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
+        for (x, y) in ca.zip(cb) {
+            for k in 0..4 {
+                acc[k] += x[k] * y[k];
+            }
         }
+        (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
-/// Apply the plane rotation `(x, y) <- (c x - s y, s x + c y)` to two rows.
-fn rotate(x: &mut [f64], y: &mut [f64], c: f64, s: f64) {
-    for (p, q) in x.iter_mut().zip(y.iter_mut()) {
-        let (a, b) = (*p, *q);
-        *p = c * a - s * b;
-        *q = s * a + c * b;
+crate::cpu::avx2_twin! {
+    /// Apply the plane rotation `(x, y) <- (c x - s y, s x + c y)` to two rows.
+    fn rotate(x: &mut [f64], y: &mut [f64], c: f64, s: f64) {
+        for (p, q) in x.iter_mut().zip(y.iter_mut()) {
+            let (a, b) = (*p, *q);
+            *p = c * a - s * b;
+            *q = s * a + c * b;
+        }
+    }
+}
+
+crate::cpu::avx2_twin! {
+    /// `x <- x - w v`.
+    fn subtract_scaled(x: &mut [f64], w: f64, v: &[f64]) {
+        x.iter_mut().zip(v).for_each(|(x, v)| *x -= w * v);
     }
 }
 
@@ -210,7 +222,7 @@ impl Reflector {
     fn apply(&self, row: &mut [f64]) {
         let tail = &mut row[self.start..];
         let w = self.tau * dot(tail, &self.v);
-        tail.iter_mut().zip(&self.v).for_each(|(x, v)| *x -= w * v);
+        subtract_scaled(tail, w, &self.v);
     }
 }
 
