@@ -218,7 +218,7 @@ pub fn fit_on<D: LayerSvd>(dev: &D, anchors: &Tensor, opts: &FitOptions) -> Resu
                 sparse: sparse[l * size..(l + 1) * size].to_vec(),
                 iterations: iterations[l] as usize,
                 final_err: err[l],
-                low_rank_svd: None,
+                low_rank_basis: None,
             };
             LayerFit::from_rpca(dec, l, k, width, opts.rank)
         })

@@ -74,8 +74,8 @@ impl LayerFit {
         width: usize,
         rank: usize,
     ) -> Result<Self> {
-        let lowrank = match &dec.low_rank_svd {
-            Some(factors) => factors.truncated(rank),
+        let lowrank = match &dec.low_rank_basis {
+            Some(basis) => basis.truncated(rank),
             None => svd(&dec.low_rank, k, width)
                 .map_err(|e| in_layer(layer, e))?
                 .truncated(rank),

@@ -65,8 +65,8 @@ impl Svd {
     }
 }
 
-/// Thin SVD of the row-major `rows x cols` matrix `m`, converged to machine precision.
-pub fn svd(m: &[f64], rows: usize, cols: usize) -> Result<Svd> {
+/// Checks that `m` holds `rows x cols` finite values.
+fn check_input(m: &[f64], rows: usize, cols: usize) -> Result<()> {
     if m.len() != rows * cols {
         bail!(
             "SVD of a {rows} x {cols} matrix needs {} values, got {}",
@@ -82,6 +82,12 @@ pub fn svd(m: &[f64], rows: usize, cols: usize) -> Result<Svd> {
             m[i]
         );
     }
+    Ok(())
+}
+
+/// Thin SVD of the row-major `rows x cols` matrix `m`, converged to machine precision.
+pub fn svd(m: &[f64], rows: usize, cols: usize) -> Result<Svd> {
+    check_input(m, rows, cols)?;
     if rows <= cols {
         let (u, s, vt) = wide_svd(m.to_vec(), rows, cols)?;
         return Ok(Svd {
@@ -101,6 +107,24 @@ pub fn svd(m: &[f64], rows: usize, cols: usize) -> Result<Svd> {
         s,
         vt: transpose(&ut, cols, cols),
     })
+}
+
+/// The left singular vectors and singular values of the row-major `rows x cols` matrix `m`, without V: `(u, s)`,
+/// u `rows x r` row-major with orthonormal columns, s descending, `r = min(rows, cols)`, as [`svd`] gives them.
+/// For a wide matrix about half of [`svd`]'s work: the rotations act on L^T, whose normalised rows are U, and V
+/// would need them accumulated.
+pub fn left_singular(m: &[f64], rows: usize, cols: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    check_input(m, rows, cols)?;
+    if rows > cols {
+        let d = svd(m, rows, cols)?;
+        return Ok((d.u, d.s));
+    }
+    let mut a = m.to_vec();
+    let scale = scale_to_unit(&mut a);
+    let (_, perm, lt) = pivoted_lq_transposed(&mut a, rows, cols);
+    let (_, mut s, zt) = jacobi(lt, rows, rows, false)?;
+    s.iter_mut().for_each(|v| *v /= scale);
+    Ok((left_vectors(&zt, &perm), s))
 }
 
 fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
@@ -158,10 +182,9 @@ fn row_pair(data: &mut [f64], width: usize, i: usize, j: usize) -> (&mut [f64], 
     (&mut head[i * width..(i + 1) * width], &mut tail[..width])
 }
 
-/// SVD of a `m x n` matrix with `m <= n`: returns U (`m x m`), s (`m`), V^T (`m x n`).
-fn wide_svd(mut a: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
-    // Scale by a power of two (exact) so the largest entry is about 1: the dot products then neither overflow
-    // nor underflow for any finite input.
+/// Scales `a` by a power of two (exact) so that its largest entry is about 1, the dot products then neither
+/// overflowing nor underflowing for any finite input; returns the factor.
+fn scale_to_unit(a: &mut [f64]) -> f64 {
     let max_abs = a.iter().fold(0.0f64, |acc, v| acc.max(v.abs()));
     let exponent = if max_abs > 0.0 {
         (max_abs.log2().floor() as i32).clamp(-1000, 1000)
@@ -170,28 +193,48 @@ fn wide_svd(mut a: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>, 
     };
     let scale = 2f64.powi(-exponent);
     a.iter_mut().for_each(|v| *v *= scale);
+    scale
+}
 
+/// `P A = [L 0] H` by the pivoted LQ of the `m x n` matrix `a` (`m <= n`, overwritten): the reflectors of H, the
+/// row order P and L^T (`m x m`). Rotating the m x m L^T instead of the m x n rows makes each Jacobi sweep cost
+/// m^3 instead of m^2 n (12 x 512: the whole SVD about ten times cheaper), and H and P are orthogonal. The
+/// rotations act on the rows of L^T, L's columns: after the pivoted LQ those are far closer to orthogonal than
+/// L's rows (one more step of a QR iteration, Drmac and Veselic's preconditioner), so Jacobi needs fewer sweeps
+/// when k is large (8-9 instead of 13-14 at 200 x 512).
+fn pivoted_lq_transposed(
+    a: &mut [f64],
+    m: usize,
+    n: usize,
+) -> (Vec<Reflector>, Vec<usize>, Vec<f64>) {
+    let (reflectors, perm) = lq_in_place(a, m, n);
+    let mut lt = vec![0.0; m * m];
+    for (r, row) in a.chunks_exact(n).enumerate() {
+        for (c, &x) in row[..=r].iter().enumerate() {
+            lt[c * m + r] = x;
+        }
+    }
+    (reflectors, perm, lt)
+}
+
+/// U of `A` from Jacobi's `Z^T` for `L^T = W s Z^T`: L = Z s W^T, so A = P^T Z s (W^T [I 0] H) and U = P^T Z.
+fn left_vectors(zt: &[f64], perm: &[usize]) -> Vec<f64> {
+    let m = perm.len();
+    let mut u = vec![0.0; m * m];
+    for (i, &row) in perm.iter().enumerate() {
+        for k in 0..m {
+            u[row * m + k] = zt[k * m + i];
+        }
+    }
+    u
+}
+
+/// SVD of a `m x n` matrix with `m <= n`: returns U (`m x m`), s (`m`), V^T (`m x n`).
+fn wide_svd(mut a: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let scale = scale_to_unit(&mut a);
     let (u, mut s, vt) = if m < n {
-        // P A = [L 0] H: rotating the m x m triangle instead of the m x n rows makes each Jacobi sweep cost m^3
-        // instead of m^2 n (12 x 512: the whole SVD about ten times cheaper), and H and P are orthogonal. The
-        // rotations act on the rows of L^T, L's columns: after the pivoted LQ those are far closer to orthogonal
-        // than L's rows (one more step of a QR iteration, Drmac and Veselic's preconditioner), so Jacobi needs a
-        // third of the sweeps or fewer when k is large.
-        let (reflectors, perm) = lq_in_place(&mut a, m, n);
-        let mut lt = vec![0.0; m * m];
-        for (r, row) in a.chunks_exact(n).enumerate() {
-            for (c, &x) in row[..=r].iter().enumerate() {
-                lt[c * m + r] = x;
-            }
-        }
-        // L^T = W s Z^T, so L = Z s W^T and A = P^T Z s (W^T [I 0] H).
-        let (w, s, zt) = jacobi(lt, m, m)?;
-        let mut u = vec![0.0; m * m];
-        for (i, &row) in perm.iter().enumerate() {
-            for k in 0..m {
-                u[row * m + k] = zt[k * m + i];
-            }
-        }
+        let (reflectors, perm, lt) = pivoted_lq_transposed(&mut a, m, n);
+        let (w, s, zt) = jacobi(lt, m, m, true)?;
         let mut vt = vec![0.0; m * n];
         for (k, dst) in vt.chunks_exact_mut(n).enumerate() {
             for (j, x) in dst[..m].iter_mut().enumerate() {
@@ -202,9 +245,9 @@ fn wide_svd(mut a: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>, 
                 r.apply(dst);
             }
         }
-        (u, s, vt)
+        (left_vectors(&zt, &perm), s, vt)
     } else {
-        jacobi(a, m, n)?
+        jacobi(a, m, n, true)?
     };
     s.iter_mut().for_each(|v| *v /= scale);
     Ok((u, s, vt))
@@ -274,12 +317,17 @@ fn lq_in_place(a: &mut [f64], m: usize, n: usize) -> (Vec<Reflector>, Vec<usize>
     (reflectors, perm)
 }
 
-/// One-sided Jacobi on the rows of a scaled `m x n` matrix (`m <= n`): U (`m x m`), the row norms as singular
-/// values (`m`, still scaled), V^T (`m x n`).
-fn jacobi(mut a: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+/// One-sided Jacobi on the rows of a scaled `m x n` matrix (`m <= n`): U (`m x m`; empty unless `accumulate`),
+/// the row norms as singular values (`m`, still scaled), V^T (`m x n`).
+fn jacobi(
+    mut a: Vec<f64>,
+    m: usize,
+    n: usize,
+    accumulate: bool,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     // q accumulates the row rotations: a = q * M (scaled), so M = q^T a and U = q^T.
-    let mut q = vec![0.0; m * m];
-    for i in 0..m {
+    let mut q = vec![0.0; if accumulate { m * m } else { 0 }];
+    for i in 0..q.len() / m.max(1) {
         q[i * m + i] = 1.0;
     }
     // A computed dot product of length n carries a rounding error of about sqrt(n) ulps; a stricter threshold
@@ -299,8 +347,10 @@ fn jacobi(mut a: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>, Ve
             if best != i {
                 let (ri, rb) = row_pair(&mut a, n, i, best);
                 ri.swap_with_slice(rb);
-                let (qi, qb) = row_pair(&mut q, m, i, best);
-                qi.swap_with_slice(qb);
+                if accumulate {
+                    let (qi, qb) = row_pair(&mut q, m, i, best);
+                    qi.swap_with_slice(qb);
+                }
                 norm2.swap(i, best);
             }
             for j in i + 1..m {
@@ -324,8 +374,10 @@ fn jacobi(mut a: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>, Ve
                 rotate(ri, rj, c, s);
                 norm2[i] = alpha - t * gamma;
                 norm2[j] = beta + t * gamma;
-                let (qi, qj) = row_pair(&mut q, m, i, j);
-                rotate(qi, qj, c, s);
+                if accumulate {
+                    let (qi, qj) = row_pair(&mut q, m, i, j);
+                    rotate(qi, qj, c, s);
+                }
             }
         }
         if !rotated {
@@ -341,13 +393,15 @@ fn jacobi(mut a: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, Vec<f64>, Ve
     let mut order: Vec<usize> = (0..m).collect();
     order.sort_by(|&x, &y| norms[y].total_cmp(&norms[x]));
 
-    let mut u = vec![0.0; m * m];
+    let mut u = vec![0.0; q.len()];
     let mut s = vec![0.0; m];
     let mut vt = vec![0.0; m * n];
     let mut degenerate = Vec::new();
     for (k, &src) in order.iter().enumerate() {
-        for row in 0..m {
-            u[row * m + k] = q[src * m + row];
+        if accumulate {
+            for row in 0..m {
+                u[row * m + k] = q[src * m + row];
+            }
         }
         let norm = norms[src];
         if norm < NEGLIGIBLE {
