@@ -1911,6 +1911,10 @@ fn cli_bench_on_the_emulation_reports_device_memory_and_a_layer_profile() {
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["achieved_tflop_per_s"].is_number(), "{report}");
+    // 2 images of 3 x 32 x 32 f32 per batch at the reported rate.
+    let out = report["output_gbyte_per_s"].as_f64().unwrap();
+    let expected = report["images_per_s"].as_f64().unwrap() * (3 * 32 * 32 * 4) as f64 / 1e9;
+    assert!((out - expected).abs() <= 1e-9 * expected, "{report}");
     // At least the weights and one batch's activations: more than the 32 px images themselves.
     let images = 2 * 3 * 32 * 32 * 4;
     assert!(

@@ -61,6 +61,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     };
     let gflop_per_image = 2.0 * random::conv_macs(&net) / 1e9;
     let (res, z_dim) = (net.resolution, net.z_dim);
+    // The f32 images a batch hands back (on a GPU: what crosses the host link).
+    let image_bytes = (net.img_channels * res * res * 4) as f64;
     let backend = open_backend(args.device, net, args.precision)?;
     let mut z = Vec::with_capacity(args.batch * z_dim);
     for i in 0..args.batch {
@@ -86,6 +88,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let images_per_s = args.batch as f64 / mean;
     let gflops = gflop_per_image * images_per_s;
+    let output_gbytes = image_bytes * images_per_s / 1e9;
     let layers = if args.profile {
         let ws = backend.map(&z, Truncation::default())?;
         backend.profile(&ws)?
@@ -110,6 +113,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "gflop_per_image": gflop_per_image,
             "achieved_gflop_per_s": gflops,
             "achieved_tflop_per_s": gflops / 1e3,
+            "output_gbyte_per_s": output_gbytes,
             "peak_memory_bytes": peak,
             "peak_device_memory_bytes": peak_device,
             "layers": layers.as_ref().map(|rows| profile_json(rows, rates)),
@@ -126,6 +130,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             images_per_s,
             gflops,
             gflops / 1e3
+        );
+        println!(
+            "images out:   {output_gbytes:.3} GB/s of f32 pixels (on a GPU, over the host link)"
         );
         match peak {
             Some(b) => println!(
