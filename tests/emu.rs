@@ -773,7 +773,9 @@ mod tensor_core_conv {
     use mmengine::backend::NoiseMode;
     use mmengine::cpu::ops::Act;
     use mmengine::cpu::ConvPath;
-    use mmengine::cuda::conv::{skip_upsample, DeviceConvLayer, DeviceNoise, Finish, FusedToRgb};
+    use mmengine::cuda::conv::{
+        skip_upsample_plus, DeviceConvLayer, DeviceNoise, Finish, FusedToRgb,
+    };
     use mmengine::cuda::device::{DType, DeviceTensor};
     use mmengine::cuda::emu::EmuDevice;
     use mmengine::cuda::gemm::Precision;
@@ -1485,17 +1487,10 @@ mod tensor_core_conv {
         skip: &DeviceTensor<EmuDevice>,
         addend: &DeviceTensor<EmuDevice>,
     ) -> Tensor {
-        let up = DeviceTensor::alloc(dev, &addend.shape).unwrap();
-        let plane = (addend.shape[2] * addend.shape[3]) as i64;
-        let channels = addend.shape[1] as i64;
-        skip_upsample(
-            dev,
-            skip,
-            &up,
-            Some((addend.ptr(), channels * plane, plane)),
-        )
-        .unwrap();
-        up.download(dev).unwrap()
+        skip_upsample_plus(dev, skip, addend)
+            .unwrap()
+            .download(dev)
+            .unwrap()
     }
 
     /// The skip image joins in the kernel that writes the ToRGB (ModconvParams::skip): the plain ToRGB in every

@@ -703,6 +703,33 @@ pub fn skip_upsample<D: Device>(
     )
 }
 
+/// `upsample2x(skip) + addend` for `skip [N, C, H, W]` and an f32 `addend [N, C, 2H, 2W]`: StyleGAN2's
+/// `img = upsample(img) + torgb(x)` as its own kernel, the twin of `ModconvParams::skip` (traced renders, tests).
+pub fn skip_upsample_plus<D: Device>(
+    dev: &D,
+    skip: &DeviceTensor<D>,
+    addend: &DeviceTensor<D>,
+) -> Result<DeviceTensor<D>> {
+    if addend.dtype() != DType::F32 || addend.shape.len() != 4 {
+        bail!(
+            "skip up-sampling: the addend must be [N, C, H, W] f32, got {:?} {:?}",
+            addend.shape,
+            addend.dtype()
+        );
+    }
+    // skip_upsample checks that the sum (the addend's shape) is twice the skip image.
+    let sum = DeviceTensor::alloc(dev, &addend.shape)?;
+    let plane = (addend.shape[2] * addend.shape[3]) as i64;
+    let channels = addend.shape[1] as i64;
+    skip_upsample(
+        dev,
+        skip,
+        &sum,
+        Some((addend.ptr(), channels * plane, plane)),
+    )?;
+    Ok(sum)
+}
+
 /// The pointer for `ModconvParams::skip`: a skip image for an f32 output `[N, C, H, W]` must be `[N, C, H/2, W/2]`
 /// f32 (H and W even).
 fn skip_ptr<D: Device>(skip: Option<&DeviceTensor<D>>, [n, c, h, w]: [usize; 4]) -> Result<u64> {

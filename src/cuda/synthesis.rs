@@ -3,7 +3,7 @@
 //! that writes each ToRGB.
 //! Weights, noise buffers and the constant input are uploaded once.
 
-use super::conv::{skip_upsample, DeviceConvLayer, DeviceNoise, Finish, FusedToRgb};
+use super::conv::{skip_upsample_plus, DeviceConvLayer, DeviceNoise, Finish, FusedToRgb};
 use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::gemm::Precision;
 use super::kernels::Kernel;
@@ -332,21 +332,7 @@ impl<D: Device> DeviceSynthesis<D> {
                 LayerKind::Conv => x = out,
                 LayerKind::ToRgb => {
                     let sum = match img.take() {
-                        Some(prev) if !joined => {
-                            let mut shape = prev.shape.clone();
-                            shape[2] *= 2;
-                            shape[3] *= 2;
-                            let up = DeviceTensor::alloc(dev, &shape)?;
-                            let plane = (shape[2] * shape[3]) as i64;
-                            let channels = shape[1] as i64;
-                            skip_upsample(
-                                dev,
-                                &prev,
-                                &up,
-                                Some((out.ptr(), channels * plane, plane)),
-                            )?;
-                            up
-                        }
+                        Some(prev) if !joined => skip_upsample_plus(dev, &prev, &out)?,
                         _ => out,
                     };
                     if let Observe::Trace(t) = &mut observe {

@@ -326,9 +326,12 @@ fn jacobi(
     accumulate: bool,
 ) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     // q accumulates the row rotations: a = q * M (scaled), so M = q^T a and U = q^T.
-    let mut q = vec![0.0; if accumulate { m * m } else { 0 }];
-    for i in 0..q.len() / m.max(1) {
-        q[i * m + i] = 1.0;
+    let mut q = Vec::new();
+    if accumulate {
+        q = vec![0.0; m * m];
+        for i in 0..m {
+            q[i * m + i] = 1.0;
+        }
     }
     // A computed dot product of length n carries a rounding error of about sqrt(n) ulps; a stricter threshold
     // could keep rotating on noise.
