@@ -110,3 +110,29 @@ __device__ __forceinline__ void copy_async_wait() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
 #endif
 }
+
+// The K loop of the double-buffered GEMM kernels (modconv.cu, modconv_tc.cu): while stage s is multiplied out of
+// buffer s & 1, stage s + 1's B tile streams into the other buffer (cp.async) and its A values wait in registers,
+// stored once the multiply is done; one barrier per stage. copy_b(stage, buffer), load_a(stage),
+// store_a(buffer), multiply(buffer); stages >= 1.
+template <class CopyB, class LoadA, class StoreA, class Multiply>
+__device__ __forceinline__ void double_buffered_k_loop(int stages, CopyB copy_b, LoadA load_a, StoreA store_a,
+                                                       Multiply multiply) {
+  copy_b(0, 0);
+  load_a(0);
+  store_a(0);
+  copy_async_wait();
+  __syncthreads();
+  for (int s = 0; s < stages; ++s) {
+    const int cur = s & 1;
+    const bool more = s + 1 < stages;
+    if (more) {
+      copy_b(s + 1, cur ^ 1);
+      load_a(s + 1);
+    }
+    multiply(cur);
+    if (more) store_a(cur ^ 1);
+    copy_async_wait();
+    __syncthreads();
+  }
+}

@@ -146,23 +146,9 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
 #pragma unroll
     for (int j = 0; j < Tile::TN; ++j) acc[i][j] = 0.0f;
   }
-  copy_b(0, 0);
-  load_a(0);
-  store_a(0);
-  copy_async_wait();
-  __syncthreads();
-  for (int s = 0; s < slices; ++s) {
-    const int cur = s & 1;
-    const bool more = s + 1 < slices;
-    if (more) {
-      copy_b((s + 1) * BK, cur ^ 1);
-      load_a((s + 1) * BK);
-    }
-    same_slice_product_fp32<Tile>(As[cur], Bs[cur], tx, ty, acc);
-    if (more) store_a(cur ^ 1);
-    copy_async_wait();
-    __syncthreads();
-  }
+  double_buffered_k_loop(
+      slices, [&](int s, int buf) { copy_b(s * BK, buf); }, [&](int s) { load_a(s * BK); }, store_a,
+      [&](int cur) { same_slice_product_fp32<Tile>(As[cur], Bs[cur], tx, ty, acc); });
 
   float* y = static_cast<float*>(p.y);  // the f32 kernels store f32 (y_dtype is DTYPE_F32, conv.rs checks)
   // Epilogue: each run of 4 pixels starts at a multiple of 4, so with hw % 4 == 0 it lies in one sample and the
@@ -307,23 +293,9 @@ KERNEL_BOUNDED(modconv_up2_3x3, ModconvParams, 128) {
 #pragma unroll
     for (int t = 0; t < 9; ++t) acc[i][t] = 0.0f;
   }
-  copy_b(0, 0);
-  load_a(0);
-  store_a(0);
-  copy_async_wait();
-  __syncthreads();
-  for (int k = 0; k < slices; ++k) {
-    const int cur = k & 1;
-    const bool more = k + 1 < slices;
-    if (more) {
-      copy_b((k + 1) * BK, cur ^ 1);
-      load_a((k + 1) * BK);
-    }
-    up2_slice_product_fp32(As + cur * BK * BM, Bs + cur * BK * BN, s, c, acc);
-    if (more) store_a(cur ^ 1);
-    copy_async_wait();
-    __syncthreads();
-  }
+  double_buffered_k_loop(
+      slices, [&](int k, int buf) { copy_b(k * BK, buf); }, [&](int k) { load_a(k * BK); }, store_a,
+      [&](int cur) { up2_slice_product_fp32(As + cur * BK * BM, Bs + cur * BK * BN, s, c, acc); });
 
   // Scatter into T (reusing the tiles' memory). Neighbouring positions share T rows and columns, so the threads
   // take turns: in each of 4 rounds only segments whose row parity and column-segment parity match write, and

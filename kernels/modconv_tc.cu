@@ -140,18 +140,7 @@ __device__ void same_impl(const ModconvParams& p) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
 
-  copy_b(0, 0);
-  load_a(0);
-  store_a(0);
-  copy_async_wait();
-  __syncthreads();
-  for (int s = 0; s < stages; ++s) {
-    const int cur = s & 1;
-    const bool more = s + 1 < stages;
-    if (more) {
-      copy_b(s + 1, cur ^ 1);
-      load_a(s + 1);
-    }
+  double_buffered_k_loop(stages, copy_b, load_a, store_a, [&](int cur) {
     const unsigned* at = a_tile[cur];
     const unsigned* bt = b_tile[cur];
 #pragma unroll
@@ -171,10 +160,7 @@ __device__ void same_impl(const ModconvParams& p) {
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) Mode::mma(acc[mi][ni], a_frag[mi], b_frag[ni], acc[mi][ni]);
     }
-    if (more) store_a(cur ^ 1);
-    copy_async_wait();
-    __syncthreads();
-  }
+  });
 
   // Epilogue in modconv.cu's order. This thread's rows (pixels): warp_m + mi * 16 + group + 8 * h; its columns
   // (channels): warp_n + ni * 8 + 2 * tig + e. Lanes with one tig store 8 consecutive pixels of a channel.
@@ -365,18 +351,7 @@ __device__ void up2_impl(const ModconvParams& p) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mi][t][i] = 0.0f;
 
-  copy_b(0, 0);
-  load_a(0);
-  store_a(0);
-  copy_async_wait();
-  __syncthreads();
-  for (int s = 0; s < stages; ++s) {
-    const int cur = s & 1;
-    const bool more = s + 1 < stages;
-    if (more) {
-      copy_b(s + 1, cur ^ 1);
-      load_a(s + 1);
-    }
+  double_buffered_k_loop(stages, copy_b, load_a, store_a, [&](int cur) {
     const unsigned* at = a_tiles + cur * kTileA + warp_m * kWarpM * kRowA;
     const unsigned* bt = b_tiles + cur * kTileB + warp_n * kWarpChannels * kTaps;
     unsigned a_frag[2][4], b_frag[kTaps][2];
@@ -392,10 +367,7 @@ __device__ void up2_impl(const ModconvParams& p) {
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
       for (int t = 0; t < kTaps; ++t) Mode::mma(acc[mi][t], a_frag[mi], b_frag[t], acc[mi][t]);
-    if (more) store_a(cur ^ 1);
-    copy_async_wait();
-    __syncthreads();
-  }
+  });
 
   // Scatter. This lane's accumulator acc[mi][t][2 h + e] is tap t of position (2 warp_m + mi, group + 8 h) and
   // channel warp_n * 8 + 2 tig + e. Phase (ky == 2) * 2 + (kx == 2) of each tap; phase 0 stores, the rest add.
