@@ -52,6 +52,7 @@ fn main() {
         "CUDA_PATH",
         "PATH",
         "MMENGINE_REQUIRE_NVCC",
+        "MMENGINE_EMU_SANITIZE",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -446,7 +447,30 @@ fn build_emulation(kernel_dir: &Path, sources: &[PathBuf]) {
     for src in sources {
         build.file(src);
     }
+    // compute-sanitizer's checks, done on the emulation: `address` catches out-of-bounds global and shared memory
+    // accesses, `thread` catches shared memory races (two threads of a block touching a word with no barrier
+    // between them). Only the C++ side is instrumented.
+    let sanitizer = env::var("MMENGINE_EMU_SANITIZE")
+        .ok()
+        .filter(|s| !s.is_empty());
+    if let Some(sanitizer) = &sanitizer {
+        assert!(
+            matches!(sanitizer.as_str(), "address" | "thread"),
+            "MMENGINE_EMU_SANITIZE must be `address` or `thread`, not `{sanitizer}`"
+        );
+        build
+            .flag(format!("-fsanitize={sanitizer}"))
+            .flag("-fno-omit-frame-pointer")
+            .flag("-g");
+    }
     build.compile("mmengine_emu");
+    // rustc links with -nodefaultlibs, which drops the runtime that -fsanitize would add; link it by name (the
+    // binaries then run with it preloaded, see scripts/emu-sanitize.sh).
+    match sanitizer.as_deref() {
+        Some("address") => println!("cargo:rustc-link-lib=dylib=asan"),
+        Some(_) => println!("cargo:rustc-link-lib=dylib=tsan"),
+        None => {}
+    }
     // The emulation runs one OS thread per CUDA thread.
     println!("cargo:rustc-link-lib=pthread");
 }
