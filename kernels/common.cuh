@@ -94,10 +94,11 @@ __device__ __forceinline__ float add_skip(const ModconvParams& p, float v, int b
 __device__ __forceinline__ float up2_blur_tap(int t) { return (t == 0 || t == 3) ? 0.25f : 0.75f; }
 
 // 16-byte copy global -> shared that bypasses the registers (cp.async, sm_80+): weight tiles need no prologue, so
-// they stream in while the block computes. Both addresses 16-byte aligned. In the emulation, a plain copy.
+// they stream in while the block computes. Both addresses 16-byte aligned. The emulation lands the data only at
+// copy_async_wait, with NaN in the destination until then.
 __device__ __forceinline__ void copy16_async(void* smem_dst, const void* gmem_src) {
 #ifdef MMENGINE_EMU
-  std::memcpy(smem_dst, gmem_src, 16);
+  emu::async_copy_issue(smem_dst, gmem_src, 16);
 #else
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));
@@ -106,7 +107,9 @@ __device__ __forceinline__ void copy16_async(void* smem_dst, const void* gmem_sr
 
 // Waits for this thread's copies; a __syncthreads after it publishes them to the block.
 __device__ __forceinline__ void copy_async_wait() {
-#ifndef MMENGINE_EMU
+#ifdef MMENGINE_EMU
+  emu::async_copy_wait();
+#else
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
 #endif
 }

@@ -59,6 +59,12 @@ void warp_exchange(const void* mine, void* all, size_t bytes);
 
 inline unsigned lane() { return current.linear_tid & 31u; }
 
+// cp.async: the hardware may land a copy at any moment between its issue and the thread's wait, so the issue fills
+// the destination with NaN (a read before the wait sees it; TSan sees a write racing any unsynchronised reader) and
+// the wait lands the data (src is read at issue).
+void async_copy_issue(void* dst, const void* src, size_t bytes);
+void async_copy_wait();
+
 }  // namespace emu
 
 #define threadIdx (::emu::current.thread_idx)

@@ -14,6 +14,27 @@ namespace emu {
 thread_local ThreadState current;
 
 namespace {
+struct PendingCopy {
+  void* dst;
+  size_t bytes;
+  alignas(16) unsigned char data[16];
+};
+thread_local std::vector<PendingCopy> pending_copies;
+}  // namespace
+
+void async_copy_issue(void* dst, const void* src, size_t bytes) {
+  PendingCopy c{dst, std::min(bytes, sizeof(PendingCopy::data)), {}};
+  std::memcpy(c.data, src, c.bytes);
+  std::memset(dst, 0xff, c.bytes);
+  pending_copies.push_back(c);
+}
+
+void async_copy_wait() {
+  for (const PendingCopy& c : pending_copies) std::memcpy(c.dst, c.data, c.bytes);
+  pending_copies.clear();
+}
+
+namespace {
 
 using Barrier = std::barrier<>;
 
@@ -128,6 +149,7 @@ void run_thread(Launch& l, unsigned tid) {
   for (unsigned long long b = 0; b < l.blocks; ++b) {
     current.block_idx = unflatten(b, l.grid);
     l.entry(l.params);
+    pending_copies.clear();  // copies a block never waited for land in shared memory that is gone with it
     // A thread that has finished (or returned early) must not hold up the barriers of the rest of its block.
     l.block_barrier->arrive_and_drop();
     l.warps[tid / 32].barrier->arrive_and_drop();
