@@ -98,7 +98,7 @@ __device__ __forceinline__ float up2_blur_tap(int t) { return (t == 0 || t == 3)
 // copy_async_wait, with NaN in the destination until then.
 __device__ __forceinline__ void copy16_async(void* smem_dst, const void* gmem_src) {
 #ifdef MMENGINE_EMU
-  emu::async_copy_issue(smem_dst, gmem_src, 16);
+  emu::async_copy16_issue(smem_dst, gmem_src);
 #else
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));

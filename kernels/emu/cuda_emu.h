@@ -59,10 +59,10 @@ void warp_exchange(const void* mine, void* all, size_t bytes);
 
 inline unsigned lane() { return current.linear_tid & 31u; }
 
-// cp.async: the hardware may land a copy at any moment between its issue and the thread's wait, so the issue fills
-// the destination with NaN (a read before the wait sees it; TSan sees a write racing any unsynchronised reader) and
-// the wait lands the data (src is read at issue).
-void async_copy_issue(void* dst, const void* src, size_t bytes);
+// cp.async (16 bytes): the hardware may land a copy at any moment between its issue and the thread's wait, so the
+// issue fills the destination with NaN (a read before the wait sees it; TSan sees a write racing any unsynchronised
+// reader) and the wait lands the data (src is read at issue).
+void async_copy16_issue(void* dst, const void* src);
 void async_copy_wait();
 
 }  // namespace emu

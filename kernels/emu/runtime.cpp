@@ -14,29 +14,15 @@ namespace emu {
 thread_local ThreadState current;
 
 namespace {
+
+using Barrier = std::barrier<>;
+
+// This thread's cp.async copies not yet waited for (copy16_async: always 16 bytes).
 struct PendingCopy {
   void* dst;
-  size_t bytes;
   alignas(16) unsigned char data[16];
 };
 thread_local std::vector<PendingCopy> pending_copies;
-}  // namespace
-
-void async_copy_issue(void* dst, const void* src, size_t bytes) {
-  PendingCopy c{dst, std::min(bytes, sizeof(PendingCopy::data)), {}};
-  std::memcpy(c.data, src, c.bytes);
-  std::memset(dst, 0xff, c.bytes);
-  pending_copies.push_back(c);
-}
-
-void async_copy_wait() {
-  for (const PendingCopy& c : pending_copies) std::memcpy(c.dst, c.data, c.bytes);
-  pending_copies.clear();
-}
-
-namespace {
-
-using Barrier = std::barrier<>;
 
 struct Warp {
   std::unique_ptr<Barrier> barrier;
@@ -160,6 +146,18 @@ void run_thread(Launch& l, unsigned tid) {
 }  // namespace
 
 void sync_block() { g_launch->block_barrier->arrive_and_wait(); }
+
+void async_copy16_issue(void* dst, const void* src) {
+  PendingCopy c{dst, {}};
+  std::memcpy(c.data, src, sizeof c.data);
+  std::memset(dst, 0xff, sizeof c.data);
+  pending_copies.push_back(c);
+}
+
+void async_copy_wait() {
+  for (const PendingCopy& c : pending_copies) std::memcpy(c.dst, c.data, sizeof c.data);
+  pending_copies.clear();
+}
 
 void sync_warp() { g_launch->warps[current.linear_tid / 32].barrier->arrive_and_wait(); }
 
