@@ -8,6 +8,7 @@
 #             instrumented, so its reports (rayon, the test harness) are noise and are dropped here. Runs the
 #             per-kernel tests (whole networks and command lines take an hour under it; pass filters to choose).
 # Usage: scripts/emu-sanitize.sh [address|thread [test name filter...]]   (no argument: both, as the test suite)
+# The mmengine binary is built too (the CLI tests run it), so the test binary is picked by its target kind.
 # Builds into target/sanitize-<kind> without nvcc (the fatbins are not what is checked). Needs gcc's libasan and
 # libtsan (Debian: libgcc-12-dev, which g++ pulls in).
 set -euo pipefail
@@ -33,7 +34,7 @@ cd "$root"
 unset MMENGINE_REQUIRE_NVCC
 export CARGO_TARGET_DIR="$root/target/sanitize-$kind"
 binary=$(MMENGINE_EMU_SANITIZE=$kind NVCC=/nonexistent cargo test --release --features emu --test emu --no-run \
-  --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+  --message-format=json 2>/dev/null | grep '"kind":\["test"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
 if [[ -z "$binary" ]]; then
   echo "the sanitized build failed; rerun for its errors:" >&2
   echo "  MMENGINE_EMU_SANITIZE=$kind NVCC=/nonexistent CARGO_TARGET_DIR=$CARGO_TARGET_DIR cargo test --release --features emu --test emu --no-run" >&2
