@@ -6,17 +6,20 @@
 #           builds the release binary and the GPU test binary (with the pinned nvcc), strips them and packs them
 #           with the golden cases the GPU tests read into device-carry/bundle.tar.gz (about 35 MB; gitignored),
 #           stamped with a hash of the sources they were built from.
-#   there:  scripts/gpu-session.sh run PHASE     (device tool: carry ["device-carry"], one call per phase)
-#           PHASE is one of, in order of importance (each fits one 600 s call):
-#             tests  nvidia-smi, the binaries' libraries, doctor, the GPU tests, selftest in every precision
+#   there:  scripts/gpu-session.sh run PHASE...  (device tool: carry ["device-carry"])
+#           PHASEs, in order of importance; one call may run several, in the order given:
+#             tests  nvidia-smi, the binaries' libraries, doctor, the GPU tests, selftest in every precision,
+#                    the micromotion fit on the GPU and on the CPU, the demo model rendered on both (the GPU's
+#                    grid comes back as demo-cuda.png), and one small fp16 bench
 #             bench  bench --config ffhq1024 --batch 512 in every precision, ffhq256 in fp32 and fp16
-#             fit    the micromotion fit on the GPU and on the CPU, then compute-sanitizer memcheck if present
+#             memcheck  compute-sanitizer memcheck over selftest, if the machine has it
 #           Unpacks to /tmp (refusing a bundle built from other sources than this tree's) and appends to two
 #           files in $OUT (default ./gpu-out): log.txt, every step's output under a header with its exit status
 #           and time, written as the step runs (so a call cut off still returns what ran), and results.jsonl, one
 #           line {"step": ..., "exit": ..., "result": ...} per JSON-printing step.
 #
-# Each step has its own time limit, and a phase's limits add up to less than one call's 600 s.
+# Each step has its own time limit, so a step that hangs costs at most that, and a call cut off at its own limit still
+# returns log.txt up to the step it was in.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,7 +75,6 @@ step() {
 }
 
 run() {
-    local phase=${1:-}
     OUT=${OUT:-gpu-out}
     mkdir -p "$OUT"
     local root=/tmp/mmengine-gpu
@@ -89,9 +91,28 @@ run() {
         exit 1
     fi
     local mm=$root/bin/mmengine
-    export MMENGINE_GOLDEN=$root/golden
+    export MMENGINE_GOLDEN=$root/golden RUST_BACKTRACE=1
+    find_cuda_libraries
 
-    case "$phase" in
+    for phase in "$@"; do
+        run_phase "$phase" || exit 2
+    done
+}
+
+# cudarc opens libcusolver by name. Where the loader's cache lacks it (a CUDA image may hold it only under
+# /usr/local/cuda or in a Python wheel), put the first folder that has it on LD_LIBRARY_PATH.
+find_cuda_libraries() {
+    ldconfig -p | grep -q 'libcusolver\.so' && return
+    local lib
+    lib=$(find /usr/local /opt /usr/lib -name 'libcusolver.so*' 2>/dev/null | head -n 1)
+    if [ -n "$lib" ]; then
+        export LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        echo "=== libcusolver is not in the loader's cache; using $lib" >>"$OUT/log.txt"
+    fi
+}
+
+run_phase() {
+    case "$1" in
         tests)
             step nvidia-smi 20 nvidia-smi
             # What the binaries and the fit need from this machine: a missing library shows here first.
@@ -101,24 +122,33 @@ run() {
             for p in fp32 tf32 fp16 bf16; do
                 step "selftest-$p" 55 "$mm" selftest --device cuda --precision "$p" --json
             done
-            ;;
-        bench)
-            for p in fp32 tf32 fp16 bf16; do
-                step "bench-ffhq1024-$p" 110 "$mm" bench --device cuda --config ffhq1024 --batch 512 \
-                    --precision "$p" --iters 3 --profile --json
-            done
-            for p in fp32 fp16; do
-                step "bench-ffhq256-$p" 50 "$mm" bench --device cuda --config ffhq256 --batch 512 --precision "$p" \
-                    --iters 3 --json
-            done
-            ;;
-        fit)
             # Golden case E's 11 x 18 x 512 anchors on the GPU beside the CPU of the same machine; each prints
             # its time.
             for d in cuda cpu; do
                 step "fit-$d" 60 "$mm" fit --anchors "$root/golden/micromotion_rpca/rpca.safetensors:anchors" \
                     --device "$d" -o "/tmp/fit-$d.safetensors"
             done
+            # The bundled model's first seeds, for a person to look at, and as raw tensors to compare.
+            for d in cuda cpu; do
+                step "render-$d" 30 "$mm" render --device "$d" --seeds 0-15 --quiet -o "/tmp/demo-$d.npy"
+            done
+            step render-grid 30 "$mm" render --device cuda --seeds 0-15 --quiet -o "$OUT/demo-cuda.png"
+            step compare-renders 10 python3 -c "import numpy as n; a=n.load('/tmp/demo-cuda.npy'); \
+b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max abs diff', abs(a-b).max())"
+            step bench-small 60 "$mm" bench --device cuda --config ffhq1024 --batch 32 --precision fp16 --json
+            ;;
+        bench)
+            # fp16 first: the headline figure, and the one a call cut short should still bring back.
+            for p in fp16 fp32 bf16 tf32; do
+                step "bench-ffhq1024-$p" 90 "$mm" bench --device cuda --config ffhq1024 --batch 512 \
+                    --precision "$p" --iters 3 --profile --json
+            done
+            for p in fp16 fp32; do
+                step "bench-ffhq256-$p" 50 "$mm" bench --device cuda --config ffhq256 --batch 512 --precision "$p" \
+                    --iters 3 --json
+            done
+            ;;
+        memcheck)
             # Out-of-bounds and misaligned accesses in every kernel the golden cases reach.
             if command -v compute-sanitizer >/dev/null; then
                 step memcheck 420 compute-sanitizer --tool memcheck "$mm" selftest --device cuda --precision fp16
@@ -127,14 +157,14 @@ run() {
             fi
             ;;
         *)
-            echo "usage: scripts/gpu-session.sh run tests|bench|fit" >&2
-            exit 2
+            echo "usage: scripts/gpu-session.sh run tests|bench|memcheck..." >&2
+            return 1
             ;;
     esac
 }
 
 case "${1:-}" in
     pack) pack ;;
-    run) run "${2:-}" ;;
-    *) echo "usage: scripts/gpu-session.sh pack | run tests|bench|fit" >&2; exit 2 ;;
+    run) shift && run "$@" ;;
+    *) echo "usage: scripts/gpu-session.sh pack | run tests|bench|memcheck..." >&2; exit 2 ;;
 esac

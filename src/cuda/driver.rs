@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::CUmemPool_attribute;
 use cudarc::driver::{
-    result, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    result, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
     PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
@@ -30,6 +30,12 @@ pub struct CudaDevice {
     /// How the kernels were obtained: "embedded fatbin" or "NVRTC".
     kernel_origin: &'static str,
     meter: Arc<MemoryMeter>,
+}
+
+/// Page-locked host memory that downloads land in, with the event that marks the end of the last copy into it.
+pub struct PinnedStaging {
+    host: PinnedHostSlice<u8>,
+    copied: Option<CudaEvent>,
 }
 
 /// Device memory, counted in the device's [`MemoryMeter`] while it lives.
@@ -252,7 +258,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 
 impl Device for CudaDevice {
     type Buffer = CudaBuffer;
-    type Staging = PinnedHostSlice<u8>;
+    type Staging = PinnedStaging;
 
     fn describe(&self) -> String {
         let name = self.name().unwrap_or_else(|_| "unknown GPU".to_string());
@@ -299,32 +305,34 @@ impl Device for CudaDevice {
         self.synchronize()
     }
 
-    fn alloc_staging(&self, bytes: usize) -> Result<PinnedHostSlice<u8>> {
+    fn alloc_staging(&self, bytes: usize) -> Result<PinnedStaging> {
         // Not write-combined (cudarc's default): the host reads this memory, and reads of write-combined memory
         // bypass the cache.
         // SAFETY: u8 has no invalid bit patterns, and the memory is only read after a copy has filled it.
-        unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }.map_err(|e| {
-            Error::Invalid(format!(
-                "CUDA page-locked allocation of {bytes} bytes failed: {e}"
-            ))
-        })
+        let host =
+            unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }.map_err(|e| {
+                Error::Invalid(format!(
+                    "CUDA page-locked allocation of {bytes} bytes failed: {e}"
+                ))
+            })?;
+        Ok(PinnedStaging { host, copied: None })
     }
 
-    fn staging_len(&self, staging: &PinnedHostSlice<u8>) -> usize {
-        staging.len()
+    fn staging_len(&self, staging: &PinnedStaging) -> usize {
+        staging.host.len()
     }
 
     fn download_async(
         &self,
         buf: &CudaBuffer,
-        staging: &mut PinnedHostSlice<u8>,
+        staging: &mut PinnedStaging,
         bytes: usize,
     ) -> Result<()> {
-        if bytes > buf.slice.len() || bytes > staging.len() {
+        if bytes > buf.slice.len() || bytes > staging.host.len() {
             return Err(Error::Invalid(format!(
                 "download of {bytes} bytes from a {}-byte buffer into {} staged bytes",
                 buf.slice.len(),
-                staging.len()
+                staging.host.len()
             )));
         }
         // Kernels write through raw addresses, which cudarc does not track: order the copy after them.
@@ -335,13 +343,38 @@ impl Device for CudaDevice {
         self.copy_stream
             .wait(&launched)
             .map_err(driver_error("stream wait"))?;
-        self.copy_stream
-            .memcpy_dtoh(&buf.slice.slice(0..bytes), staging)
-            .map_err(driver_error("download"))
+        // cudarc's memcpy_dtoh copies the whole destination, and a staging buffer kept from a larger pass is
+        // longer than this pass's images: copy exactly `bytes` with the driver call itself.
+        let host = staging
+            .host
+            .as_mut_ptr()
+            .map_err(driver_error("download"))?;
+        let (src, _read) = buf.slice.device_ptr(&self.copy_stream);
+        // SAFETY: `bytes` fits both buffers (checked above); the host memory is page-locked and stays allocated
+        // until `staged` has waited for the copy (the backend keeps the staging buffer across calls).
+        unsafe {
+            cudarc::driver::sys::cuMemcpyDtoHAsync_v2(
+                host.cast(),
+                src,
+                bytes,
+                self.copy_stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(driver_error("download"))?;
+        staging.copied = Some(
+            self.copy_stream
+                .record_event(None)
+                .map_err(driver_error("event"))?,
+        );
+        Ok(())
     }
 
-    fn staged<'a>(&self, staging: &'a PinnedHostSlice<u8>) -> Result<&'a [u8]> {
-        staging.as_slice().map_err(driver_error("download"))
+    fn staged<'a>(&self, staging: &'a PinnedStaging) -> Result<&'a [u8]> {
+        if let Some(copied) = &staging.copied {
+            copied.synchronize().map_err(driver_error("download"))?;
+        }
+        staging.host.as_slice().map_err(driver_error("download"))
     }
 
     fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()> {
