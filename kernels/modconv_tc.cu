@@ -1,23 +1,31 @@
 // The same-resolution modulated convolutions (3x3 padding 1, and 1x1) on the tensor cores: tf32, f16 or bf16
 // inputs, f32 accumulation. Same parameters, semantics and epilogue order as modconv_3x3 / modconv_1x1
-// (modconv.cu): an implicit GEMM over the whole batch with M = batch * pixels, N = output channels,
-// K = input channels * taps, whose prologue scales input channel i of sample b by styles[b, i] while staging the A
-// tile, and whose epilogue applies demodulation, noise, bias, activation, gain and clamp. x is read in the mode's
-// activation type (f32 for tf32, the 16-bit type for f16 and bf16: act.cuh), y stored as y_dtype. The fused
-// up-sampling 3x3 conv (modconv_up2_3x3_*, at the end of the file) runs modconv_up2_3x3's algorithm with its GEMM on
-// mma.sync.
+// (modconv.cu): an implicit GEMM with M = pixels, N = output channels, K = input channels * taps, whose prologue
+// scales input channel i of sample b by styles[b, i] while staging x, and whose epilogue applies demodulation, noise,
+// bias, activation, gain and clamp. x is read in the mode's activation type (f32 for tf32, the 16-bit type for f16
+// and bf16: act.cuh), y stored as y_dtype. The fused up-sampling 3x3 conv (modconv_up2_3x3_*, at the end of the
+// file) runs modconv_up2_3x3's algorithm with its GEMM on mma.sync.
+//
+// A block computes an 8 x 8 square of output pixels of one sample (blockIdx.x: the square, blockIdx.z: the sample)
+// for 64 output channels (blockIdx.y), with 4 warps of 32 pixels x 32 channels. K runs in chunks of 16 channel
+// words; a chunk's input square with its 1-pixel halo (10 x 10 pixels for 3x3) is gathered from x once, scaled and
+// converted, into shared memory, and each of the 9 taps is then one K stage whose A fragments are read from that
+// square shifted by the tap. So every x element is loaded once per block rather than once per tap: gathering A
+// per tap (an im2col in registers) cost tens of instructions per mma, and the kernel was bound by issuing them
+// (Nsight Compute on an H200: about 42 instructions per mma, issue slots 42% busy, the warps waiting on those
+// loads).
 //
 // Shared memory holds 32-bit words as in gemm_tc.cu: one tf32 value, or two f16/bf16 values adjacent along K
-// (lower K in the low half), so both mma shapes read a 16x8 A and an 8x8 B fragment of words with one lane
-// mapping (mma.cuh). A block computes 64 pixels x 64 channels with 4 warps of 32 x 32, K in stages of 16 words
-// through double-buffered shared memory (one barrier per stage).
+// (lower channel in the low half), so both mma shapes read a 16x8 A and an 8x8 B fragment of words with one lane
+// mapping (mma.cuh). The input square is double-buffered per chunk (gathered at a chunk's first tap, stored after
+// its last), the B tile per stage (cp.async), one barrier per stage.
 //
-// Weight packing (conv.rs packs it at upload, already in the mode's type): words [K words rounded up to 16]
-// [out_channels rounded up to 64], word (kw, o) = W[o, k] for tf32 (k = kw), or the pair W[o, 2 kw], W[o, 2 kw + 1]
-// for f16/bf16 (k = i * taps + tap; zeros past the ends), so B stages are 16-byte cp.async copies without bounds
-// checks or conversions. f16 layers that demodulate get their weight scaled by a power of two at upload so its
-// largest magnitude is in [0.5, 1) (see conv.rs): the demodulation coefficients, computed from the scaled weight,
-// undo it.
+// Weight packing (conv.rs packs it at upload, already in the mode's type): words [chunks * taps * 16][out_channels
+// rounded up to 64]; row (chunk * taps + tap) * 16 + w holds, for output channel o, W[o, c, tap] with c = 16 chunk
+// + w (tf32), or the pair c = 2 (16 chunk + w), c + 1 (f16/bf16); zeros past the ends. So B stages are 16-byte
+// cp.async copies without bounds checks or conversions. f16 layers that demodulate get their weight scaled by a
+// power of two at upload so its largest magnitude is in [0.5, 1) (see conv.rs): the demodulation coefficients,
+// computed from the scaled weight, undo it.
 #include "act.cuh"
 #include "common.cuh"
 #include "mma.cuh"
@@ -25,15 +33,15 @@
 namespace modconv_tc {
 
 constexpr int kThreads = 128;  // 4 warps in a 2x2 arrangement
-constexpr int kBlockM = 64, kBlockN = 64, kWarpM = 32, kWarpN = 32;
-constexpr int kStageWords = 16;  // K words per stage: two mma K steps
-// Row paddings that make the fragment reads conflict-free (as gemm_tc.cu) and keep rows 16-byte aligned: the A
-// stores (four words per thread, rows 20 words apart) cover all 32 banks per quarter warp.
+constexpr int kTile = 8;       // output pixels per block: kTile x kTile
+constexpr int kBlockM = kTile * kTile, kBlockN = 64, kWarpM = 32, kWarpN = 32;
+constexpr int kChunkWords = 16;  // K words per stage (one tap of a chunk): two mma K steps
+// Row paddings that make the fragment reads conflict-free (A lanes hit banks 20 group + tig, B lanes 8 tig + group)
+// and keep rows 16-byte aligned.
 constexpr int kPadA = 4, kPadB = 8;
-constexpr int kRowA = kStageWords + kPadA, kRowB = kBlockN + kPadB;
-// Each thread gathers kWordsA consecutive words of one pixel's A row per stage.
-constexpr int kWordsA = kBlockM * kStageWords / kThreads;
-constexpr int kChunksB = kStageWords * kBlockN / 4 / kThreads;  // 16-byte B copies per thread and stage
+constexpr int kRowA = kChunkWords + kPadA, kRowB = kBlockN + kPadB;
+constexpr int kChunksB = kChunkWords * kBlockN / 4 / kThreads;  // 16-byte B copies per thread and stage
+static_assert(kWarpM == 4 * kTile, "a warp's 32 rows are 4 rows of the square, an m16 tile two of them");
 
 struct Tf32 {
   using Act = ActF32;
@@ -69,58 +77,52 @@ template <int KS, class Mode, bool RGB = false>
 __device__ void same_impl(const ModconvParams& p) {
   constexpr int TAPS = KS * KS, PAD = KS / 2;
   constexpr int kPerWord = Mode::kPerWord;
-  constexpr int kStageK = kStageWords * kPerWord;  // K elements per stage
-  constexpr int kGather = kWordsA * kPerWord;       // K elements each thread gathers per stage
-  __align__(16) __shared__ unsigned a_tile[2][kBlockM * kRowA];
-  __align__(16) __shared__ unsigned b_tile[2][kStageWords * kRowB];
+  constexpr int kChunkK = kChunkWords * kPerWord;  // input channels per chunk
+  constexpr int kHalo = kTile + KS - 1;            // the input square's side
+  constexpr int kHaloPixels = kHalo * kHalo;
+  constexpr int kHaloItems = (kHaloPixels * kChunkWords + kThreads - 1) / kThreads;  // words per thread and chunk
+  __align__(16) __shared__ unsigned halo[2][kHaloPixels * kRowA];
+  __align__(16) __shared__ unsigned b_tile[2][kChunkWords * kRowB];
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int group = lane / 4, tig = lane % 4;
   const int warp_m = (warp / 2) * kWarpM, warp_n = (warp % 2) * kWarpN;
   const int hw = p.height * p.width;
-  const long long m_total = (long long)p.batch * hw;
-  const long long m0 = (long long)blockIdx.x * kBlockM;
+  const int tiles_x = (p.width + kTile - 1) / kTile;
+  const int b = blockIdx.z, y0 = (blockIdx.x / tiles_x) * kTile, x0 = (blockIdx.x % tiles_x) * kTile;
   const int n0 = blockIdx.y * kBlockN;
-  const int k_total = p.in_channels * TAPS;
-  const int stages = (k_total + kStageK - 1) / kStageK;
+  const int chunks = (p.in_channels + kChunkK - 1) / kChunkK;
+  const int stages = chunks * TAPS;
 
-  // The pixel (A row) this thread gathers, and which half of the row's words.
-  const int a_row = tid % kBlockM, a_word0 = (tid / kBlockM) * kWordsA;
-  const long long gm = m0 + a_row;
-  const bool gvalid = gm < m_total;
-  const int gb = gvalid ? int(gm / hw) : 0;
-  const int gpix = gvalid ? int(gm - (long long)gb * hw) : 0;
-  const int gy = gpix / p.width, gx = gpix % p.width;
   using X = typename Mode::Act;  // x's element type: f32, or the mode's 16-bit type
-  const typename X::T* xb = static_cast<const typename X::T*>(p.x) + (long long)gb * p.in_channels * hw;
-  const float* sb = p.styles + (long long)gb * p.in_channels;
+  const typename X::T* xb = static_cast<const typename X::T*>(p.x) + (long long)b * p.in_channels * hw;
+  const float* sb = p.styles + (long long)b * p.in_channels;
 
-  // A (gathered, scaled by the style, f32) waits in registers while the current stage is multiplied.
-  float a_next[kGather];
-  auto load_a = [&](int stage) {
-    const int k_first = stage * kStageK + a_word0 * kPerWord;
-    int i = k_first / TAPS, t = k_first % TAPS;
+  // The input square of a chunk in shared memory: kHaloPixels x kChunkWords words, item (word w, pixel q) numbered
+  // w * kHaloPixels + q, so that consecutive threads read runs of a row. Item j of this thread is tid + j kThreads.
+  // An item is loaded as stored in x, then scaled by the styles and converted when it is written to shared memory
+  // (the style loads there are L1 hits, and keeping them out of the loads in flight saves registers).
+  using T = typename X::T;
+  auto load_item = [&](int chunk, int j, T (&v)[kPerWord]) {
+    const int item = tid + j * kThreads, w = item / kHaloPixels, q = item % kHaloPixels;
+    const int iy = y0 - PAD + q / kHalo, ix = x0 - PAD + q % kHalo;
+    const bool inside = item < kHaloPixels * kChunkWords && iy >= 0 && iy < p.height && ix >= 0 && ix < p.width;
 #pragma unroll
-    for (int r = 0; r < kGather; ++r) {
-      const int iy = gy + t / KS - PAD, ix = gx + t % KS - PAD;
-      float v = 0.0f;
-      if (gvalid && i < p.in_channels && iy >= 0 && iy < p.height && ix >= 0 && ix < p.width)
-        v = X::load(&xb[(long long)i * hw + iy * p.width + ix]) * sb[i];
-      a_next[r] = v;
-      if (++t == TAPS) t = 0, ++i;
+    for (int e = 0; e < kPerWord; ++e) {
+      const int c = (chunk * kChunkWords + w) * kPerWord + e;
+      v[e] = inside && c < p.in_channels ? xb[(long long)c * hw + iy * p.width + ix] : T(0);
     }
   };
-  auto store_a = [&](int buf) {
-    unsigned* dst = &a_tile[buf][a_row * kRowA + a_word0];
+  auto store_item = [&](int chunk, int j, const T (&v)[kPerWord], int buf) {
+    const int item = tid + j * kThreads, w = item / kHaloPixels, q = item % kHaloPixels;
+    if (item >= kHaloPixels * kChunkWords) return;
+    float scaled[kPerWord];
 #pragma unroll
-    for (int q = 0; q < kWordsA / 4; ++q) {
-      uint4 w;
-      w.x = Mode::word(&a_next[(q * 4 + 0) * kPerWord]);
-      w.y = Mode::word(&a_next[(q * 4 + 1) * kPerWord]);
-      w.z = Mode::word(&a_next[(q * 4 + 2) * kPerWord]);
-      w.w = Mode::word(&a_next[(q * 4 + 3) * kPerWord]);
-      *reinterpret_cast<uint4*>(dst + q * 4) = w;
+    for (int e = 0; e < kPerWord; ++e) {
+      const int c = (chunk * kChunkWords + w) * kPerWord + e;
+      scaled[e] = c < p.in_channels ? X::load(&v[e]) * sb[c] : 0.0f;
     }
+    halo[buf][q * kRowA + w] = Mode::word(scaled);
   };
   const unsigned* weight = reinterpret_cast<const unsigned*>(p.weight) + n0;
   auto copy_b = [&](int stage, int buf) {
@@ -128,7 +130,7 @@ __device__ void same_impl(const ModconvParams& p) {
     for (int j = 0; j < kChunksB; ++j) {
       const int q = tid + j * kThreads, r = q / (kBlockN / 4), c4 = q % (kBlockN / 4);
       copy16_async(&b_tile[buf][r * kRowB + c4 * 4],
-                   weight + (long long)(stage * kStageWords + r) * p.weight_stride + c4 * 4);
+                   weight + (long long)(stage * kChunkWords + r) * p.weight_stride + c4 * 4);
     }
   };
 
@@ -140,17 +142,20 @@ __device__ void same_impl(const ModconvParams& p) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
 
-  double_buffered_k_loop(stages, copy_b, load_a, store_a, [&](int cur) {
-    const unsigned* at = a_tile[cur];
-    const unsigned* bt = b_tile[cur];
+  // One stage: tap `tap` of the square in `sq`, against the B tile in `bt`. A row (pixel) r of the block is square
+  // row r / 8, column r % 8; the tap shifts it by (tap / KS, tap % KS) in the halo-padded square.
+  auto multiply = [&](const unsigned* sq, const unsigned* bt, int tap) {
+    const int dy = tap / KS, dx = tap % KS;
 #pragma unroll
-    for (int ks = 0; ks < kStageWords; ks += 8) {
+    for (int ks = 0; ks < kChunkWords; ks += 8) {
       unsigned a_frag[2][4], b_frag[4][2];
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
-          a_frag[mi][r] = at[(warp_m + mi * 16 + group + 8 * (r & 1)) * kRowA + ks + tig + 4 * (r >> 1)];
+        for (int r = 0; r < 4; ++r) {
+          const int sy = (warp_m + mi * 16) / kTile + (r & 1) + dy, sx = group + dx;
+          a_frag[mi][r] = sq[(sy * kHalo + sx) * kRowA + ks + tig + 4 * (r >> 1)];
+        }
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
@@ -160,19 +165,58 @@ __device__ void same_impl(const ModconvParams& p) {
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) Mode::mma(acc[mi][ni], a_frag[mi], b_frag[ni], acc[mi][ni]);
     }
-  });
+  };
 
-  // Epilogue in modconv.cu's order. This thread's rows (pixels): warp_m + mi * 16 + group + 8 * h; its columns
-  // (channels): warp_n + ni * 8 + 2 * tig + e. Lanes with one tig store 8 consecutive pixels of a channel.
+  // The K loop: stage s is tap s % TAPS of chunk s / TAPS. The next chunk's square is gathered a part per tap
+  // (loaded before the tap's multiply, stored after it), so only a part's loads are in flight at a time; its buffer
+  // was last read by the previous chunk, before the barrier that ended it. The next stage's B tile streams in
+  // during each stage. The first square is gathered whole, with all its loads in flight at once.
+  {
+    T first[kHaloItems][kPerWord];
+#pragma unroll
+    for (int j = 0; j < kHaloItems; ++j) load_item(0, j, first[j]);
+#pragma unroll
+    for (int j = 0; j < kHaloItems; ++j) store_item(0, j, first[j], 0);
+  }
+  copy_b(0, 0);
+  copy_async_wait();
+  __syncthreads();
+  constexpr int kItemsPerTap = (kHaloItems + TAPS - 1) / TAPS;
+#pragma unroll 1
+  for (int s = 0; s < stages; ++s) {
+    const int chunk = s / TAPS, tap = s - chunk * TAPS;
+    const bool next_chunk = chunk + 1 < chunks;
+    if (s + 1 < stages) copy_b(s + 1, (s + 1) & 1);
+    T part[kItemsPerTap][kPerWord];
+    if (next_chunk) {
+#pragma unroll
+      for (int j = 0; j < kItemsPerTap; ++j) load_item(chunk + 1, tap * kItemsPerTap + j, part[j]);
+    }
+    multiply(halo[chunk & 1], b_tile[s & 1], tap);
+    if (next_chunk) {
+#pragma unroll
+      for (int j = 0; j < kItemsPerTap; ++j) store_item(chunk + 1, tap * kItemsPerTap + j, part[j], (chunk + 1) & 1);
+    }
+    copy_async_wait();
+    __syncthreads();
+  }
+
+  // Epilogue in modconv.cu's order. This thread's rows (pixels): warp_m + mi * 16 + group + 8 * h, i.e. square row
+  // (warp_m + mi * 16) / 8 + h, column group; its columns (channels): warp_n + ni * 8 + 2 * tig + e. Lanes with one
+  // tig store 8 consecutive pixels of a channel.
+  // The flat output pixel of block row `row`, or -1 outside the image.
+  auto pixel_of = [&](int row) {
+    const int y = y0 + row / kTile, x = x0 + row % kTile;
+    return y < p.height && x < p.width ? y * p.width + x : -1;
+  };
   float rgb[2][2][kMaxRgb] = {};  // RGB: this thread's ToRGB partial sums per row [mi][h] and rgb channel
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const long long m = m0 + warp_m + mi * 16 + group + 8 * h;
-        if (m >= m_total) continue;
-        const int b = int(m / hw), pix = int(m - (long long)b * hw);
+        const int pix = pixel_of(warp_m + mi * 16 + group + 8 * h);
+        if (pix < 0) continue;
         const float nz = p.noise ? p.noise[(long long)b * p.noise_sample_stride + pix] * p.noise_strength : 0.0f;
         const long long yb = (long long)b * p.out_channels * hw + pix;
 #pragma unroll
@@ -201,7 +245,7 @@ __device__ void same_impl(const ModconvParams& p) {
   if constexpr (RGB) {
     // Sum a row's partials over the 4 lanes that share it (one tig each), then over the two warps along N through
     // shared memory. The tiles are free: the main loop's last barrier follows its last read of them.
-    float* const partial = reinterpret_cast<float*>(a_tile);  // [kBlockM rows][kMaxRgb], from the warp_n 32 warps
+    float* const partial = reinterpret_cast<float*>(halo);  // [kBlockM rows][kMaxRgb], from the warp_n 32 warps
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -220,9 +264,8 @@ __device__ void same_impl(const ModconvParams& p) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int row = warp_m + mi * 16 + group + 8 * h;
-          const long long m = m0 + row;
-          if (m >= m_total) continue;
-          const int b = int(m / hw), pix = int(m - (long long)b * hw);
+          const int pix = pixel_of(row);
+          if (pix < 0) continue;
 #pragma unroll
           for (int c = 0; c < kMaxRgb; ++c)
             if (c < p.rgb_channels) {
@@ -435,9 +478,9 @@ KERNEL_BOUNDED(modconv_3x3_bf16, ModconvParams, 128) { modconv_tc::same_impl<3, 
 KERNEL_BOUNDED(modconv_3x3_torgb_tf32, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Tf32, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_f16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::F16, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_bf16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Bf16, true>(p); }
-KERNEL_BOUNDED(modconv_1x1_tf32, ModconvParams, 128) { modconv_tc::same_impl<1, modconv_tc::Tf32>(p); }
-KERNEL_BOUNDED(modconv_1x1_f16, ModconvParams, 128) { modconv_tc::same_impl<1, modconv_tc::F16>(p); }
-KERNEL_BOUNDED(modconv_1x1_bf16, ModconvParams, 128) { modconv_tc::same_impl<1, modconv_tc::Bf16>(p); }
+KERNEL_BOUNDED(modconv_1x1_tf32, ModconvParams, 128, 3) { modconv_tc::same_impl<1, modconv_tc::Tf32>(p); }
+KERNEL_BOUNDED(modconv_1x1_f16, ModconvParams, 128, 3) { modconv_tc::same_impl<1, modconv_tc::F16>(p); }
+KERNEL_BOUNDED(modconv_1x1_bf16, ModconvParams, 128, 3) { modconv_tc::same_impl<1, modconv_tc::Bf16>(p); }
 
 // Grid: (tiles_y * tiles_x output tiles of 12 x 28, ceil(out_channels / 16), batch); 256 threads, two blocks per SM.
 KERNEL_BOUNDED(modconv_up2_3x3_tf32, ModconvParams, 256, 2) { modconv_up_tc::up2_impl<modconv_tc::Tf32>(p); }

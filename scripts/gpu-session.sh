@@ -6,12 +6,18 @@
 #           builds the release binary and the GPU test binary (with the pinned nvcc), strips them and packs them
 #           with the golden cases the GPU tests read into device-carry/bundle.tar.gz (about 35 MB; gitignored),
 #           stamped with a hash of the sources they were built from.
+#           scripts/gpu-session.sh baseline
+#           before packing a change: keeps the current bundle's mmengine as device-carry/baseline.tar.gz (about
+#           8 MB), so that the 'compare' phase can time both builds on one machine.
 #   there:  scripts/gpu-session.sh run PHASE...  (device tool: carry ["device-carry"])
 #           PHASEs, in order of importance; one call may run several, in the order given:
 #             tests  nvidia-smi, the binaries' libraries, doctor, the GPU tests, selftest in every precision,
 #                    the micromotion fit on the GPU and on the CPU, the demo model rendered on both (the GPU's
 #                    grid comes back as demo-cuda.png), and one small fp16 bench
 #             bench  bench --config ffhq1024 --batch 512 in every precision, ffhq256 in fp32 and fp16
+#             compare  the baseline's and this build's bench, ffhq1024 batch 512 in fp16 and tf32, alternating
+#             ncu    Nsight Compute's full report of one launch of each f16 convolution kernel (same resolution,
+#                    up-sampling, fused ToRGB), if the machine has ncu: where their time goes
 #             memcheck  compute-sanitizer memcheck over selftest, if the machine has it
 #           Unpacks to /tmp (refusing a bundle built from other sources than this tree's) and appends to two
 #           files in $OUT (default ./gpu-out): log.txt, every step's output under a header with its exit status
@@ -54,6 +60,15 @@ pack() {
     rm -rf "$stage"
     du -h device-carry/bundle.tar.gz
     echo "sources $(source_hash)"
+}
+
+baseline() {
+    local stage
+    stage=$(mktemp -d)
+    tar -C "$stage" -xzf device-carry/bundle.tar.gz bin/mmengine bin/SOURCE_HASH
+    tar -C "$stage" -czf device-carry/baseline.tar.gz bin
+    rm -rf "$stage"
+    echo "baseline: the mmengine of sources $(cat device-carry/baseline.tar.gz | tar -xzO bin/SOURCE_HASH)"
 }
 
 # step NAME SECONDS CMD...: runs CMD with a time limit, its output appended to log.txt as it comes, and its last
@@ -148,6 +163,36 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
                     --iters 3 --json
             done
             ;;
+        compare)
+            local base=/tmp/mmengine-base
+            [ -f device-carry/baseline.tar.gz ] ||
+                { echo "gpu-session: no device-carry/baseline.tar.gz (scripts/gpu-session.sh baseline)" >&2; return 1; }
+            [ -d "$base" ] && chmod -R u+w "$base"
+            rm -rf "$base" && mkdir -p "$base" && tar -C "$base" -xzf device-carry/baseline.tar.gz
+            echo "=== compare: baseline built from sources $(cat "$base/bin/SOURCE_HASH")" >>"$OUT/log.txt"
+            # Alternating, so that a drift of the machine (clocks, temperature) shows as a spread, not a speed-up.
+            for p in fp16 tf32; do
+                for round in 1 2; do
+                    for build in base new; do
+                        local bin=$mm
+                        [ "$build" = base ] && bin=$base/bin/mmengine
+                        step "compare-$p-$build-$round" 60 "$bin" bench --device cuda --config ffhq1024 --batch 512 \
+                            --precision "$p" --iters 3 --json
+                    done
+                done
+            done
+            ;;
+        ncu)
+            command -v ncu >/dev/null || { echo "=== ncu: not on this machine" >>"$OUT/log.txt"; return 0; }
+            # ffhq1024 launches each kernel once per block in resolution order: skip to b128.conv1 (256 -> 256
+            # channels), b128.conv0 and b1024.conv1.
+            local kernel skip kernel_skip
+            for kernel_skip in modconv_3x3_f16:5 modconv_up2_3x3_f16:4 modconv_3x3_torgb_f16:1; do
+                kernel=${kernel_skip%:*} skip=${kernel_skip#*:}
+                step "ncu-$kernel" 120 ncu --set full -k "regex:^$kernel\$" --launch-skip "$skip" --launch-count 1 \
+                    "$mm" bench --device cuda --config ffhq1024 --batch 8 --iters 1 --warmup 0 --precision fp16
+            done
+            ;;
         memcheck)
             # Out-of-bounds and misaligned accesses in every kernel the golden cases reach.
             if command -v compute-sanitizer >/dev/null; then
@@ -157,7 +202,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             fi
             ;;
         *)
-            echo "usage: scripts/gpu-session.sh run tests|bench|memcheck..." >&2
+            echo "usage: scripts/gpu-session.sh run tests|bench|compare|ncu|memcheck..." >&2
             return 1
             ;;
     esac
@@ -165,6 +210,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
 
 case "${1:-}" in
     pack) pack ;;
+    baseline) baseline ;;
     run) shift && run "$@" ;;
-    *) echo "usage: scripts/gpu-session.sh pack | run tests|bench|memcheck..." >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-session.sh pack | baseline | run tests|bench|compare|ncu|memcheck..." >&2; exit 2 ;;
 esac

@@ -1117,6 +1117,23 @@ mod tensor_core_conv {
             },
             0x7c01,
         );
+        // 70 channels: several K chunks in every mode (32 channels each in f16/bf16, 16 in tf32), the last
+        // partial; a 9 x 10 image: four 8 x 8 squares, three of them partial.
+        check_layer(
+            &Layer {
+                n: 2,
+                i: 70,
+                o: 24,
+                h: 9,
+                w: 10,
+                k: 3,
+                up: 1,
+                demodulate: true,
+                per_sample_noise: true,
+                clamp: None,
+            },
+            0x7c03,
+        );
         // No demodulation, per-sample noise, K = 81 (odd: an f16/bf16 pair split at the end).
         check_layer(
             &Layer {

@@ -31,9 +31,10 @@ const UP2_CH: usize = 8;
 const UP2_TAPS: usize = 12;
 const UP2_BK: usize = 16;
 const UP2_THREADS: u32 = 128;
-/// The tensor-core same-resolution kernels (`kernels/modconv_tc.cu`): pixels x channels, K words per stage,
-/// threads.
-const TC_TILE: [usize; 2] = [64, 64];
+/// The tensor-core same-resolution kernels (`kernels/modconv_tc.cu`): pixels x channels (the pixels a square of
+/// TC_SQUARE x TC_SQUARE), K words per stage, threads.
+const TC_SQUARE: usize = 8;
+const TC_TILE: [usize; 2] = [TC_SQUARE * TC_SQUARE, 64];
 const TC_STAGE_WORDS: usize = 16;
 const TC_THREADS: u32 = 128;
 /// The most output channels of a ToRGB fused into the 3x3 conv before it (`kMaxRgb` of `kernels/modconv_tc.cu`).
@@ -82,12 +83,15 @@ pub struct Finish<'a> {
 #[derive(Clone, Copy, Debug)]
 enum ConvKernel {
     /// A same-resolution conv (also the 1x1 before the skip up-sampling): pixels x channels per block. `torgb`:
-    /// the same kernel with a ToRGB fused into its epilogue (tensor-core 3x3 layers).
+    /// the same kernel with a ToRGB fused into its epilogue (tensor-core 3x3 layers). `squares`: a block's pixels
+    /// are a TC_SQUARE x TC_SQUARE square of one sample (grid x: squares, z: samples; the tensor-core kernels), not
+    /// a run of the batch's flattened pixels.
     Same {
         kernel: Kernel,
         torgb: Option<Kernel>,
         tile: [usize; 2],
         threads: u32,
+        squares: bool,
     },
     /// The fused up-sampling 3x3 conv: output channels per block (the output tile is `UP2_OUT_TILE`).
     Up2 {
@@ -242,16 +246,13 @@ impl<D: Device> DeviceConvLayer<D> {
                 _ => None,
             }
             .filter(|_| o <= TC_TILE[1]);
-            let threads = if precision.uses_tensor_cores() {
-                TC_THREADS
-            } else {
-                SAME_THREADS
-            };
+            let squares = precision.uses_tensor_cores();
             ConvKernel::Same {
                 kernel,
                 torgb,
                 tile,
-                threads,
+                threads: if squares { TC_THREADS } else { SAME_THREADS },
+                squares,
             }
         };
         let fusable_torgb = precision.uses_tensor_cores()
@@ -272,7 +273,7 @@ impl<D: Device> DeviceConvLayer<D> {
             }
             ConvKernel::Up2 { .. } => pack_up2(weight_data, o, i),
             ConvKernel::Same { .. } if precision.uses_tensor_cores() => {
-                pack_same_words(weight_data, o, i * kk, precision)
+                pack_same_words(weight_data, o, i, kk, precision)
             }
             ConvKernel::Same { tile, .. } => pack_same(weight_data, o, i * kk, tile[1]),
         };
@@ -639,6 +640,7 @@ impl<D: Device> DeviceConvLayer<D> {
             torgb,
             tile: [bm, bn],
             threads,
+            squares,
         } = self.conv_kernel
         else {
             bail!("modulated conv: a same-resolution launch on an up-sampling 3x3 layer");
@@ -648,11 +650,18 @@ impl<D: Device> DeviceConvLayer<D> {
             (true, Some(torgb)) => torgb,
             (true, None) => bail!("modulated conv: this layer has no fused-ToRGB kernel"),
         };
+        let (blocks, samples) = if squares {
+            let (h, w) = (params.height as usize, params.width as usize);
+            let per_sample = h.div_ceil(TC_SQUARE) * w.div_ceil(TC_SQUARE);
+            (per_sample, params.batch as usize)
+        } else {
+            (pixels.div_ceil(bm), 1)
+        };
         let dims = LaunchDims {
             grid: [
-                grid_size(pixels.div_ceil(bm), GRID_X_MAX)?,
+                grid_size(blocks, GRID_X_MAX)?,
                 grid_size(self.out_channels.div_ceil(bn), GRID_YZ_MAX)?,
-                1,
+                grid_size(samples, GRID_YZ_MAX)?,
             ],
             block: [threads, 1, 1],
             shared_bytes: 0,
@@ -828,18 +837,37 @@ fn word(precision: Precision, lo: f32, hi: f32) -> f32 {
     f32::from_bits(bits)
 }
 
-/// The tensor-core packing of `kernels/modconv_tc.cu`'s same-resolution kernels: 32-bit words `[K words rounded
-/// up to 16][O rounded up to 64]`, word `(kw, o)` holding `W[o, kw]` (tf32) or the pair `W[o, 2 kw]`,
-/// `W[o, 2 kw + 1]` (f16/bf16), zeros past the ends.
-fn pack_same_words(w: &[f32], o: usize, k: usize, precision: Precision) -> (Vec<f32>, usize) {
+/// The tensor-core packing of `kernels/modconv_tc.cu`'s same-resolution kernels, one K stage (a tap of a chunk of
+/// 16 channel words) after another: 32-bit words `[chunks * taps * 16][O rounded up to 64]`, row
+/// `(chunk * taps + tap) * 16 + w` holding `W[o, c, tap]` for `c = 16 chunk + w` (tf32) or the pair
+/// `c = 2 (16 chunk + w)`, `c + 1` (f16/bf16), zeros past the ends.
+fn pack_same_words(
+    w: &[f32],
+    o: usize,
+    i: usize,
+    taps: usize,
+    precision: Precision,
+) -> (Vec<f32>, usize) {
     let per_word = per_word(precision);
-    let rows = k.div_ceil(per_word).next_multiple_of(TC_STAGE_WORDS);
+    let chunks = i.div_ceil(per_word * TC_STAGE_WORDS);
     let cols = o.next_multiple_of(TC_TILE[1]);
-    let mut packed = vec![0.0f32; rows * cols];
+    let mut packed = vec![0.0f32; chunks * taps * TC_STAGE_WORDS * cols];
+    let at = |oc: usize, ic: usize, tap: usize| {
+        if ic < i {
+            w[(oc * i + ic) * taps + tap]
+        } else {
+            0.0
+        }
+    };
     for oc in 0..o {
-        let taps = &w[oc * k..(oc + 1) * k];
-        for (kw, pair) in taps.chunks(per_word).enumerate() {
-            packed[kw * cols + oc] = word(precision, pair[0], pair.get(1).copied().unwrap_or(0.0));
+        for chunk in 0..chunks {
+            for tap in 0..taps {
+                for word_index in 0..TC_STAGE_WORDS {
+                    let ic = (chunk * TC_STAGE_WORDS + word_index) * per_word;
+                    let row = (chunk * taps + tap) * TC_STAGE_WORDS + word_index;
+                    packed[row * cols + oc] = word(precision, at(oc, ic, tap), at(oc, ic + 1, tap));
+                }
+            }
         }
     }
     (packed, cols)
