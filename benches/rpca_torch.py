@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch side of the `mmengine fit` timing: the micromotion paper's RPCA_gpu loop (restated in
-golden/micromotion_rpca/README.md) per W+ layer, then the exact rank-q truncated SVD and the direction, on the CPU.
+golden/micromotion_rpca/README.md) per W+ layer, then the exact rank-q truncated SVD and the direction, on the CPU
+or (--device cuda) the GPU.
 
 Usage (python with torch and numpy, e.g. /work/torchenv/bin/python):
   # time the fit of anchors [k, L, D] (.npy), float32 like the paper, layers in order as get_pca_latent runs them
@@ -84,6 +85,7 @@ def main():
     p.add_argument('--to', type=int, default=-1)
     p.add_argument('--dtype', choices=['float32', 'float64'], default='float32')
     p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--device', default='cpu', help='cpu or cuda')
     p.add_argument('--repeat', type=int, default=5)
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--check', help='mmengine fit output .safetensors to compare with')
@@ -101,7 +103,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    anchors = torch.from_numpy(np.load(args.anchors)).to(dtype)
+    anchors = torch.from_numpy(np.load(args.anchors)).to(device=args.device, dtype=dtype)
     to = args.to % anchors.shape[0]
     for _ in range(args.warmup):
         fit(anchors, args.rank, args.max_iter, args.frm, to)
@@ -109,15 +111,17 @@ def main():
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         res = fit(anchors, args.rank, args.max_iter, args.frm, to)
+        if anchors.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    print(f'torch {torch.__version__} {args.dtype}, {args.threads} threads, anchors {list(anchors.shape)}: '
+    print(f'torch {torch.__version__} {args.dtype} on {args.device}, {args.threads} threads, anchors {list(anchors.shape)}: '
           f'median {1e3 * np.median(times):.2f} ms, min {1e3 * min(times):.2f} ms over {args.repeat} runs; '
           f'iterations {res["iterations"]}')
     if args.check:
         got = read_safetensors(args.check)
         assert list(got['iterations']) == res['iterations'], (list(got['iterations']), res['iterations'])
         for name in ('L', 'S', 'lowrank', 'direction'):
-            err = np.abs(got[name].astype(np.float64) - res[name].double().numpy()).max()
+            err = np.abs(got[name].astype(np.float64) - res[name].double().cpu().numpy()).max()
             print(f'{name}: max abs difference to mmengine {err:.3e}')
 
 

@@ -16,6 +16,8 @@
 #                    grid comes back as demo-cuda.png), and one small fp16 bench
 #             bench  bench --config ffhq1024 --batch 512 in every precision, ffhq256 in fp32 and fp16
 #             compare  the baseline's and this build's bench, ffhq1024 batch 512 in fp16 and tf32, alternating
+#             fit    golden case E's anchors plus one row (12 x 18 x 512): mmengine fit on the GPU and the CPU beside
+#                    benches/rpca_torch.py (the same algorithm in PyTorch) on both, checked against mmengine's output
 #             ncu    Nsight Compute's full report of one launch of each f16 convolution kernel (same resolution,
 #                    up-sampling, fused ToRGB), if the machine has ncu: where their time goes
 #             memcheck  compute-sanitizer memcheck over selftest, if the machine has it
@@ -182,6 +184,18 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
                 done
             done
             ;;
+        fit)
+            local anchors=/tmp/anchors12.npy
+            step make-anchors 60 python3 benches/rpca_torch.py --make-anchors12 \
+                "$root/golden/micromotion_rpca/rpca.safetensors" "$anchors"
+            for d in cuda cpu; do
+                step "fit12-$d" 60 "$mm" fit --anchors "$anchors" --device "$d" -o "/tmp/fit12-$d.safetensors"
+            done
+            step torch-fit12-cuda 90 python3 benches/rpca_torch.py --anchors "$anchors" --device cuda --repeat 5 \
+                --check /tmp/fit12-cuda.safetensors
+            step torch-fit12-cpu 90 python3 benches/rpca_torch.py --anchors "$anchors" --threads 16 --repeat 5 \
+                --check /tmp/fit12-cpu.safetensors
+            ;;
         ncu)
             command -v ncu >/dev/null || { echo "=== ncu: not on this machine" >>"$OUT/log.txt"; return 0; }
             # ffhq1024 launches each kernel once per block in resolution order: skip to b128.conv1 (256 -> 256
@@ -202,7 +216,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             fi
             ;;
         *)
-            echo "usage: scripts/gpu-session.sh run tests|bench|compare|ncu|memcheck..." >&2
+            echo "usage: scripts/gpu-session.sh run tests|bench|compare|fit|ncu|memcheck..." >&2
             return 1
             ;;
     esac
@@ -212,5 +226,5 @@ case "${1:-}" in
     pack) pack ;;
     baseline) baseline ;;
     run) shift && run "$@" ;;
-    *) echo "usage: scripts/gpu-session.sh pack | baseline | run tests|bench|compare|ncu|memcheck..." >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-session.sh pack | baseline | run tests|bench|compare|fit|ncu|memcheck..." >&2; exit 2 ;;
 esac

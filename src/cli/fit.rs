@@ -58,10 +58,8 @@ pub fn fit(args: FitArgs) -> Result<()> {
         from: args.from,
         to: args.to,
     };
-    let start = Instant::now();
-    let fit = run_fit(args.device, &anchors, &opts)
+    let (fit, seconds) = run_fit(args.device, &anchors, &opts)
         .map_err(|e| Error::invalid(format!("{spec}: {e}")))?;
-    let seconds = start.elapsed().as_secs_f64();
 
     let iterations: Vec<i32> = fit.iterations.iter().map(|&n| n as i32).collect();
     let final_err: Vec<f32> = fit.final_err.iter().map(|&e| e as f32).collect();
@@ -120,12 +118,25 @@ pub fn fit(args: FitArgs) -> Result<()> {
 }
 
 /// The fit on `device`.
-fn run_fit(device: DeviceArg, anchors: &Tensor, opts: &FitOptions) -> Result<Fit> {
+/// The fit and its time in seconds. A device is opened (context, kernels) before the clock starts: that cost is
+/// paid once per process, not per fit.
+fn run_fit(device: DeviceArg, anchors: &Tensor, opts: &FitOptions) -> Result<(Fit, f64)> {
+    fn timed(f: impl FnOnce() -> Result<Fit>) -> Result<(Fit, f64)> {
+        let start = Instant::now();
+        let fit = f()?;
+        Ok((fit, start.elapsed().as_secs_f64()))
+    }
     match device {
-        DeviceArg::Cpu => micromotion::fit(anchors, opts),
-        DeviceArg::Cuda(ordinal) => fit_on(&CudaDevice::new(ordinal)?, anchors, opts),
+        DeviceArg::Cpu => timed(|| micromotion::fit(anchors, opts)),
+        DeviceArg::Cuda(ordinal) => {
+            let dev = CudaDevice::new(ordinal)?;
+            timed(|| fit_on(&dev, anchors, opts))
+        }
         #[cfg(feature = "emu")]
-        DeviceArg::Emu => fit_on(&crate::cuda::emu::EmuDevice::new(), anchors, opts),
+        DeviceArg::Emu => {
+            let dev = crate::cuda::emu::EmuDevice::new();
+            timed(|| fit_on(&dev, anchors, opts))
+        }
         // check_available has refused it already.
         #[cfg(not(feature = "emu"))]
         DeviceArg::Emu => bail!("--device emu needs the `emu` feature"),
