@@ -12,13 +12,13 @@
 // converted, into shared memory, and each of the 9 taps is then one K stage whose A fragments are read from that
 // square shifted by the tap. So every x element is loaded once per block rather than once per tap: gathering A
 // per tap (an im2col in registers) cost tens of instructions per mma, and the kernel was bound by issuing them
-// (Nsight Compute on an H200: about 42 instructions per mma, issue slots 42% busy, the warps waiting on those
-// loads).
+// (Nsight Compute on an H200, on a variant of that gather: about 42 instructions per mma, issue slots 42% busy,
+// the warps waiting on those loads; this kernel: about 18, 66% busy; BENCHMARKS.md).
 //
 // Shared memory holds 32-bit words as in gemm_tc.cu: one tf32 value, or two f16/bf16 values adjacent along K
 // (lower channel in the low half), so both mma shapes read a 16x8 A and an 8x8 B fragment of words with one lane
-// mapping (mma.cuh). The input square is double-buffered per chunk (gathered at a chunk's first tap, stored after
-// its last), the B tile per stage (cp.async), one barrier per stage.
+// mapping (mma.cuh). The input square is double-buffered per chunk (the next chunk's is gathered a part per tap),
+// the B tile per stage (cp.async), one barrier per stage.
 //
 // Weight packing (conv.rs packs it at upload, already in the mode's type): words [chunks * taps * 16][out_channels
 // rounded up to 64]; row (chunk * taps + tap) * 16 + w holds, for output channel o, W[o, c, tap] with c = 16 chunk
@@ -83,6 +83,7 @@ __device__ void same_impl(const ModconvParams& p) {
   constexpr int kHaloItems = (kHaloPixels * kChunkWords + kThreads - 1) / kThreads;  // words per thread and chunk
   __align__(16) __shared__ unsigned halo[2][kHaloPixels * kRowA];
   __align__(16) __shared__ unsigned b_tile[2][kChunkWords * kRowB];
+  static_assert(kBlockM * kMaxRgb <= 2 * kHaloPixels * kRowA, "the ToRGB partials fit in the square buffers");
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int group = lane / 4, tig = lane % 4;
