@@ -45,10 +45,10 @@ pack() {
     export MMENGINE_REQUIRE_NVCC=1
     # Without the emulation: the GPU needs none of it, and the binaries then need no C++ runtime.
     cargo build --release
-    # The GPU test binary: cargo prints its path among the test executables it built.
+    # The GPU test binary: cargo lists it among its artifacts, beside the mmengine binary; pick it by target kind.
     local gpu_test
     gpu_test=$(cargo test --release --test gpu --no-run --message-format=json 2>/dev/null |
-        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+        grep '"kind":\["test"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
     [ -x "$gpu_test" ] || { echo "gpu-session: no GPU test binary found" >&2; exit 1; }
     local stage
     stage=$(mktemp -d)
