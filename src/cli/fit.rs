@@ -117,9 +117,8 @@ pub fn fit(args: FitArgs) -> Result<()> {
     Ok(())
 }
 
-/// The fit on `device`.
-/// The fit and its time in seconds. A device is opened (context, kernels) before the clock starts: that cost is
-/// paid once per process, not per fit.
+/// The fit on `device` and its time in seconds. A device is opened (context, kernels) before the clock starts: that
+/// cost is paid once per process, not per fit.
 fn run_fit(device: DeviceArg, anchors: &Tensor, opts: &FitOptions) -> Result<(Fit, f64)> {
     fn timed(f: impl FnOnce() -> Result<Fit>) -> Result<(Fit, f64)> {
         let start = Instant::now();
