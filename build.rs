@@ -39,6 +39,9 @@ struct SassInfo {
     ldg128: u32,
     lds128: u32,
     local_memory_ops: u32,
+    /// The loop with the most tensor-core instructions (the GEMM main loop): its instructions and theirs.
+    main_loop_instructions: u32,
+    main_loop_mma: u32,
 }
 
 fn main() {
@@ -257,6 +260,8 @@ fn parse_ptxas(log: &str, table: &mut BTreeMap<String, PtxasInfo>) {
 /// Counts, per function of a `cuobjdump --dump-sass` listing, the instructions the static checks look at.
 fn parse_sass(dump: &str, table: &mut BTreeMap<String, SassInfo>) {
     let mut current: Option<String> = None;
+    // Per function: each instruction's address, whether it is a tensor-core one, and a backward branch's target.
+    let mut code: BTreeMap<String, Vec<(u32, bool, Option<u32>)>> = BTreeMap::new();
     for line in dump.lines() {
         if let Some(name) = line.split("Function : ").nth(1) {
             let name = name.trim().to_string();
@@ -264,20 +269,26 @@ fn parse_sass(dump: &str, table: &mut BTreeMap<String, SassInfo>) {
             current = Some(name);
             continue;
         }
-        let (Some(name), Some(code)) = (&current, line.split("*/").nth(1)) else {
+        let (Some(name), Some(text)) = (&current, line.split("*/").nth(1)) else {
+            continue;
+        };
+        let Some(address) = line
+            .split("/*")
+            .nth(1)
+            .and_then(|a| u32::from_str_radix(a.trim(), 16).ok())
+        else {
             continue;
         };
         // "  /*0110*/   @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;  /* 0x... */"
-        let mut words = code.split_whitespace();
+        let mut words = text.split_whitespace();
         let Some(mut op) = words.next() else { continue };
         if op.starts_with('@') {
             op = words.next().unwrap_or("");
         }
         let info = table.get_mut(name).unwrap();
         let base = op.split('.').next().unwrap_or("");
-        if matches!(base, "HMMA" | "HGMMA" | "IMMA" | "DMMA")
-            && !info.tensor_core_ops.iter().any(|o| o == base)
-        {
+        let mma = matches!(base, "HMMA" | "HGMMA" | "IMMA" | "DMMA");
+        if mma && !info.tensor_core_ops.iter().any(|o| o == base) {
             info.tensor_core_ops.push(base.to_string());
         }
         // LDGSTS is cp.async: a 128-bit global load that lands in shared memory.
@@ -289,6 +300,29 @@ fn parse_sass(dump: &str, table: &mut BTreeMap<String, SassInfo>) {
         }
         if matches!(base, "LDL" | "STL") {
             info.local_memory_ops += 1;
+        }
+        let back_target = (base == "BRA")
+            .then(|| words.find_map(|w| u32::from_str_radix(w.trim_start_matches("0x"), 16).ok()))
+            .flatten()
+            .filter(|&t| t < address);
+        code.entry(name.clone())
+            .or_default()
+            .push((address, mma, back_target));
+    }
+    for (name, instructions) in code {
+        let info = table.get_mut(&name).unwrap();
+        for (end, &(_, _, target)) in instructions.iter().enumerate() {
+            let Some(target) = target else { continue };
+            let start = instructions.partition_point(|&(a, _, _)| a < target);
+            let body = &instructions[start..=end];
+            let mma = body.iter().filter(|i| i.1).count() as u32;
+            let len = body.len() as u32;
+            let better = mma > info.main_loop_mma
+                || mma == info.main_loop_mma && mma > 0 && len < info.main_loop_instructions;
+            if better {
+                info.main_loop_mma = mma;
+                info.main_loop_instructions = len;
+            }
         }
     }
 }
@@ -404,7 +438,8 @@ fn write_generated(
                     s,
                     "    KernelInfo {{ name: {:?}, file: {:?}, archs: &{:?}, registers: {registers}, \
                      shared_bytes: {}, spill_bytes: {}, stack_bytes: {}, tensor_core_ops: &{tc:?}, \
-                     ldg128: {}, lds128: {}, local_memory_ops: {} }},",
+                     ldg128: {}, lds128: {}, local_memory_ops: {}, main_loop_instructions: {}, \
+                     main_loop_mma: {} }},",
                     e.name,
                     e.file,
                     archs,
@@ -414,6 +449,8 @@ fn write_generated(
                     sass.map_or(0, |s| s.ldg128),
                     sass.map_or(0, |s| s.lds128),
                     sass.map_or(0, |s| s.local_memory_ops),
+                    sass.map_or(0, |s| s.main_loop_instructions),
+                    sass.map_or(0, |s| s.main_loop_mma),
                 )
                 .unwrap();
             }

@@ -6,42 +6,59 @@
 // and bf16: act.cuh), y stored as y_dtype. The fused up-sampling 3x3 conv (modconv_up2_3x3_*, at the end of the
 // file) runs modconv_up2_3x3's algorithm with its GEMM on mma.sync.
 //
-// A block computes an 8 x 8 square of output pixels of one sample (blockIdx.x: the square, blockIdx.z: the sample)
-// for 64 output channels (blockIdx.y), with 4 warps of 32 pixels x 32 channels. K runs in chunks of 16 channel
-// words; a chunk's input square with its 1-pixel halo (10 x 10 pixels for 3x3) is gathered from x once, scaled and
-// converted, into shared memory, and each of the 9 taps is then one K stage whose A fragments are read from that
-// square shifted by the tap. So every x element is loaded once per block rather than once per tap: gathering A
-// per tap (an im2col in registers) cost tens of instructions per mma, and the kernel was bound by issuing them
-// (Nsight Compute on an H200, on a variant of that gather: about 42 instructions per mma, issue slots 42% busy,
-// the warps waiting on those loads; this kernel: about 18, 66% busy; BENCHMARKS.md).
+// A block computes a rectangle of output pixels of one sample (blockIdx.x: the rectangle, blockIdx.z: the sample)
+// for a block of output channels (blockIdx.y), with 4 warps of 32 pixels x 32 channels: 8 x 8 pixels x 64 channels
+// (Square), or 8 x 16 pixels x 32 channels (Wide, the _n32 kernels) for layers with at most 32 outputs, which would
+// leave half of a Square's mma work on padding channels. K runs in chunks of 16 channel words; a chunk's input
+// rectangle with its 1-pixel halo (10 x 10 pixels for a 3x3 Square) is gathered from x once, scaled and converted,
+// into shared memory, and each of the 9 taps is then one K stage whose A fragments are read from that rectangle
+// shifted by the tap. So every x element is loaded once per block rather than once per tap: gathering A per tap (an
+// im2col in registers) cost tens of instructions per mma, and the kernel was bound by issuing them (Nsight Compute
+// on an H200: about 42 instructions per mma with that gather, 18 with the square gathered once; BENCHMARKS.md).
+// The taps of a chunk are unrolled, so every fragment address is a constant offset from a per-thread base, and the
+// gather is laid out so each lane's items share one channel quad (warp-uniform channels and styles) and differ
+// only in the pixel: about 9 instructions per mma in the sm_90 main loop (static count; 18 before the unrolling).
 //
 // Shared memory holds 32-bit words as in gemm_tc.cu: one tf32 value, or two f16/bf16 values adjacent along K
 // (lower channel in the low half), so both mma shapes read a 16x8 A and an 8x8 B fragment of words with one lane
-// mapping (mma.cuh). The input square is double-buffered per chunk (the next chunk's is gathered a part per tap),
+// mapping (mma.cuh). The input rectangle is double-buffered per chunk (the next chunk's is gathered a slot per tap),
 // the B tile per stage (cp.async), one barrier per stage.
 //
 // Weight packing (conv.rs packs it at upload, already in the mode's type): words [chunks * taps * 16][out_channels
-// rounded up to 64]; row (chunk * taps + tap) * 16 + w holds, for output channel o, W[o, c, tap] with c = 16 chunk
-// + w (tf32), or the pair c = 2 (16 chunk + w), c + 1 (f16/bf16); zeros past the ends. So B stages are 16-byte
-// cp.async copies without bounds checks or conversions. f16 layers that demodulate get their weight scaled by a
-// power of two at upload so its largest magnitude is in [0.5, 1) (see conv.rs): the demodulation coefficients,
-// computed from the scaled weight, undo it.
+// rounded up to the shape's channel block]; row (chunk * taps + tap) * 16 + w holds, for output channel o,
+// W[o, c, tap] with c = 16 chunk + w (tf32), or the pair c = 2 (16 chunk + w), c + 1 (f16/bf16); zeros past the
+// ends. So B stages are 16-byte cp.async copies without bounds checks or conversions. f16 layers that demodulate
+// get their weight scaled by a power of two at upload so its largest magnitude is in [0.5, 1) (see conv.rs): the
+// demodulation coefficients, computed from the scaled weight, undo it.
 #include "act.cuh"
 #include "common.cuh"
 #include "mma.cuh"
 
 namespace modconv_tc {
 
-constexpr int kThreads = 128;  // 4 warps in a 2x2 arrangement
-constexpr int kTile = 8;       // output pixels per block: kTile x kTile
-constexpr int kBlockM = kTile * kTile, kBlockN = 64, kWarpM = 32, kWarpN = 32;
-constexpr int kChunkWords = 16;  // K words per stage (one tap of a chunk): two mma K steps
+constexpr int kThreads = 128;            // 4 warps
+constexpr int kWarpM = 32, kWarpN = 32;  // a warp's tile: 32 pixels x 32 channels
+constexpr int kChunkWords = 16;          // K words per stage (one tap of a chunk): two mma K steps
+constexpr int kQuadWords = 4;            // the words of a gather item: one 128-bit shared-memory store
 // Row paddings that make the fragment reads conflict-free (A lanes hit banks 20 group + tig, B lanes 8 tig + group)
-// and keep rows 16-byte aligned.
+// and keep rows 16-byte aligned; with 20-word rows the gather's 128-bit stores of 8 consecutive pixels also hit
+// distinct banks.
 constexpr int kPadA = 4, kPadB = 8;
-constexpr int kRowA = kChunkWords + kPadA, kRowB = kBlockN + kPadB;
-constexpr int kChunksB = kChunkWords * kBlockN / 4 / kThreads;  // 16-byte B copies per thread and stage
-static_assert(kWarpM == 4 * kTile, "a warp's 32 rows are 4 rows of the square, an m16 tile two of them");
+constexpr int kRowA = kChunkWords + kPadA;
+static_assert(kChunkWords / kQuadWords == kThreads / 32, "warp g gathers word quad g of every halo pixel");
+
+// A block shape: a kTileY x kTileX rectangle of one sample's output pixels times kBlockN output channels, as
+// kWarpsM x kWarpsN warps of kWarpM x kWarpN. Block row (pixel) R is rectangle row R / kTileX, column R % kTileX,
+// so each 8-row half of an m16 tile is 8 consecutive pixels of one rectangle row.
+template <int TileX, int BlockN>
+struct Shape {
+  static constexpr int kTileY = 8, kTileX = TileX, kBlockM = kTileY * TileX, kBlockN = BlockN;
+  static constexpr int kWarpsN = BlockN / kWarpN, kWarpsM = kBlockM / kWarpM;
+  static constexpr int kRowB = BlockN + kPadB;
+  static_assert(kWarpsM * kWarpsN * 32 == kThreads && TileX % 8 == 0, "4 warps; m16 halves within a row");
+};
+using Square = Shape<8, 64>;  // 8 x 8 pixels x 64 channels
+using Wide = Shape<16, 32>;   // 8 x 16 pixels x 32 channels: layers with at most 32 outputs (1024 px, ToRGB)
 
 struct Tf32 {
   using Act = ActF32;
@@ -73,65 +90,87 @@ constexpr int kMaxRgb = 4;
 
 // RGB: the kernel also computes the ToRGB after this layer (ModconvParams::rgb; 3x3 with out_channels <= kBlockN,
 // so one block holds all of a pixel's channels), from y as stored (the value the unfused ToRGB would read).
-template <int KS, class Mode, bool RGB = false>
+template <int KS, class Mode, class S, bool RGB = false>
 __device__ void same_impl(const ModconvParams& p) {
   constexpr int TAPS = KS * KS, PAD = KS / 2;
   constexpr int kPerWord = Mode::kPerWord;
   constexpr int kChunkK = kChunkWords * kPerWord;  // input channels per chunk
-  constexpr int kHalo = kTile + KS - 1;            // the input square's side
-  constexpr int kHaloPixels = kHalo * kHalo;
-  constexpr int kHaloItems = (kHaloPixels * kChunkWords + kThreads - 1) / kThreads;  // words per thread and chunk
+  constexpr int kQuadK = kQuadWords * kPerWord;    // input channels per gather item
+  constexpr int kHaloY = S::kTileY + KS - 1, kHaloX = S::kTileX + KS - 1;  // the input rectangle with its halo
+  constexpr int kHaloPixels = kHaloY * kHaloX;
+  constexpr int kSlots = (kHaloPixels + 31) / 32;  // halo pixels per lane
+  constexpr int kFirstSlots = 2;                    // slots in flight at once in the first gather (registers)
+  constexpr int kRowB = S::kRowB;
+  constexpr int kCopiesB = kChunkWords * S::kBlockN / 4 / kThreads;  // 16-byte B copies per thread and stage
   __align__(16) __shared__ unsigned halo[2][kHaloPixels * kRowA];
   __align__(16) __shared__ unsigned b_tile[2][kChunkWords * kRowB];
-  static_assert(kBlockM * kMaxRgb <= 2 * kHaloPixels * kRowA, "the ToRGB partials fit in the square buffers");
+  static_assert(kCopiesB * 4 * kThreads == kChunkWords * S::kBlockN, "B stages split evenly");
+  static_assert(S::kWarpsN == 1 || S::kBlockM * kMaxRgb <= 2 * kHaloPixels * kRowA,
+                "the ToRGB partials fit in the halo buffers");
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int group = lane / 4, tig = lane % 4;
-  const int warp_m = (warp / 2) * kWarpM, warp_n = (warp % 2) * kWarpN;
+  const int warp_m = (warp / S::kWarpsN) * kWarpM, warp_n = (warp % S::kWarpsN) * kWarpN;
   const int hw = p.height * p.width;
-  const int tiles_x = (p.width + kTile - 1) / kTile;
-  const int b = blockIdx.z, y0 = (blockIdx.x / tiles_x) * kTile, x0 = (blockIdx.x % tiles_x) * kTile;
-  const int n0 = blockIdx.y * kBlockN;
+  const int tiles_x = (p.width + S::kTileX - 1) / S::kTileX;
+  const int b = blockIdx.z, y0 = (blockIdx.x / tiles_x) * S::kTileY, x0 = (blockIdx.x % tiles_x) * S::kTileX;
+  const int n0 = blockIdx.y * S::kBlockN;
   const int chunks = (p.in_channels + kChunkK - 1) / kChunkK;
   const int stages = chunks * TAPS;
 
+  // The gather: warp g stages word quad g of the chunk (its input channels kQuadK g ..) for every halo pixel, lane
+  // l the pixels l, l + 32, ... (slot j: pixel l + 32 j), each as one 128-bit shared-memory store. The pixel order
+  // makes consecutive lanes read consecutive pixels of a channel plane. Values are loaded as stored in x, then
+  // scaled by the styles and converted when they are written to shared memory. pixel(j): slot j's offset in an x
+  // plane, or -1 outside the image or past the halo (a zero); recomputed where needed, as registers are scarce.
   using X = typename Mode::Act;  // x's element type: f32, or the mode's 16-bit type
-  const typename X::T* xb = static_cast<const typename X::T*>(p.x) + (long long)b * p.in_channels * hw;
-  const float* sb = p.styles + (long long)b * p.in_channels;
-
-  // The input square of a chunk in shared memory: kHaloPixels x kChunkWords words, item (word w, pixel q) numbered
-  // w * kHaloPixels + q, so that consecutive threads read runs of a row. Item j of this thread is tid + j kThreads.
-  // An item is loaded as stored in x, then scaled by the styles and converted when it is written to shared memory
-  // (the style loads there are L1 hits, and keeping them out of the loads in flight saves registers).
   using T = typename X::T;
-  auto load_item = [&](int chunk, int j, T (&v)[kPerWord]) {
-    const int item = tid + j * kThreads, w = item / kHaloPixels, q = item % kHaloPixels;
-    const int iy = y0 - PAD + q / kHalo, ix = x0 - PAD + q % kHalo;
-    const bool inside = item < kHaloPixels * kChunkWords && iy >= 0 && iy < p.height && ix >= 0 && ix < p.width;
-#pragma unroll
-    for (int e = 0; e < kPerWord; ++e) {
-      const int c = (chunk * kChunkWords + w) * kPerWord + e;
-      v[e] = inside && c < p.in_channels ? xb[(long long)c * hw + iy * p.width + ix] : T(0);
-    }
+  auto pixel = [&](int j) {
+    const int q = lane + 32 * j, iy = y0 - PAD + q / kHaloX, ix = x0 - PAD + q % kHaloX;
+    const bool inside = q < kHaloPixels && iy >= 0 && iy < p.height && ix >= 0 && ix < p.width;
+    return inside ? iy * p.width + ix : -1;
   };
-  auto store_item = [&](int chunk, int j, const T (&v)[kPerWord], int buf) {
-    const int item = tid + j * kThreads, w = item / kHaloPixels, q = item % kHaloPixels;
-    if (item >= kHaloPixels * kChunkWords) return;
-    float scaled[kPerWord];
+  const T* const x_quad = static_cast<const T*>(p.x) + ((long long)b * p.in_channels + warp * kQuadK) * hw;
+  const float* const styles_quad = p.styles + (long long)b * p.in_channels + warp * kQuadK;
+  // The quad's channels inside the layer in `chunk` (warp-uniform; past them the values and styles are zeros).
+  // Slots are loaded as stored in x; store_slot scales them by the quad's styles and converts them.
+  auto quad_channels = [&](int chunk) { return p.in_channels - chunk * kChunkK - warp * kQuadK; };
+  auto load_styles = [&](int chunk, float (&s)[kQuadK]) {
+    const int n = quad_channels(chunk);
 #pragma unroll
-    for (int e = 0; e < kPerWord; ++e) {
-      const int c = (chunk * kChunkWords + w) * kPerWord + e;
-      scaled[e] = c < p.in_channels ? X::load(&v[e]) * sb[c] : 0.0f;
-    }
-    halo[buf][q * kRowA + w] = Mode::word(scaled);
+    for (int k = 0; k < kQuadK; ++k) s[k] = k < n ? styles_quad[chunk * kChunkK + k] : 0.0f;
   };
-  const unsigned* weight = reinterpret_cast<const unsigned*>(p.weight) + n0;
-  auto copy_b = [&](int stage, int buf) {
+  auto load_slot = [&](int chunk, int j, T (&v)[kQuadK]) {
+    const int pix = pixel(j), n = pix < 0 ? 0 : quad_channels(chunk);
+    const T* const xc = x_quad + (long long)chunk * kChunkK * hw + (pix < 0 ? 0 : pix);
 #pragma unroll
-    for (int j = 0; j < kChunksB; ++j) {
-      const int q = tid + j * kThreads, r = q / (kBlockN / 4), c4 = q % (kBlockN / 4);
-      copy16_async(&b_tile[buf][r * kRowB + c4 * 4],
-                   weight + (long long)(stage * kChunkWords + r) * p.weight_stride + c4 * 4);
+    for (int k = 0; k < kQuadK; ++k) v[k] = k < n ? xc[k * hw] : T(0);
+  };
+  auto store_slot = [&](int j, const T (&v)[kQuadK], const float (&s)[kQuadK], unsigned* rect) {
+    const int q = lane + 32 * j;
+    if (j == kSlots - 1 && q >= kHaloPixels) return;
+    unsigned w[kQuadWords];
+#pragma unroll
+    for (int k = 0; k < kQuadWords; ++k) {
+      float scaled[kPerWord];
+#pragma unroll
+      for (int e = 0; e < kPerWord; ++e) scaled[e] = X::load(&v[k * kPerWord + e]) * s[k * kPerWord + e];
+      w[k] = Mode::word(scaled);
+    }
+    uint4 u;
+    u.x = w[0], u.y = w[1], u.z = w[2], u.w = w[3];
+    *reinterpret_cast<uint4*>(rect + q * kRowA + warp * kQuadWords) = u;
+  };
+  // The tap at which the next chunk's slot j is gathered: spread over the taps, so few loads are in flight.
+  auto slot_tap = [](int j) { return j * TAPS / kSlots; };
+
+  const unsigned* const weight = reinterpret_cast<const unsigned*>(p.weight) + n0;
+  auto copy_b = [&](int stage, unsigned* bt) {
+    const unsigned* const rows = weight + (long long)stage * kChunkWords * p.weight_stride;
+#pragma unroll
+    for (int j = 0; j < kCopiesB; ++j) {
+      const int q = tid + j * kThreads, r = q / (S::kBlockN / 4), c4 = q % (S::kBlockN / 4);
+      copy16_async(bt + r * kRowB + c4 * 4, rows + (long long)r * p.weight_stride + c4 * 4);
     }
   };
 
@@ -143,9 +182,13 @@ __device__ void same_impl(const ModconvParams& p) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
 
-  // One stage: tap `tap` of the square in `sq`, against the B tile in `bt`. A row (pixel) r of the block is square
-  // row r / 8, column r % 8; the tap shifts it by (tap / KS, tap % KS) in the halo-padded square.
-  auto multiply = [&](const unsigned* sq, const unsigned* bt, int tap) {
+  // One stage: tap `tap` (a constant once the tap loop is unrolled) of the rectangle in `rect`, against the B
+  // tile in `bt`. This lane's A rows are R = warp_m + 16 mi + 8 (r & 1) + group; the tap (dy, dx) reads halo
+  // pixel (R / kTileX + dy, R % kTileX + dx). warp_m is a multiple of kTileX, so everything but a_base and b_base
+  // is a constant offset.
+  const int a_base = ((warp_m / S::kTileX) * kHaloX + group) * kRowA + tig;
+  const int b_base = tig * kRowB + warp_n + group;
+  auto multiply = [&](const unsigned* rect, const unsigned* bt, int tap) {
     const int dy = tap / KS, dx = tap % KS;
 #pragma unroll
     for (int ks = 0; ks < kChunkWords; ks += 8) {
@@ -154,13 +197,13 @@ __device__ void same_impl(const ModconvParams& p) {
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-          const int sy = (warp_m + mi * 16) / kTile + (r & 1) + dy, sx = group + dx;
-          a_frag[mi][r] = sq[(sy * kHalo + sx) * kRowA + ks + tig + 4 * (r >> 1)];
+          const int row = mi * 16 + 8 * (r & 1), sy = row / S::kTileX + dy, sx = row % S::kTileX + dx;
+          a_frag[mi][r] = rect[a_base + (sy * kHaloX + sx) * kRowA + ks + 4 * (r >> 1)];
         }
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) b_frag[ni][r] = bt[(ks + tig + 4 * r) * kRowB + warp_n + ni * 8 + group];
+        for (int r = 0; r < 2; ++r) b_frag[ni][r] = bt[b_base + (ks + 4 * r) * kRowB + ni * 8];
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -168,84 +211,117 @@ __device__ void same_impl(const ModconvParams& p) {
     }
   };
 
-  // The K loop: stage s is tap s % TAPS of chunk s / TAPS. The next chunk's square is gathered a part per tap
-  // (loaded before the tap's multiply, stored after it), so only a part's loads are in flight at a time; its buffer
-  // was last read by the previous chunk, before the barrier that ended it. The next stage's B tile streams in
-  // during each stage. The first square is gathered whole, with all its loads in flight at once.
+  // The K loop: chunk after chunk, the chunk's taps unrolled (stage chunk * TAPS + tap). The next chunk's
+  // rectangle is gathered a slot per tap (loaded before the tap's multiply, stored after it); its buffer was last
+  // read by the previous chunk, before the barrier that ended it. The next stage's B tile streams in during each
+  // stage. The first rectangle is gathered kFirstSlots slots at a time, with their loads in flight at once.
   {
-    T first[kHaloItems][kPerWord];
+    float s[kQuadK];
+    load_styles(0, s);
 #pragma unroll
-    for (int j = 0; j < kHaloItems; ++j) load_item(0, j, first[j]);
+    for (int j0 = 0; j0 < kSlots; j0 += kFirstSlots) {
+      T first[kFirstSlots][kQuadK];
 #pragma unroll
-    for (int j = 0; j < kHaloItems; ++j) store_item(0, j, first[j], 0);
+      for (int j = 0; j < kFirstSlots; ++j)
+        if (j0 + j < kSlots) load_slot(0, j0 + j, first[j]);
+#pragma unroll
+      for (int j = 0; j < kFirstSlots; ++j)
+        if (j0 + j < kSlots) store_slot(j0 + j, first[j], s, halo[0]);
+    }
   }
-  copy_b(0, 0);
+  copy_b(0, b_tile[0]);
   copy_async_wait();
   __syncthreads();
-  constexpr int kItemsPerTap = (kHaloItems + TAPS - 1) / TAPS;
+  int b_cur = 0;
 #pragma unroll 1
-  for (int s = 0; s < stages; ++s) {
-    const int chunk = s / TAPS, tap = s - chunk * TAPS;
+  for (int chunk = 0; chunk < chunks; ++chunk) {
     const bool next_chunk = chunk + 1 < chunks;
-    if (s + 1 < stages) copy_b(s + 1, (s + 1) & 1);
-    T part[kItemsPerTap][kPerWord];
-    if (next_chunk) {
 #pragma unroll
-      for (int j = 0; j < kItemsPerTap; ++j) load_item(chunk + 1, tap * kItemsPerTap + j, part[j]);
-    }
-    multiply(halo[chunk & 1], b_tile[s & 1], tap);
-    if (next_chunk) {
+    for (int tap = 0; tap < TAPS; ++tap) {
+      const int s = chunk * TAPS + tap;
+      if (s + 1 < stages) copy_b(s + 1, b_tile[b_cur ^ 1]);
+      T part[kSlots][kQuadK];
+      if (next_chunk) {
 #pragma unroll
-      for (int j = 0; j < kItemsPerTap; ++j) store_item(chunk + 1, tap * kItemsPerTap + j, part[j], (chunk + 1) & 1);
+        for (int j = 0; j < kSlots; ++j)
+          if (slot_tap(j) == tap) load_slot(chunk + 1, j, part[j]);
+      }
+      multiply(halo[chunk & 1], b_tile[b_cur], tap);
+      if (next_chunk) {
+#pragma unroll
+        for (int j = 0; j < kSlots; ++j)
+          if (slot_tap(j) == tap) {
+            float styles[kQuadK];
+            load_styles(chunk + 1, styles);
+            store_slot(j, part[j], styles, halo[(chunk + 1) & 1]);
+          }
+      }
+      copy_async_wait();
+      __syncthreads();
+      b_cur ^= 1;
     }
-    copy_async_wait();
-    __syncthreads();
   }
 
-  // Epilogue in modconv.cu's order. This thread's rows (pixels): warp_m + mi * 16 + group + 8 * h, i.e. square row
-  // (warp_m + mi * 16) / 8 + h, column group; its columns (channels): warp_n + ni * 8 + 2 * tig + e. Lanes with one
-  // tig store 8 consecutive pixels of a channel.
-  // The flat output pixel of block row `row`, or -1 outside the image.
-  auto pixel_of = [&](int row) {
-    const int y = y0 + row / kTile, x = x0 + row % kTile;
-    return y < p.height && x < p.width ? y * p.width + x : -1;
-  };
+  // Epilogue in modconv.cu's order. This thread's rows (pixels): warp_m + 16 mi + 8 h + group; its columns
+  // (channels): n0 + warp_n + 8 ni + 2 tig + e. Channel by channel, so that each channel's values are loaded once
+  // and live briefly (the compiler cannot keep them across the stores, which could alias them as far as it
+  // knows). Lanes with one tig store 8 consecutive pixels of a channel.
+  int pix[2][2];   // the flat output pixel of row [mi][h], or -1 outside the image
+  float nz[2][2];  // its noise
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = mi * 16 + 8 * h;
+      const int y = y0 + warp_m / S::kTileX + row / S::kTileX, x = x0 + row % S::kTileX + group;
+      pix[mi][h] = y < p.height && x < p.width ? y * p.width + x : -1;
+      nz[mi][h] = p.noise && pix[mi][h] >= 0
+                      ? p.noise[(long long)b * p.noise_sample_stride + pix[mi][h]] * p.noise_strength
+                      : 0.0f;
+    }
   float rgb[2][2][kMaxRgb] = {};  // RGB: this thread's ToRGB partial sums per row [mi][h] and rgb channel
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
+    for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int pix = pixel_of(warp_m + mi * 16 + group + 8 * h);
-        if (pix < 0) continue;
-        const float nz = p.noise ? p.noise[(long long)b * p.noise_sample_stride + pix] * p.noise_strength : 0.0f;
-        const long long yb = (long long)b * p.out_channels * hw + pix;
+      for (int e = 0; e < 2; ++e) {
+        const int o = n0 + warp_n + ni * 8 + 2 * tig + e;
+        if (o >= p.out_channels) continue;
+        const float dcoef = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
+        const float bias = p.bias ? p.bias[o] : 0.0f;
+        [[maybe_unused]] float rgb_style = 0.0f, rgb_weight[kMaxRgb] = {};
+        if constexpr (RGB) {
+          rgb_style = p.rgb_styles[b * p.out_channels + o];
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
+          for (int c = 0; c < kMaxRgb; ++c)
+            if (c < p.rgb_channels) rgb_weight[c] = p.rgb_weight[c * p.out_channels + o];
+        }
+        const long long y_channel = ((long long)b * p.out_channels + o) * hw;
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int o = n0 + warp_n + ni * 8 + 2 * tig + e;
-            if (o >= p.out_channels) continue;
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            if (pix[mi][h] < 0) continue;
             float v = acc[mi][ni][2 * h + e];
-            if (p.dcoefs) v *= p.dcoefs[b * p.out_channels + o];
-            if (p.noise) v += nz;
-            if (p.bias) v += p.bias[o];
+            if (p.dcoefs) v *= dcoef;
+            if (p.noise) v += nz[mi][h];
+            if (p.bias) v += bias;
             v = activate(v, p.act, p.alpha, p.gain, p.clamp);
             if constexpr (RGB) {
               v = store.rounded(v);
-              const float a = v * p.rgb_styles[b * p.out_channels + o];
+              const float a = v * rgb_style;
 #pragma unroll
               for (int c = 0; c < kMaxRgb; ++c)
-                if (c < p.rgb_channels) rgb[mi][h][c] += a * p.rgb_weight[c * p.out_channels + o];
+                if (c < p.rgb_channels) rgb[mi][h][c] += a * rgb_weight[c];
             }
-            if constexpr (KS == 1) v = add_skip(p, v, b, p.out_channels, o, pix);  // ToRGB: the skip image joins
-            store(p.y, yb + (long long)o * hw, v);
+            if constexpr (KS == 1) v = add_skip(p, v, b, p.out_channels, o, pix[mi][h]);  // ToRGB: the skip image
+            store(p.y, y_channel + pix[mi][h], v);
           }
       }
   });
   if constexpr (RGB) {
-    // Sum a row's partials over the 4 lanes that share it (one tig each), then over the two warps along N through
-    // shared memory. The tiles are free: the main loop's last barrier follows its last read of them.
+    // Sum a row's partials over the 4 lanes that share it (one tig each), then, with two warps along N, over
+    // those through shared memory. The tiles are free: the main loop's last barrier follows its last read of them.
     float* const partial = reinterpret_cast<float*>(halo);  // [kBlockM rows][kMaxRgb], from the warp_n 32 warps
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
@@ -256,23 +332,24 @@ __device__ void same_impl(const ModconvParams& p) {
           float& r = rgb[mi][h][c];
           r += __shfl_xor_sync(0xffffffffu, r, 1);
           r += __shfl_xor_sync(0xffffffffu, r, 2);
-          if (warp_n != 0 && tig == 0) partial[(warp_m + mi * 16 + group + 8 * h) * kMaxRgb + c] = r;
+          if (S::kWarpsN == 2 && warp_n != 0 && tig == 0)
+            partial[(warp_m + mi * 16 + group + 8 * h) * kMaxRgb + c] = r;
         }
-    __syncthreads();
+    if constexpr (S::kWarpsN == 2) __syncthreads();
     if (warp_n == 0 && tig == 0) {
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int row = warp_m + mi * 16 + group + 8 * h;
-          const int pix = pixel_of(row);
-          if (pix < 0) continue;
+          if (pix[mi][h] < 0) continue;
 #pragma unroll
           for (int c = 0; c < kMaxRgb; ++c)
             if (c < p.rgb_channels) {
-              const float v = activate(rgb[mi][h][c] + partial[row * kMaxRgb + c] + p.rgb_bias[c], ACT_LINEAR,
-                                       0.0f, 1.0f, p.rgb_clamp);
-              p.rgb[((long long)b * p.rgb_channels + c) * hw + pix] = add_skip(p, v, b, p.rgb_channels, c, pix);
+              const float sum = S::kWarpsN == 2 ? rgb[mi][h][c] + partial[row * kMaxRgb + c] : rgb[mi][h][c];
+              const float v = activate(sum + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
+              p.rgb[((long long)b * p.rgb_channels + c) * hw + pix[mi][h]] =
+                  add_skip(p, v, b, p.rgb_channels, c, pix[mi][h]);
             }
         }
     }
@@ -471,17 +548,30 @@ __device__ void up2_impl(const ModconvParams& p) {
 
 }  // namespace modconv_up_tc
 
-// Grid: (ceil(batch * pixels / 64), ceil(out_channels / 64)); 128 threads.
-KERNEL_BOUNDED(modconv_3x3_tf32, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Tf32>(p); }
-KERNEL_BOUNDED(modconv_3x3_f16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::F16>(p); }
-KERNEL_BOUNDED(modconv_3x3_bf16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Bf16>(p); }
-// The same 3x3 kernels with the ToRGB after them fused (ModconvParams::rgb); grid (ceil(batch * pixels / 64), 1).
-KERNEL_BOUNDED(modconv_3x3_torgb_tf32, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Tf32, true>(p); }
-KERNEL_BOUNDED(modconv_3x3_torgb_f16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::F16, true>(p); }
-KERNEL_BOUNDED(modconv_3x3_torgb_bf16, ModconvParams, 128) { modconv_tc::same_impl<3, modconv_tc::Bf16, true>(p); }
-KERNEL_BOUNDED(modconv_1x1_tf32, ModconvParams, 128, 3) { modconv_tc::same_impl<1, modconv_tc::Tf32>(p); }
-KERNEL_BOUNDED(modconv_1x1_f16, ModconvParams, 128, 3) { modconv_tc::same_impl<1, modconv_tc::F16>(p); }
-KERNEL_BOUNDED(modconv_1x1_bf16, ModconvParams, 128, 3) { modconv_tc::same_impl<1, modconv_tc::Bf16>(p); }
+// Grid: (rectangles per sample, ceil(out_channels / kBlockN), batch); 128 threads. The plain names take the 8 x 8
+// x 64 Square, the _n32 ones the 8 x 16 x 32 Wide shape (layers with at most 32 outputs). The _torgb kernels also
+// compute the ToRGB after the layer (ModconvParams::rgb); their grid has one block column. The 3x3 kernels allow
+// 168 registers (three blocks per SM): the unrolled taps take about 160, and at 128 (four blocks) ptxas spilled a
+// few bytes in some modes and architectures.
+namespace tc = modconv_tc;
+KERNEL_BOUNDED(modconv_3x3_tf32, ModconvParams, 128, 3) { tc::same_impl<3, tc::Tf32, tc::Square>(p); }
+KERNEL_BOUNDED(modconv_3x3_f16, ModconvParams, 128, 3) { tc::same_impl<3, tc::F16, tc::Square>(p); }
+KERNEL_BOUNDED(modconv_3x3_bf16, ModconvParams, 128, 3) { tc::same_impl<3, tc::Bf16, tc::Square>(p); }
+KERNEL_BOUNDED(modconv_3x3_n32_tf32, ModconvParams, 128, 3) { tc::same_impl<3, tc::Tf32, tc::Wide>(p); }
+KERNEL_BOUNDED(modconv_3x3_n32_f16, ModconvParams, 128, 3) { tc::same_impl<3, tc::F16, tc::Wide>(p); }
+KERNEL_BOUNDED(modconv_3x3_n32_bf16, ModconvParams, 128, 3) { tc::same_impl<3, tc::Bf16, tc::Wide>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_tf32, ModconvParams, 128, 3) { tc::same_impl<3, tc::Tf32, tc::Square, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_f16, ModconvParams, 128, 3) { tc::same_impl<3, tc::F16, tc::Square, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_bf16, ModconvParams, 128, 3) { tc::same_impl<3, tc::Bf16, tc::Square, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_tf32, ModconvParams, 128, 3) { tc::same_impl<3, tc::Tf32, tc::Wide, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_f16, ModconvParams, 128, 3) { tc::same_impl<3, tc::F16, tc::Wide, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_bf16, ModconvParams, 128, 3) { tc::same_impl<3, tc::Bf16, tc::Wide, true>(p); }
+KERNEL_BOUNDED(modconv_1x1_tf32, ModconvParams, 128, 3) { tc::same_impl<1, tc::Tf32, tc::Square>(p); }
+KERNEL_BOUNDED(modconv_1x1_f16, ModconvParams, 128, 3) { tc::same_impl<1, tc::F16, tc::Square>(p); }
+KERNEL_BOUNDED(modconv_1x1_bf16, ModconvParams, 128, 3) { tc::same_impl<1, tc::Bf16, tc::Square>(p); }
+KERNEL_BOUNDED(modconv_1x1_n32_tf32, ModconvParams, 128, 3) { tc::same_impl<1, tc::Tf32, tc::Wide>(p); }
+KERNEL_BOUNDED(modconv_1x1_n32_f16, ModconvParams, 128, 3) { tc::same_impl<1, tc::F16, tc::Wide>(p); }
+KERNEL_BOUNDED(modconv_1x1_n32_bf16, ModconvParams, 128, 3) { tc::same_impl<1, tc::Bf16, tc::Wide>(p); }
 
 // Grid: (tiles_y * tiles_x output tiles of 12 x 28, ceil(out_channels / 16), batch); 256 threads, two blocks per SM.
 KERNEL_BOUNDED(modconv_up2_3x3_tf32, ModconvParams, 256, 2) { modconv_up_tc::up2_impl<modconv_tc::Tf32>(p); }

@@ -464,6 +464,7 @@ fn doctor_reports_backends_devices_and_kernels() {
                 "shared_bytes",
                 "tensor_core_ops",
                 "local_memory",
+                "main_loop_instructions_per_mma",
             ] {
                 assert!(k.get(key).is_some(), "kernel entry without '{key}': {k}");
             }

@@ -1101,14 +1101,15 @@ mod tensor_core_conv {
 
     #[test]
     fn same_resolution_3x3_against_f32() {
-        // 35-pixel planes, 70 channels (two channel tiles), K = 180 (partial stages in every mode).
+        // 70 channels: the 8 x 8 x 64 block shape, two channel blocks; K = 360: two chunks in every mode (32
+        // channels each in f16/bf16, 16 in tf32), the last partial; a 9 x 10 image: four squares, three partial.
         check_layer(
             &Layer {
-                n: 3,
-                i: 20,
+                n: 2,
+                i: 40,
                 o: 70,
-                h: 5,
-                w: 7,
+                h: 9,
+                w: 10,
                 k: 3,
                 up: 1,
                 demodulate: true,
@@ -1117,15 +1118,15 @@ mod tensor_core_conv {
             },
             0x7c01,
         );
-        // 70 channels: several K chunks in every mode (32 channels each in f16/bf16, 16 in tf32), the last
-        // partial; a 9 x 10 image: four 8 x 8 squares, three of them partial.
+        // 24 outputs: the 8 x 16 x 32 block shape; 70 input channels: several K chunks in every mode, the last
+        // partial; a 9 x 20 image: four 8 x 16 rectangles, three of them partial.
         check_layer(
             &Layer {
                 n: 2,
                 i: 70,
                 o: 24,
                 h: 9,
-                w: 10,
+                w: 20,
                 k: 3,
                 up: 1,
                 demodulate: true,
@@ -1154,7 +1155,8 @@ mod tensor_core_conv {
 
     #[test]
     fn same_resolution_1x1_against_f32() {
-        // ToRGB-like: 3 outputs, no demodulation, clamped; and a demodulated 1x1 with an odd K.
+        // ToRGB-like: 3 outputs (the 8 x 16 x 32 block shape), no demodulation, clamped; and a demodulated 1x1
+        // with an odd K and 40 outputs (the 8 x 8 x 64 shape), two squares across.
         check_layer(
             &Layer {
                 n: 2,
@@ -1174,9 +1176,9 @@ mod tensor_core_conv {
             &Layer {
                 n: 2,
                 i: 37,
-                o: 20,
+                o: 40,
                 h: 3,
-                w: 5,
+                w: 10,
                 k: 1,
                 up: 1,
                 demodulate: true,
@@ -1394,20 +1396,21 @@ mod tensor_core_conv {
 
     #[test]
     fn fused_torgb_matches_the_unfused_pair() {
-        // 3 x 35 = 105 pixels: a full and a partial pixel tile; 20 channels (not a multiple of 8, the second warp
-        // column empty); clamped.
+        // 20 channels: the 8 x 16 x 32 block shape, channels 20.. empty; a 5 x 18 image: two partial rectangles;
+        // clamped.
         check_fused_torgb(
             &Pair {
                 n: 3,
                 i: 20,
                 o: 20,
                 h: 5,
-                w: 7,
+                w: 18,
                 rgb_clamp: Some(2.0),
             },
             0x7c11,
         );
-        // 2 x 81 = 162 pixels (three tiles, the last partial), 37 channels across both warp columns, no clamp.
+        // 37 channels: the 8 x 8 x 64 shape, across both warp columns; a 9 x 9 image: four squares, three partial;
+        // no clamp.
         check_fused_torgb(
             &Pair {
                 n: 2,
@@ -1610,12 +1613,13 @@ mod tensor_core_conv {
         }
     }
 
-    /// The fused conv1 + ToRGB kernel of `precision`.
-    fn fused_kernel(precision: Precision) -> Kernel {
+    /// The fused conv1 + ToRGB kernels of `precision`: the 8 x 8 x 64 block shape's and the 8 x 16 x 32 one's
+    /// (layers with at most 32 channels).
+    fn fused_kernels(precision: Precision) -> [Kernel; 2] {
         match precision {
-            Precision::Tf32 => Kernel::Modconv3x3TorgbTf32,
-            Precision::Fp16 => Kernel::Modconv3x3TorgbF16,
-            Precision::Bf16 => Kernel::Modconv3x3TorgbBf16,
+            Precision::Tf32 => [Kernel::Modconv3x3TorgbTf32, Kernel::Modconv3x3TorgbN32Tf32],
+            Precision::Fp16 => [Kernel::Modconv3x3TorgbF16, Kernel::Modconv3x3TorgbN32F16],
+            Precision::Bf16 => [Kernel::Modconv3x3TorgbBf16, Kernel::Modconv3x3TorgbN32Bf16],
             Precision::Fp32 => unreachable!("fp32 runs no fused ToRGB"),
         }
     }
@@ -1657,12 +1661,14 @@ mod tensor_core_conv {
     }
 
     /// Also: the blocks whose conv1 has at most 64 channels (b16 and b32 here; b4 and b8 have 128) compute their
-    /// ToRGB in conv1's epilogue, the others run it on its own, and the trace names the same tensors as the
+    /// ToRGB in conv1's epilogue, b32's (32 channels) in the 32-channel block shape's kernel; the others run it on
+    /// its own, in the 32-channel shape's 1x1 kernel (3 outputs); and the trace names the same tensors as the
     /// unfused fp32 synthesis.
     #[test]
     fn nvlabs_tiny_case_a_in_every_mode() {
         let net = nvlabs_network("nvlabs_tiny");
-        let fusable = net
+        // The conv1 widths of the blocks whose ToRGB can be fused.
+        let fusable: Vec<usize> = net
             .layers
             .windows(2)
             .filter(|p| {
@@ -1670,33 +1676,36 @@ mod tensor_core_conv {
                     && p[1].kind == LayerKind::ToRgb
                     && p[0].weight.shape[0] <= 64
             })
-            .count();
+            .map(|p| p[0].weight.shape[0])
+            .collect();
+        let narrow = fusable.iter().filter(|&&c| c <= 32).count();
         let torgbs = net
             .layers
             .iter()
             .filter(|l| l.kind == LayerKind::ToRgb)
             .count();
         assert!(
-            fusable > 0 && fusable < torgbs,
-            "the case should cover both paths"
+            narrow > 0 && narrow < fusable.len() && fusable.len() < torgbs,
+            "the case should cover every path"
         );
         let (_, _, unfused) = render("nvlabs_tiny", Precision::Fp32);
         for precision in TENSOR_CORE_MODES {
             let dev = EmuDevice::new();
             let (img, golden_img, seen) = render_on(&dev, "nvlabs_tiny", precision);
+            let [square, wide] = fused_kernels(precision);
             assert_eq!(
-                dev.launches(fused_kernel(precision)),
-                fusable,
-                "{precision}: fused launches"
+                [dev.launches(square), dev.launches(wide)],
+                [fusable.len() - narrow, narrow],
+                "{precision}: fused launches (8 x 8 x 64, 8 x 16 x 32)"
             );
-            let plain_1x1 = match precision {
-                Precision::Tf32 => Kernel::Modconv1x1Tf32,
-                Precision::Fp16 => Kernel::Modconv1x1F16,
-                _ => Kernel::Modconv1x1Bf16,
+            let narrow_1x1 = match precision {
+                Precision::Tf32 => Kernel::Modconv1x1N32Tf32,
+                Precision::Fp16 => Kernel::Modconv1x1N32F16,
+                _ => Kernel::Modconv1x1N32Bf16,
             };
             assert_eq!(
-                dev.launches(plain_1x1),
-                torgbs - fusable,
+                dev.launches(narrow_1x1),
+                torgbs - fusable.len(),
                 "{precision}: unfused ToRGB launches"
             );
             assert!(

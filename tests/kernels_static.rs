@@ -11,16 +11,25 @@ fn is_tensor_core_kernel(name: &str) -> bool {
 
 /// The tensor-core convolutions the engine selects (`cuda::conv`); each must be in the table, so a renamed kernel
 /// cannot drop out of the checks below unnoticed.
-const TENSOR_CORE_CONVS: [&str; 12] = [
+const TENSOR_CORE_CONVS: [&str; 21] = [
     "modconv_3x3_tf32",
     "modconv_3x3_f16",
     "modconv_3x3_bf16",
+    "modconv_3x3_n32_tf32",
+    "modconv_3x3_n32_f16",
+    "modconv_3x3_n32_bf16",
     "modconv_3x3_torgb_tf32",
     "modconv_3x3_torgb_f16",
     "modconv_3x3_torgb_bf16",
+    "modconv_3x3_torgb_n32_tf32",
+    "modconv_3x3_torgb_n32_f16",
+    "modconv_3x3_torgb_n32_bf16",
     "modconv_1x1_tf32",
     "modconv_1x1_f16",
     "modconv_1x1_bf16",
+    "modconv_1x1_n32_tf32",
+    "modconv_1x1_n32_f16",
+    "modconv_1x1_n32_bf16",
     "modconv_up2_3x3_tf32",
     "modconv_up2_3x3_f16",
     "modconv_up2_3x3_bf16",
@@ -111,6 +120,35 @@ fn gemm_main_loops_use_128_bit_loads() {
         assert!(
             k.ldg128 > 0,
             "kernel {name}: no 128-bit global loads (cp.async weight stages)"
+        );
+    }
+}
+
+/// The same-resolution 3x3 tensor-core convolutions are bound by issuing instructions, so their main loop must
+/// stay lean: about 7 (tf32) to 11 (f16/bf16, 8 x 16 rectangles) sm_90 instructions per mma with the taps of a
+/// chunk unrolled over one gathered input rectangle, against 18 for the rolled tap loop and over 40 for a per-tap
+/// gather. The bound catches a change that brings index arithmetic or gathers back into the loop.
+#[test]
+fn same_resolution_tensor_core_main_loops_issue_few_instructions_per_mma() {
+    if KERNEL_TABLE.is_empty() || !SASS_CHECKED {
+        eprintln!("no compiled kernels or no SASS figures: nothing to check");
+        return;
+    }
+    for name in TENSOR_CORE_CONVS
+        .iter()
+        .filter(|n| n.starts_with("modconv_3x3"))
+    {
+        let k = kernel(name);
+        let per_mma = k
+            .main_loop_instructions_per_mma()
+            .unwrap_or_else(|| panic!("kernel {name}: no main loop with tensor-core instructions"));
+        eprintln!(
+            "{name}: {} instructions, {} mma in the main loop ({per_mma:.1} per mma)",
+            k.main_loop_instructions, k.main_loop_mma
+        );
+        assert!(
+            per_mma <= 12.0,
+            "kernel {name}: {per_mma:.1} instructions per mma in its main loop"
         );
     }
 }

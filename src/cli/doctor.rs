@@ -26,6 +26,7 @@ fn kernel_json(k: &KernelInfo) -> Value {
         "local_memory": k.uses_local_memory(),
         "ldg128": k.ldg128,
         "lds128": k.lds128,
+        "main_loop_instructions_per_mma": k.main_loop_instructions_per_mma(),
     })
 }
 
@@ -138,14 +139,16 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
     } else {
         "unknown: cuobjdump was missing"
     };
-    println!("  (registers for sm_90; tensor-core ops and local memory {sass})");
     println!(
-        "  {:22} {:10} {:>5} {:>7} {:>6} {:>6} {:12} archs",
-        "name", "file", "regs", "shared", "spill", "local", "tensor-core"
+        "  (registers for sm_90; tensor-core ops, local memory and main-loop instructions per mma {sass})"
+    );
+    println!(
+        "  {:27} {:10} {:>5} {:>7} {:>6} {:>6} {:12} {:>8} archs",
+        "name", "file", "regs", "shared", "spill", "local", "tensor-core", "per mma"
     );
     for k in KERNEL_TABLE {
         println!(
-            "  {:22} {:10} {:>5} {:>7} {:>6} {:>6} {:12} {}",
+            "  {:27} {:10} {:>5} {:>7} {:>6} {:>6} {:12} {:>8} {}",
             k.name,
             k.file,
             k.registers,
@@ -157,6 +160,8 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
             } else {
                 k.tensor_core_ops.join(",")
             },
+            k.main_loop_instructions_per_mma()
+                .map_or("-".to_string(), |r| format!("{r:.1}")),
             k.archs.join(",")
         );
     }

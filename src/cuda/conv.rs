@@ -31,10 +31,22 @@ const UP2_CH: usize = 8;
 const UP2_TAPS: usize = 12;
 const UP2_BK: usize = 16;
 const UP2_THREADS: u32 = 128;
-/// The tensor-core same-resolution kernels (`kernels/modconv_tc.cu`): pixels x channels (the pixels a square of
-/// TC_SQUARE x TC_SQUARE), K words per stage, threads.
-const TC_SQUARE: usize = 8;
-const TC_TILE: [usize; 2] = [TC_SQUARE * TC_SQUARE, 64];
+/// The tensor-core same-resolution kernels' block shapes (`kernels/modconv_tc.cu`): a rectangle of one sample's
+/// pixels (rows x columns) times a block of output channels. Layers with at most `TC_WIDE.channels` outputs take
+/// the wide one, which wastes no mma work on channels they do not have. K words per stage, threads.
+#[derive(Clone, Copy, Debug)]
+struct TcShape {
+    rect: [usize; 2],
+    channels: usize,
+}
+const TC_SQUARE: TcShape = TcShape {
+    rect: [8, 8],
+    channels: 64,
+};
+const TC_WIDE: TcShape = TcShape {
+    rect: [8, 16],
+    channels: 32,
+};
 const TC_STAGE_WORDS: usize = 16;
 const TC_THREADS: u32 = 128;
 /// The most output channels of a ToRGB fused into the 3x3 conv before it (`kMaxRgb` of `kernels/modconv_tc.cu`).
@@ -82,16 +94,13 @@ pub struct Finish<'a> {
 /// The kernel a layer launches, with its block shape.
 #[derive(Clone, Copy, Debug)]
 enum ConvKernel {
-    /// A same-resolution conv (also the 1x1 before the skip up-sampling): pixels x channels per block. `torgb`:
-    /// the same kernel with a ToRGB fused into its epilogue (tensor-core 3x3 layers). `squares`: a block's pixels
-    /// are a TC_SQUARE x TC_SQUARE square of one sample (grid x: squares, z: samples; the tensor-core kernels), not
-    /// a run of the batch's flattened pixels.
+    /// A same-resolution conv (also the 1x1 before the skip up-sampling). `torgb`: the same kernel with a ToRGB
+    /// fused into its epilogue (tensor-core 3x3 layers). `tiling`: how blocks cover the output.
     Same {
         kernel: Kernel,
         torgb: Option<Kernel>,
-        tile: [usize; 2],
+        tiling: SameTiling,
         threads: u32,
-        squares: bool,
     },
     /// The fused up-sampling 3x3 conv: output channels per block (the output tile is `UP2_OUT_TILE`).
     Up2 {
@@ -99,6 +108,20 @@ enum ConvKernel {
         channels: usize,
         threads: u32,
     },
+}
+
+/// How a same-resolution kernel's blocks cover the output.
+#[derive(Clone, Copy, Debug)]
+enum SameTiling {
+    /// A run of `[pixels, channels]` of the batch's flattened pixels (the f32 kernels).
+    Flat([usize; 2]),
+    /// A rectangle of one sample (grid x: rectangles, y: channel blocks, z: samples; the tensor-core kernels).
+    Rect(TcShape),
+}
+
+/// The tensor-core tiling: the wide shape for a layer with at most `TC_WIDE.channels` outputs.
+fn tc_tiling(wide: bool) -> SameTiling {
+    SameTiling::Rect(if wide { TC_WIDE } else { TC_SQUARE })
 }
 
 /// One modulated convolution uploaded for its kernel.
@@ -225,34 +248,55 @@ impl<D: Device> DeviceConvLayer<D> {
                 threads,
             }
         } else {
-            let (kernel, tile) = match (kh, precision) {
-                (3, Precision::Fp32) => (Kernel::Modconv3x3, WIDE_TILE),
+            let wide = o <= TC_WIDE.channels;
+            let (kernel, tiling) = match (kh, precision) {
+                (3, Precision::Fp32) => (Kernel::Modconv3x3, SameTiling::Flat(WIDE_TILE)),
                 (_, Precision::Fp32) if o <= NARROW_MAX_CHANNELS => {
-                    (Kernel::Modconv1x1Narrow, NARROW_TILE)
+                    (Kernel::Modconv1x1Narrow, SameTiling::Flat(NARROW_TILE))
                 }
-                (_, Precision::Fp32) => (Kernel::Modconv1x1, WIDE_TILE),
-                (3, Precision::Tf32) => (Kernel::Modconv3x3Tf32, TC_TILE),
-                (_, Precision::Tf32) => (Kernel::Modconv1x1Tf32, TC_TILE),
-                (3, Precision::Fp16) => (Kernel::Modconv3x3F16, TC_TILE),
-                (_, Precision::Fp16) => (Kernel::Modconv1x1F16, TC_TILE),
-                (3, Precision::Bf16) => (Kernel::Modconv3x3Bf16, TC_TILE),
-                (_, Precision::Bf16) => (Kernel::Modconv1x1Bf16, TC_TILE),
+                (_, Precision::Fp32) => (Kernel::Modconv1x1, SameTiling::Flat(WIDE_TILE)),
+                (3, _) => {
+                    let kernel = match (precision, wide) {
+                        (Precision::Tf32, false) => Kernel::Modconv3x3Tf32,
+                        (Precision::Tf32, true) => Kernel::Modconv3x3N32Tf32,
+                        (Precision::Fp16, false) => Kernel::Modconv3x3F16,
+                        (Precision::Fp16, true) => Kernel::Modconv3x3N32F16,
+                        (_, false) => Kernel::Modconv3x3Bf16,
+                        (_, true) => Kernel::Modconv3x3N32Bf16,
+                    };
+                    (kernel, tc_tiling(wide))
+                }
+                (_, _) => {
+                    let kernel = match (precision, wide) {
+                        (Precision::Tf32, false) => Kernel::Modconv1x1Tf32,
+                        (Precision::Tf32, true) => Kernel::Modconv1x1N32Tf32,
+                        (Precision::Fp16, false) => Kernel::Modconv1x1F16,
+                        (Precision::Fp16, true) => Kernel::Modconv1x1N32F16,
+                        (_, false) => Kernel::Modconv1x1Bf16,
+                        (_, true) => Kernel::Modconv1x1N32Bf16,
+                    };
+                    (kernel, tc_tiling(wide))
+                }
             };
-            // One block column must hold all of a pixel's channels for the fused ToRGB's sums.
-            let torgb = match (kh, precision) {
-                (3, Precision::Tf32) => Some(Kernel::Modconv3x3TorgbTf32),
-                (3, Precision::Fp16) => Some(Kernel::Modconv3x3TorgbF16),
-                (3, Precision::Bf16) => Some(Kernel::Modconv3x3TorgbBf16),
+            // The shape's channel block holds all of a pixel's channels (o <= 64), as the fused ToRGB's sums need.
+            let torgb = match (kh, precision, wide) {
+                (3, Precision::Tf32, false) => Some(Kernel::Modconv3x3TorgbTf32),
+                (3, Precision::Tf32, true) => Some(Kernel::Modconv3x3TorgbN32Tf32),
+                (3, Precision::Fp16, false) => Some(Kernel::Modconv3x3TorgbF16),
+                (3, Precision::Fp16, true) => Some(Kernel::Modconv3x3TorgbN32F16),
+                (3, Precision::Bf16, false) => Some(Kernel::Modconv3x3TorgbBf16),
+                (3, Precision::Bf16, true) => Some(Kernel::Modconv3x3TorgbN32Bf16),
                 _ => None,
             }
-            .filter(|_| o <= TC_TILE[1]);
-            let squares = precision.uses_tensor_cores();
+            .filter(|_| o <= TC_SQUARE.channels);
             ConvKernel::Same {
                 kernel,
                 torgb,
-                tile,
-                threads: if squares { TC_THREADS } else { SAME_THREADS },
-                squares,
+                tiling,
+                threads: match tiling {
+                    SameTiling::Flat(_) => SAME_THREADS,
+                    SameTiling::Rect(_) => TC_THREADS,
+                },
             }
         };
         let fusable_torgb = precision.uses_tensor_cores()
@@ -272,10 +316,14 @@ impl<D: Device> DeviceConvLayer<D> {
                 pack_up2_words(weight_data, o, i, precision)
             }
             ConvKernel::Up2 { .. } => pack_up2(weight_data, o, i),
-            ConvKernel::Same { .. } if precision.uses_tensor_cores() => {
-                pack_same_words(weight_data, o, i, kk, precision)
-            }
-            ConvKernel::Same { tile, .. } => pack_same(weight_data, o, i * kk, tile[1]),
+            ConvKernel::Same {
+                tiling: SameTiling::Rect(shape),
+                ..
+            } => pack_same_words(weight_data, o, i, kk, shape.channels, precision),
+            ConvKernel::Same {
+                tiling: SameTiling::Flat(tile),
+                ..
+            } => pack_same(weight_data, o, i * kk, tile[1]),
         };
         // sum_k W^2 once per layer on the host at upload: O(weights), summed in the CPU backend's order, and no
         // kernel to keep for a value that never changes.
@@ -638,9 +686,8 @@ impl<D: Device> DeviceConvLayer<D> {
         let ConvKernel::Same {
             kernel,
             torgb,
-            tile: [bm, bn],
+            tiling,
             threads,
-            squares,
         } = self.conv_kernel
         else {
             bail!("modulated conv: a same-resolution launch on an up-sampling 3x3 layer");
@@ -650,12 +697,13 @@ impl<D: Device> DeviceConvLayer<D> {
             (true, Some(torgb)) => torgb,
             (true, None) => bail!("modulated conv: this layer has no fused-ToRGB kernel"),
         };
-        let (blocks, samples) = if squares {
-            let (h, w) = (params.height as usize, params.width as usize);
-            let per_sample = h.div_ceil(TC_SQUARE) * w.div_ceil(TC_SQUARE);
-            (per_sample, params.batch as usize)
-        } else {
-            (pixels.div_ceil(bm), 1)
+        let (blocks, bn, samples) = match tiling {
+            SameTiling::Flat([bm, bn]) => (pixels.div_ceil(bm), bn, 1),
+            SameTiling::Rect(shape) => {
+                let (h, w) = (params.height as usize, params.width as usize);
+                let per_sample = h.div_ceil(shape.rect[0]) * w.div_ceil(shape.rect[1]);
+                (per_sample, shape.channels, params.batch as usize)
+            }
         };
         let dims = LaunchDims {
             grid: [
@@ -838,7 +886,7 @@ fn word(precision: Precision, lo: f32, hi: f32) -> f32 {
 }
 
 /// The tensor-core packing of `kernels/modconv_tc.cu`'s same-resolution kernels, one K stage (a tap of a chunk of
-/// 16 channel words) after another: 32-bit words `[chunks * taps * 16][O rounded up to 64]`, row
+/// 16 channel words) after another: 32-bit words `[chunks * taps * 16][O rounded up to block_channels]`, row
 /// `(chunk * taps + tap) * 16 + w` holding `W[o, c, tap]` for `c = 16 chunk + w` (tf32) or the pair
 /// `c = 2 (16 chunk + w)`, `c + 1` (f16/bf16), zeros past the ends.
 fn pack_same_words(
@@ -846,11 +894,12 @@ fn pack_same_words(
     o: usize,
     i: usize,
     taps: usize,
+    block_channels: usize,
     precision: Precision,
 ) -> (Vec<f32>, usize) {
     let per_word = per_word(precision);
     let chunks = i.div_ceil(per_word * TC_STAGE_WORDS);
-    let cols = o.next_multiple_of(TC_TILE[1]);
+    let cols = o.next_multiple_of(block_channels);
     let mut packed = vec![0.0f32; chunks * taps * TC_STAGE_WORDS * cols];
     let at = |oc: usize, ic: usize, tap: usize| {
         if ic < i {

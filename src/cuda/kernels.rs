@@ -20,11 +20,22 @@ pub struct KernelInfo {
     pub lds128: u32,
     /// LDL/STL instructions: any means the kernel touches local memory.
     pub local_memory_ops: u32,
+    /// The sm_90 loop with the most tensor-core instructions (a GEMM's main loop, its unrolled stages included):
+    /// its instruction count and its tensor-core instructions; zero without such a loop.
+    pub main_loop_instructions: u32,
+    pub main_loop_mma: u32,
 }
 
 impl KernelInfo {
     pub fn uses_local_memory(&self) -> bool {
         self.local_memory_ops > 0 || self.stack_bytes > 0
+    }
+
+    /// Instructions issued per tensor-core instruction in the main loop: a static measure of the overhead around
+    /// the mma work (address arithmetic, gathers, fragment loads), for kernels that are bound by issuing it.
+    pub fn main_loop_instructions_per_mma(&self) -> Option<f64> {
+        (self.main_loop_mma > 0)
+            .then(|| self.main_loop_instructions as f64 / self.main_loop_mma as f64)
     }
 }
 
