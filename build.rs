@@ -275,6 +275,7 @@ fn parse_sass(dump: &str, table: &mut BTreeMap<String, SassInfo>) {
         let Some(address) = line
             .split("/*")
             .nth(1)
+            .and_then(|a| a.split("*/").next())
             .and_then(|a| u32::from_str_radix(a.trim(), 16).ok())
         else {
             continue;
