@@ -19,6 +19,16 @@ KERNEL_BOUNDED(mma_probe_tf32, MmaProbeParams, 32) { mma_probe<mma_m16n8k8_tf32>
 KERNEL_BOUNDED(mma_probe_f16, MmaProbeParams, 32) { mma_probe<mma_m16n8k16_f16>(p); }
 KERNEL_BOUNDED(mma_probe_bf16, MmaProbeParams, 32) { mma_probe<mma_m16n8k16_bf16>(p); }
 
+KERNEL_BOUNDED(ldmatrix_probe, LdmatrixProbeParams, 32) {
+  __align__(16) __shared__ unsigned rows[32 * 4];
+  const unsigned lane = threadIdx.x;
+  for (int w = 0; w < 4; ++w) rows[lane * 4 + w] = p.rows[lane * 4 + w];
+  __syncthreads();
+  unsigned r[4];
+  ldmatrix_x4(r, rows + p.row_of_lane[lane] * 4);
+  for (int j = 0; j < 4; ++j) p.out[lane * 4 + j] = r[j];
+}
+
 KERNEL_BOUNDED(mma_convert_probe, MmaConvertProbeParams, 256) {
   GRID_STRIDE_LOOP(i, p.n / 2) {
     const float lo = p.x[2 * i], hi = p.x[2 * i + 1];

@@ -21,15 +21,15 @@
 //
 // Shared memory holds 32-bit words as in gemm_tc.cu: one tf32 value, or two f16/bf16 values adjacent along K
 // (lower channel in the low half), so both mma shapes read a 16x8 A and an 8x8 B fragment of words with one lane
-// mapping (mma.cuh). The input rectangle is double-buffered per chunk (the next chunk's is gathered a slot per tap),
-// the B tile per stage (cp.async), one barrier per stage.
+// mapping (mma.cuh), and ldmatrix loads them. The input rectangle is double-buffered per chunk (the next chunk's
+// is gathered a slot per tap), the B tile per stage (cp.async), one barrier per stage.
 //
-// Weight packing (conv.rs packs it at upload, already in the mode's type): words [chunks * taps * 16][out_channels
-// rounded up to the shape's channel block]; row (chunk * taps + tap) * 16 + w holds, for output channel o,
-// W[o, c, tap] with c = 16 chunk + w (tf32), or the pair c = 2 (16 chunk + w), c + 1 (f16/bf16); zeros past the
-// ends. So B stages are 16-byte cp.async copies without bounds checks or conversions. f16 layers that demodulate
-// get their weight scaled by a power of two at upload so its largest magnitude is in [0.5, 1) (see conv.rs): the
-// demodulation coefficients, computed from the scaled weight, undo it.
+// Weight packing (conv.rs packs it at upload, already in the mode's type): words [chunks * taps][out_channels
+// rounded up to the shape's channel block (weight_stride)][16], n-major for ldmatrix; word w of channel o in stage
+// chunk * taps + tap holds W[o, c, tap] with c = 16 chunk + w (tf32), or the pair c = 2 (16 chunk + w), c + 1
+// (f16/bf16); zeros past the ends. So B stages are 16-byte cp.async copies without bounds checks or conversions.
+// f16 layers that demodulate get their weight scaled by a power of two at upload so its largest magnitude is in
+// [0.5, 1) (see conv.rs): the demodulation coefficients, computed from the scaled weight, undo it.
 #include "act.cuh"
 #include "common.cuh"
 #include "mma.cuh"
@@ -40,11 +40,9 @@ constexpr int kThreads = 128;            // 4 warps
 constexpr int kWarpM = 32, kWarpN = 32;  // a warp's tile: 32 pixels x 32 channels
 constexpr int kChunkWords = 16;          // K words per stage (one tap of a chunk): two mma K steps
 constexpr int kQuadWords = 4;            // the words of a gather item: one 128-bit shared-memory store
-// Row paddings that make the fragment reads conflict-free (A lanes hit banks 20 group + tig, B lanes 8 tig + group)
-// and keep rows 16-byte aligned; with 20-word rows the gather's 128-bit stores of 8 consecutive pixels also hit
-// distinct banks.
-constexpr int kPadA = 4, kPadB = 8;
-constexpr int kRowA = kChunkWords + kPadA;
+// Shared-memory rows of 16 K words (a pixel of the input rectangle, an output channel of the B tile) padded to 20:
+// 16-byte aligned, and the 8 rows an ldmatrix phase reads (or the gather's 128-bit stores write) hit distinct banks.
+constexpr int kRow = kChunkWords + 4;
 static_assert(kChunkWords / kQuadWords == kThreads / 32, "warp g gathers word quad g of every halo pixel");
 
 // A block shape: a kTileY x kTileX rectangle of one sample's output pixels times kBlockN output channels, as
@@ -54,7 +52,6 @@ template <int TileX, int BlockN>
 struct Shape {
   static constexpr int kTileY = 8, kTileX = TileX, kBlockM = kTileY * TileX, kBlockN = BlockN;
   static constexpr int kWarpsN = BlockN / kWarpN, kWarpsM = kBlockM / kWarpM;
-  static constexpr int kRowB = BlockN + kPadB;
   static_assert(kWarpsM * kWarpsN * 32 == kThreads && TileX % 8 == 0, "4 warps; m16 halves within a row");
 };
 using Square = Shape<8, 64>;  // 8 x 8 pixels x 64 channels
@@ -100,12 +97,11 @@ __device__ void same_impl(const ModconvParams& p) {
   constexpr int kHaloPixels = kHaloY * kHaloX;
   constexpr int kSlots = (kHaloPixels + 31) / 32;  // halo pixels per lane
   constexpr int kFirstSlots = 2;                    // slots in flight at once in the first gather (registers)
-  constexpr int kRowB = S::kRowB;
   constexpr int kCopiesB = kChunkWords * S::kBlockN / 4 / kThreads;  // 16-byte B copies per thread and stage
-  __align__(16) __shared__ unsigned halo[2][kHaloPixels * kRowA];
-  __align__(16) __shared__ unsigned b_tile[2][kChunkWords * kRowB];
+  __align__(16) __shared__ unsigned halo[2][kHaloPixels * kRow];
+  __align__(16) __shared__ unsigned b_tile[2][S::kBlockN * kRow];  // n-major: a row of K words per channel
   static_assert(kCopiesB * 4 * kThreads == kChunkWords * S::kBlockN, "B stages split evenly");
-  static_assert(S::kWarpsN == 1 || S::kBlockM * kMaxRgb <= 2 * kHaloPixels * kRowA,
+  static_assert(S::kWarpsN == 1 || S::kBlockM * kMaxRgb <= 2 * kHaloPixels * kRow,
                 "the ToRGB partials fit in the halo buffers");
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -159,18 +155,18 @@ __device__ void same_impl(const ModconvParams& p) {
     }
     uint4 u;
     u.x = w[0], u.y = w[1], u.z = w[2], u.w = w[3];
-    *reinterpret_cast<uint4*>(rect + q * kRowA + warp * kQuadWords) = u;
+    *reinterpret_cast<uint4*>(rect + q * kRow + warp * kQuadWords) = u;
   };
   // The tap at which the next chunk's slot j is gathered: spread over the taps, so few loads are in flight.
   auto slot_tap = [](int j) { return j * TAPS / kSlots; };
 
-  const unsigned* const weight = reinterpret_cast<const unsigned*>(p.weight) + n0;
+  const unsigned* const weight = reinterpret_cast<const unsigned*>(p.weight) + (long long)n0 * kChunkWords;
   auto copy_b = [&](int stage, unsigned* bt) {
-    const unsigned* const rows = weight + (long long)stage * kChunkWords * p.weight_stride;
+    const unsigned* const rows = weight + (long long)stage * p.weight_stride * kChunkWords;
 #pragma unroll
     for (int j = 0; j < kCopiesB; ++j) {
-      const int q = tid + j * kThreads, r = q / (S::kBlockN / 4), c4 = q % (S::kBlockN / 4);
-      copy16_async(bt + r * kRowB + c4 * 4, rows + (long long)r * p.weight_stride + c4 * 4);
+      const int q = tid + j * kThreads, n = q / (kChunkWords / 4), c4 = q % (kChunkWords / 4);
+      copy16_async(bt + n * kRow + c4 * 4, rows + n * kChunkWords + c4 * 4);
     }
   };
 
@@ -183,27 +179,33 @@ __device__ void same_impl(const ModconvParams& p) {
       for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
 
   // One stage: tap `tap` (a constant once the tap loop is unrolled) of the rectangle in `rect`, against the B
-  // tile in `bt`. This lane's A rows are R = warp_m + 16 mi + 8 (r & 1) + group; the tap (dy, dx) reads halo
-  // pixel (R / kTileX + dy, R % kTileX + dx). warp_m is a multiple of kTileX, so everything but a_base and b_base
-  // is a constant offset.
-  const int a_base = ((warp_m / S::kTileX) * kHaloX + group) * kRowA + tig;
-  const int b_base = tig * kRowB + warp_n + group;
+  // tile in `bt`. Fragments come from ldmatrix.x4 (mma.cuh): lane l names row l % 8 of quarter l / 8. For A,
+  // quarter j of the m16 tile mi is its rows 8 (j & 1) .. (block rows R = warp_m + 16 mi + 8 (j & 1) + l % 8) and
+  // words 4 (j >> 1) ..; the tap (dy, dx) reads halo pixel (R / kTileX + dy, R % kTileX + dx). For B, quarter j of
+  // the n8 tile pair np is channels warp_n + 16 np + 8 (j >> 1) + l % 8 and words 4 (j & 1) ... warp_m is a
+  // multiple of kTileX and 16 mi of 8, so everything but a_lane and b_lane is a constant offset.
+  const int quarter = lane / 8, quarter_row = lane % 8, half_rows = 8 * (quarter & 1);
+  const int a_lane =
+      ((warp_m / S::kTileX + half_rows / S::kTileX) * kHaloX + half_rows % S::kTileX + quarter_row) * kRow +
+      4 * (quarter >> 1);
+  const int b_lane = (warp_n + 8 * (quarter >> 1) + quarter_row) * kRow + 4 * (quarter & 1);
   auto multiply = [&](const unsigned* rect, const unsigned* bt, int tap) {
     const int dy = tap / KS, dx = tap % KS;
 #pragma unroll
     for (int ks = 0; ks < kChunkWords; ks += 8) {
       unsigned a_frag[2][4], b_frag[4][2];
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
+      for (int mi = 0; mi < 2; ++mi) {
+        const int sy = mi * 16 / S::kTileX + dy, sx = mi * 16 % S::kTileX + dx;
+        ldmatrix_x4(a_frag[mi], rect + a_lane + (sy * kHaloX + sx) * kRow + ks);
+      }
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int row = mi * 16 + 8 * (r & 1), sy = row / S::kTileX + dy, sx = row % S::kTileX + dx;
-          a_frag[mi][r] = rect[a_base + (sy * kHaloX + sx) * kRowA + ks + 4 * (r >> 1)];
-        }
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) b_frag[ni][r] = bt[b_base + (ks + 4 * r) * kRowB + ni * 8];
+      for (int np = 0; np < 2; ++np) {
+        unsigned b[4];
+        ldmatrix_x4(b, bt + b_lane + 16 * np * kRow + ks);
+        b_frag[2 * np][0] = b[0], b_frag[2 * np][1] = b[1];
+        b_frag[2 * np + 1][0] = b[2], b_frag[2 * np + 1][1] = b[3];
+      }
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll

@@ -103,6 +103,14 @@ struct MmaProbeParams {
   const float* c;
 };
 
+// One warp-wide ldmatrix_x4 (mma.cuh): the 32 rows of 4 words in `rows` [32 * 4] are copied to shared memory, lane
+// l names row row_of_lane[l], and `out` [32 lanes * 4] receives each lane's 4 registers.
+struct LdmatrixProbeParams {
+  unsigned* out;
+  const unsigned* rows;
+  const int* row_of_lane;
+};
+
 // The register conversions of mma.cuh applied to x [n] (n even): tf32 [n], half2 and bfloat162 [n / 2].
 struct MmaConvertProbeParams {
   unsigned* tf32;

@@ -221,6 +221,11 @@ mod tensor_cores {
     }
 
     #[test]
+    fn ldmatrix_twin_follows_the_ptx_layout() {
+        tensor_cores::ldmatrix_follows_the_ptx_layout(&EmuDevice::new());
+    }
+
+    #[test]
     fn register_conversions_round_like_cvt() {
         tensor_cores::register_conversions_round_like_cvt(&EmuDevice::new());
     }

@@ -43,10 +43,11 @@ enum Ran {
     Skipped(String),
 }
 
-/// The mma wrappers against the PTX fragment tables and cvt's rounding, on the GPU's own instructions: the first
+/// The mma and ldmatrix wrappers against the PTX fragment tables and cvt's rounding, on the GPU's own instructions: the first
 /// place to look when a tensor-core mode fails its golden cases.
 fn tensor_core_instructions(dev: CudaDevice) -> Ran {
     common::tensor_cores::mma_follows_the_ptx_fragment_layouts(&dev);
+    common::tensor_cores::ldmatrix_follows_the_ptx_layout(&dev);
     common::tensor_cores::register_conversions_round_like_cvt(&dev);
     Ran::Checked
 }

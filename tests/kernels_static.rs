@@ -125,9 +125,10 @@ fn gemm_main_loops_use_128_bit_loads() {
 }
 
 /// The same-resolution 3x3 tensor-core convolutions are bound by issuing instructions, so their main loop must
-/// stay lean: about 7 (tf32) to 11 (f16/bf16, 8 x 16 rectangles) sm_90 instructions per mma with the taps of a
-/// chunk unrolled over one gathered input rectangle, against 18 for the rolled tap loop and over 40 for a per-tap
-/// gather. The bound catches a change that brings index arithmetic or gathers back into the loop.
+/// stay lean: about 5.5 (tf32) to 8 (f16/bf16, 8 x 16 rectangles) sm_90 instructions per mma with the taps of a
+/// chunk unrolled over one gathered input rectangle and ldmatrix fragment loads, against 18 for the rolled tap loop
+/// and over 40 for a per-tap gather. The bound catches a change that brings index arithmetic, per-lane fragment
+/// loads or gathers back into the loop.
 #[test]
 fn same_resolution_tensor_core_main_loops_issue_few_instructions_per_mma() {
     if KERNEL_TABLE.is_empty() || !SASS_CHECKED {
@@ -147,7 +148,7 @@ fn same_resolution_tensor_core_main_loops_issue_few_instructions_per_mma() {
             k.main_loop_instructions, k.main_loop_mma
         );
         assert!(
-            per_mma <= 12.0,
+            per_mma <= 10.0,
             "kernel {name}: {per_mma:.1} instructions per mma in its main loop"
         );
     }

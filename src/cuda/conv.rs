@@ -886,9 +886,10 @@ fn word(precision: Precision, lo: f32, hi: f32) -> f32 {
 }
 
 /// The tensor-core packing of `kernels/modconv_tc.cu`'s same-resolution kernels, one K stage (a tap of a chunk of
-/// 16 channel words) after another: 32-bit words `[chunks * taps * 16][O rounded up to block_channels]`, row
-/// `(chunk * taps + tap) * 16 + w` holding `W[o, c, tap]` for `c = 16 chunk + w` (tf32) or the pair
-/// `c = 2 (16 chunk + w)`, `c + 1` (f16/bf16), zeros past the ends.
+/// 16 channel words) after another, each n-major for ldmatrix: 32-bit words `[chunks * taps][cols][16]` with
+/// `cols` (returned as the stride) `O` rounded up to `block_channels`; word `w` of channel `o` in stage
+/// `chunk * taps + tap` holds `W[o, c, tap]` for `c = 16 chunk + w` (tf32) or the pair `c = 2 (16 chunk + w)`,
+/// `c + 1` (f16/bf16), zeros past the ends.
 fn pack_same_words(
     w: &[f32],
     o: usize,
@@ -900,7 +901,7 @@ fn pack_same_words(
     let per_word = per_word(precision);
     let chunks = i.div_ceil(per_word * TC_STAGE_WORDS);
     let cols = o.next_multiple_of(block_channels);
-    let mut packed = vec![0.0f32; chunks * taps * TC_STAGE_WORDS * cols];
+    let mut packed = vec![0.0f32; chunks * taps * cols * TC_STAGE_WORDS];
     let at = |oc: usize, ic: usize, tap: usize| {
         if ic < i {
             w[(oc * i + ic) * taps + tap]
@@ -911,10 +912,11 @@ fn pack_same_words(
     for oc in 0..o {
         for chunk in 0..chunks {
             for tap in 0..taps {
+                let stage = chunk * taps + tap;
                 for word_index in 0..TC_STAGE_WORDS {
                     let ic = (chunk * TC_STAGE_WORDS + word_index) * per_word;
-                    let row = (chunk * taps + tap) * TC_STAGE_WORDS + word_index;
-                    packed[row * cols + oc] = word(precision, at(oc, ic, tap), at(oc, ic + 1, tap));
+                    packed[(stage * cols + oc) * TC_STAGE_WORDS + word_index] =
+                        word(precision, at(oc, ic, tap), at(oc, ic + 1, tap));
                 }
             }
         }

@@ -7,7 +7,7 @@ use half::{bf16, f16};
 use mmengine::cuda::device::{Device, LaunchDims};
 use mmengine::cuda::gemm::{self, Precision};
 use mmengine::cuda::kernels::Kernel;
-use mmengine::cuda::params::{MmaConvertProbeParams, MmaProbeParams};
+use mmengine::cuda::params::{LdmatrixProbeParams, MmaConvertProbeParams, MmaProbeParams};
 
 /// f32's unit roundoff doubled: a bound on one f32 rounding of any kind, truncation included.
 const F32_ROUNDING: f64 = 1.0 / (1u64 << 23) as f64;
@@ -215,6 +215,45 @@ pub fn mma_follows_the_ptx_fragment_layouts<D: Device>(dev: &D) {
             ratio > 100.0,
             "{input:?}: swapping a1 and a2 went unnoticed"
         );
+    }
+}
+
+/// ldmatrix.x4 by the PTX ISA ("Warp-level matrix load instruction: ldmatrix"): lane l names row l % 8 of matrix
+/// l / 8, and receives in register j the 32-bit word l % 4 of row l / 4 of matrix j. The rows live in shared
+/// memory in a shuffled order, so a lane that read its own row, or a row of the wrong matrix, gets another value.
+pub fn ldmatrix_follows_the_ptx_layout<D: Device>(dev: &D) {
+    let mut rng = Rng(0x5eed_cafe_f00d_0002);
+    let rows: Vec<u32> = (0..32 * 4).map(|_| rng.next().to_bits()).collect();
+    // A permutation of the 32 shared-memory rows: row_of_lane[l] is where lane l's row is.
+    let mut row_of_lane: Vec<i32> = (0..32).collect();
+    for i in (1..32).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        row_of_lane.swap(i, j);
+    }
+    assert_ne!(row_of_lane, (0..32).collect::<Vec<_>>());
+    let rows_buf = upload(dev, &rows);
+    let lanes_buf = upload(
+        dev,
+        &row_of_lane.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+    );
+    let out_buf = dev.alloc(32 * 4 * 4).unwrap();
+    let params = LdmatrixProbeParams {
+        out: dev.address(&out_buf),
+        rows: dev.address(&rows_buf),
+        row_of_lane: dev.address(&lanes_buf),
+    };
+    dev.launch(Kernel::LdmatrixProbe, one_warp(), &params)
+        .unwrap();
+    let out = download(dev, &out_buf, 32 * 4);
+    for lane in 0..32 {
+        for j in 0..4 {
+            let row = row_of_lane[8 * j + lane / 4] as usize;
+            assert_eq!(
+                out[lane * 4 + j],
+                rows[row * 4 + lane % 4],
+                "lane {lane}, register {j}"
+            );
+        }
     }
 }
 
