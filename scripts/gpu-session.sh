@@ -201,9 +201,9 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
         ncu)
             command -v ncu >/dev/null || { echo "=== ncu: not on this machine" >>"$OUT/log.txt"; return 0; }
             # ffhq1024 launches each kernel once per block in resolution order: skip to b128.conv1 (256 -> 256
-            # channels), b128.conv0 and b1024.conv1.
+            # channels) and b128.conv0; b1024.conv1 (32 channels, with its ToRGB) is the _n32 kernel's only launch.
             local kernel skip kernel_skip
-            for kernel_skip in modconv_3x3_f16:5 modconv_up2_3x3_f16:4 modconv_3x3_torgb_f16:1; do
+            for kernel_skip in modconv_3x3_f16:5 modconv_up2_3x3_f16:4 modconv_3x3_torgb_n32_f16:0; do
                 kernel=${kernel_skip%:*} skip=${kernel_skip#*:}
                 step "ncu-$kernel" 120 ncu --set full -k "regex:^$kernel\$" --launch-skip "$skip" --launch-count 1 \
                     "$mm" bench --device cuda --config ffhq1024 --batch 8 --iters 1 --warmup 0 --precision fp16
