@@ -119,11 +119,6 @@ enum SameTiling {
     Rect(TcShape),
 }
 
-/// The tensor-core tiling: the wide shape for a layer with at most `TC_WIDE.channels` outputs.
-fn tc_tiling(wide: bool) -> SameTiling {
-    SameTiling::Rect(if wide { TC_WIDE } else { TC_SQUARE })
-}
-
 /// One modulated convolution uploaded for its kernel.
 pub struct DeviceConvLayer<D: Device> {
     in_channels: usize,
@@ -249,33 +244,30 @@ impl<D: Device> DeviceConvLayer<D> {
             }
         } else {
             let wide = o <= TC_WIDE.channels;
-            let (kernel, tiling) = match (kh, precision) {
-                (3, Precision::Fp32) => (Kernel::Modconv3x3, SameTiling::Flat(WIDE_TILE)),
-                (_, Precision::Fp32) if o <= NARROW_MAX_CHANNELS => {
+            let (kernel, tiling) = match (kh, precision, wide) {
+                (3, Precision::Fp32, _) => (Kernel::Modconv3x3, SameTiling::Flat(WIDE_TILE)),
+                (_, Precision::Fp32, _) if o <= NARROW_MAX_CHANNELS => {
                     (Kernel::Modconv1x1Narrow, SameTiling::Flat(NARROW_TILE))
                 }
-                (_, Precision::Fp32) => (Kernel::Modconv1x1, SameTiling::Flat(WIDE_TILE)),
-                (3, _) => {
-                    let kernel = match (precision, wide) {
-                        (Precision::Tf32, false) => Kernel::Modconv3x3Tf32,
-                        (Precision::Tf32, true) => Kernel::Modconv3x3N32Tf32,
-                        (Precision::Fp16, false) => Kernel::Modconv3x3F16,
-                        (Precision::Fp16, true) => Kernel::Modconv3x3N32F16,
-                        (_, false) => Kernel::Modconv3x3Bf16,
-                        (_, true) => Kernel::Modconv3x3N32Bf16,
+                (_, Precision::Fp32, _) => (Kernel::Modconv1x1, SameTiling::Flat(WIDE_TILE)),
+                _ => {
+                    let kernel = match (kh, precision, wide) {
+                        (3, Precision::Tf32, false) => Kernel::Modconv3x3Tf32,
+                        (3, Precision::Tf32, true) => Kernel::Modconv3x3N32Tf32,
+                        (3, Precision::Fp16, false) => Kernel::Modconv3x3F16,
+                        (3, Precision::Fp16, true) => Kernel::Modconv3x3N32F16,
+                        (3, _, false) => Kernel::Modconv3x3Bf16,
+                        (3, _, true) => Kernel::Modconv3x3N32Bf16,
+                        (_, Precision::Tf32, false) => Kernel::Modconv1x1Tf32,
+                        (_, Precision::Tf32, true) => Kernel::Modconv1x1N32Tf32,
+                        (_, Precision::Fp16, false) => Kernel::Modconv1x1F16,
+                        (_, Precision::Fp16, true) => Kernel::Modconv1x1N32F16,
+                        (_, _, false) => Kernel::Modconv1x1Bf16,
+                        (_, _, true) => Kernel::Modconv1x1N32Bf16,
                     };
-                    (kernel, tc_tiling(wide))
-                }
-                (_, _) => {
-                    let kernel = match (precision, wide) {
-                        (Precision::Tf32, false) => Kernel::Modconv1x1Tf32,
-                        (Precision::Tf32, true) => Kernel::Modconv1x1N32Tf32,
-                        (Precision::Fp16, false) => Kernel::Modconv1x1F16,
-                        (Precision::Fp16, true) => Kernel::Modconv1x1N32F16,
-                        (_, false) => Kernel::Modconv1x1Bf16,
-                        (_, true) => Kernel::Modconv1x1N32Bf16,
-                    };
-                    (kernel, tc_tiling(wide))
+                    // The wide shape for a layer with at most TC_WIDE.channels outputs.
+                    let shape = if wide { TC_WIDE } else { TC_SQUARE };
+                    (kernel, SameTiling::Rect(shape))
                 }
             };
             // The shape's channel block holds all of a pixel's channels (o <= 64), as the fused ToRGB's sums need.
