@@ -191,3 +191,17 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const unsigned* ro
                : "r"(address));
 #endif
 }
+
+// Two 8x8 matrices (ldmatrix.x2): as ldmatrix_x4 for matrices 0 and 1, whose rows lanes 0-15 name; the addresses of
+// lanes 16-31 are not read.
+__device__ __forceinline__ void ldmatrix_x2(unsigned (&r)[2], const unsigned* row) {
+#ifdef MMENGINE_EMU
+  const unsigned* rows[32];
+  emu::warp_exchange(&row, rows, sizeof(row));
+  const unsigned lane = emu::lane();
+  for (unsigned j = 0; j < 2; ++j) r[j] = rows[8 * j + lane / 4][lane % 4];
+#else
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(address));
+#endif
+}

@@ -364,10 +364,12 @@ __device__ void same_impl(const ModconvParams& p) {
 // The fused up-sampling 3x3 conv: modconv_up2_3x3 (modconv.cu) with its GEMM on the tensor cores. A block takes one
 // sample, 16 output channels and a patch of 8 x 16 input positions (rows py0.., cols px0.., zero outside the image),
 // and writes a 12 x 28 output tile:
-// - GEMM z[position][column], M = 128 positions, K = input channels (in words, one mma K step of 8 words per stage),
+// - GEMM z[position][column], M = 128 positions, K = input channels in stages of 16 words (two mma K steps),
 //   N = 16 channels x 9 taps = 144 columns = 18 n8 tiles, no padding taps. 8 warps: 4 along M (an m16 tile is one
 //   patch row, a warp takes two), 2 along N (8 channels each). A warp's 72 columns are tap-major (column
 //   tap * 8 + channel), so its n8 tile t holds tap t and the scatter knows every accumulator's tap at compile time.
+//   Each A element (a load, a style multiply, a conversion) feeds 144 multiply-adds, and needs no halo: the taps
+//   are columns, not shifted reads.
 // - Scatter into T[channel][16][32], rows/cols 0..15 / 0..31 of the patch's transposed-conv output (tap (ky, kx) of
 //   position (y, x) lands on T[2y + ky][2x + kx]), over the GEMM tiles' shared memory, in four phases whose targets
 //   are distinct within each phase: the taps with ky, kx < 2 cover every element exactly once and store; then the
@@ -375,56 +377,61 @@ __device__ void same_impl(const ModconvParams& p) {
 //   and cols 1..31 only (the complete ones).
 // - Blur and epilogue in f32, in modconv_up2_3x3's arithmetic order: a thread takes a column of 12 outputs of one
 //   channel and blurs each T row horizontally once.
-// Why 16 channels: 16 x 9 taps fill n8 tiles exactly, and each gathered A element (a load, a style multiply, a
-// conversion) feeds 144 multiply-adds. Why one K step per stage: it keeps the kernel within 128 registers without
-// spilling (the accumulators take 72), so two blocks share an SM and one block's gather latency, barriers, scatter
-// and blur overlap the other's mma work. Shared memory: T, 16 x 520 floats (33 KB); the GEMM tiles fit inside it.
+// The main loop follows modconv_tc's same-resolution kernels: A tile [position][16 words] and B tile [column][16
+// words] (both rows padded to kRow, as there), fragments by ldmatrix, the next stage's A gathered an item per K step
+// (loaded before the step's mma, scaled, converted and stored after it), B by cp.async, one barrier per stage. A
+// gather item is 4 words (one 128-bit store) of one position: warp g takes word quad g % 4, so its channels and
+// styles are warp-uniform, and lane l the positions 64 (g / 4) + l + 32 j. Why 16 channels: 16 x 9 taps fill n8
+// tiles exactly. The 72 accumulators leave room for little else within 128 registers, the cap at which two blocks
+// share an SM and one block's gather latency, barriers, scatter and blur overlap the other's mma work. Shared memory:
+// the double-buffered GEMM tiles (43.5 KB); T (16 x 520 floats, 33 KB) reuses it after the K loop.
 //
-// Weight packing (conv.rs, pack_up2_words): words [K words rounded up to 8][O rounded up to 16, times 9]; channel
-// block ob's 144 words, in order (half, tap, c), hold W[o = 16 ob + 8 half + c, i, tap] as tf32 (i = kw) or the
-// f16/bf16 pair i = 2 kw, 2 kw + 1; zeros past the ends. fp16 layers that demodulate are prescaled as above.
+// Weight packing (conv.rs, pack_up2_words), n-major for ldmatrix like pack_same_words: words [stages][O rounded up
+// to 16, times 9 (weight_stride)][16]; channel block ob's 144 columns, in order (half, tap, c), hold W[o = 16 ob +
+// 8 half + c, i, tap], word w of stage s the input channel i = 16 s + w (tf32) or the pair i = 2 (16 s + w), i + 1
+// (f16/bf16); zeros past the ends. fp16 layers that demodulate are prescaled as above.
 namespace modconv_up_tc {
 constexpr int kThreads = 256;
 constexpr int PY = 8, PX = 16, kBlockM = PY * PX;
 constexpr int kChannels = 16, kTaps = 9, kBlockN = kChannels * kTaps;
 constexpr int kWarpM = 32, kWarpChannels = 8;
-constexpr int kStageWords = 8;
-// Fragment reads conflict-free: A lanes hit banks 12 group + tig, B lanes 24 tig + group (152 = 24 mod 32).
-constexpr int kRowA = kStageWords + 4, kRowB = kBlockN + 8;
-constexpr int kWordsA = kBlockM * kStageWords / kThreads;  // A words each thread gathers per stage
-constexpr int kChunksB = kStageWords * kBlockN / 4;        // 16-byte B copies per stage
-constexpr int kTileA = kBlockM * kRowA, kTileB = kStageWords * kRowB;
+constexpr int kStageWords = 16;                           // two mma K steps of 8 words
+constexpr int kQuadWords = 4;                             // the words of a gather item
+constexpr int kPartWords = 2, kParts = kQuadWords / kPartWords;  // an item is gathered in two parts
+constexpr int kRow = kStageWords + 4;                     // as modconv_tc::kRow: conflict-free ldmatrix and stores
+constexpr int kQuads = kStageWords / kQuadWords;          // word quads per position and stage
+constexpr int kItems = kBlockM * kQuads / kThreads;       // gather items per thread and stage
+constexpr int kCopiesB = kBlockN * kStageWords / 4;       // 16-byte B copies per stage
+constexpr int kMaxInChannels = 1024;  // the styles of a sample are staged in shared memory (conv.rs checks)
+constexpr int kTileA = kBlockM * kRow, kTileB = kBlockN * kRow;
 constexpr int OY = 2 * PY - 4, OX = 2 * PX - 4;  // output tile
 constexpr int TY = 2 * PY, TX = 2 * PX;          // T rows and cols kept
 // T's channel stride: 8 mod 32 keeps the scatter's stores (lanes 2 px + 16 tig apart) at 2-way bank conflicts.
 constexpr int kPlaneT = TY * TX + 8;
 constexpr int kGemmWords = 2 * kTileA + 2 * kTileB;
-constexpr int kSmemWords = kChannels * kPlaneT;
-static_assert(kGemmWords <= kSmemWords, "the GEMM tiles live inside T's shared memory");
+constexpr int kSmemWords = kGemmWords > kChannels * kPlaneT ? kGemmWords : kChannels * kPlaneT;
 static_assert(kWarpM == 2 * PX && (kBlockM / kWarpM) * 2 * 32 == kThreads, "4 x 2 warps, two patch rows each");
-static_assert(kWordsA == 4, "each thread stores its A words as one 128-bit store");
-
-// The A gather of the up-sampling kernels: N consecutive input channels i0.. of one position of x (planes `plane`
-// elements apart, element type X::T), each times its style, as f32; zero from channel `channels` on.
-template <class X, int N>
-__device__ __forceinline__ void gather_scaled(float (&v)[N], const typename X::T* x, int plane, const float* styles,
-                                              int i0, int channels) {
-#pragma unroll
-  for (int r = 0; r < N; ++r)
-    v[r] = i0 + r < channels ? X::load(&x[(long long)(i0 + r) * plane]) * styles[i0 + r] : 0.0f;
-}
+static_assert(kItems == kStageWords / 8, "one gather item per K step");
+static_assert(PX == 16, "a thread's two gather items are two patch rows apart");
+static_assert(kThreads / 32 == 2 * kQuads && kQuads == 4 && kBlockM == 2 * kItems * 32, "warp g: quad g % 4, half g / 4");
+static_assert(kStageWords / 4 == 4, "a column's B row is four 16-byte copies");
 
 template <class Mode>
 __device__ void up2_impl(const ModconvParams& p) {
   constexpr int kPerWord = Mode::kPerWord;
-  constexpr int kGather = kWordsA * kPerWord;  // K elements each thread gathers per stage
+  constexpr int kStageK = kStageWords * kPerWord;  // input channels per stage
+  constexpr int kQuadK = kQuadWords * kPerWord;    // input channels per gather item
+  constexpr int kPartK = kPartWords * kPerWord;    // input channels per part of an item
   __align__(16) __shared__ unsigned smem[kSmemWords];
+  __align__(16) __shared__ float style_k[kMaxInChannels + kStageWords * 2];  // see the gather below
   unsigned* const a_tiles = smem;
   unsigned* const b_tiles = smem + 2 * kTileA;
 
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int group = lane / 4, tig = lane % 4;
-  const int warp_m = warp % 4, warp_n = warp / 4;
+  // Bit operations, not / and %: the compiler does not know tid >= 0, and signed division costs several
+  // instructions wherever it recomputes an index rather than hold it in a register.
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int group = lane >> 2, tig = lane & 3;
+  const int warp_m = warp & 3, warp_n = warp >> 2;
   const int b = blockIdx.z, o0 = blockIdx.y * kChannels;
   const int oy0 = (blockIdx.x / p.tiles_x) * OY, ox0 = (blockIdx.x % p.tiles_x) * OX;
   const int py0 = oy0 / 2 - 1, px0 = ox0 / 2 - 1;  // patch origin (input position of T rows/cols 0..2)
@@ -432,38 +439,68 @@ __device__ void up2_impl(const ModconvParams& p) {
   const int k_words = (p.in_channels + kPerWord - 1) / kPerWord;
   const int stages = (k_words + kStageWords - 1) / kStageWords;
 
-  // The position (A row) this thread gathers, and which half of the row's words.
-  const int a_row = tid % kBlockM, a_word0 = (tid / kBlockM) * kWordsA;
-  const int gy = py0 + a_row / PX, gx = px0 + a_row % PX;
-  const bool inside = gy >= 0 && gy < p.height && gx >= 0 && gx < p.width;
+  // The gather (see above): this thread's items are A rows (positions) row0 and row0 + 32, two patch rows apart;
+  // x_row0 points at the first in the plane of the quad's first channel in stage 0 (positions outside the image
+  // are not read, and their words are stored as zeros). K is aligned to its end: stage s holds channels
+  // kStageK s - pad .., so only stage 0 can be partial (its channels below 0 are zeros) and the loop gathers
+  // unchecked. The styles of the sample wait in shared memory in that order, zero below channel 0. Values are
+  // loaded as stored in x, then scaled by the styles and converted when they are written to shared memory.
   using X = typename Mode::Act;  // x's element type: f32, or the mode's 16-bit type
-  const typename X::T* xb =
-      static_cast<const typename X::T*>(p.x) + (long long)b * p.in_channels * hw + (inside ? gy * p.width + gx : 0);
-  const float* sb = p.styles + (long long)b * p.in_channels;
-  const int a_channels = inside ? p.in_channels : 0;  // a position outside the image gathers zeros
-
-  // A (gathered, scaled by the style, f32) waits in registers while the current stage is multiplied.
-  float a_next[kGather];
-  auto load_a = [&](int stage) {
-    gather_scaled<X>(a_next, xb, hw, sb, (stage * kStageWords + a_word0) * kPerWord, a_channels);
-  };
-  auto store_a = [&](int buf) {
-    uint4 w;
-    w.x = Mode::word(&a_next[0 * kPerWord]);
-    w.y = Mode::word(&a_next[1 * kPerWord]);
-    w.z = Mode::word(&a_next[2 * kPerWord]);
-    w.w = Mode::word(&a_next[3 * kPerWord]);
-    *reinterpret_cast<uint4*>(a_tiles + buf * kTileA + a_row * kRowA + a_word0) = w;
-  };
-  const unsigned* weight = reinterpret_cast<const unsigned*>(p.weight) + blockIdx.y * kBlockN;
-  auto copy_b = [&](int stage, int buf) {
+  using Elem = typename X::T;
+  const int pad = stages * kStageK - p.in_channels;
+  for (int c = tid; c < stages * kStageK; c += kThreads)
+    style_k[c] = c >= pad ? p.styles[(long long)b * p.in_channels + c - pad] : 0.0f;
+  __syncthreads();
+  const int quad = warp & (kQuads - 1), row0 = (warp >> 2) * 64 + lane;
+  const int quad_channel = quad * kQuadK - pad;  // the quad's first channel in stage 0 (negative: padding)
+  bool inside[kItems];
 #pragma unroll
-    for (int j = 0; j < (kChunksB + kThreads - 1) / kThreads; ++j) {
-      const int q = tid + j * kThreads, r = q / (kBlockN / 4), c4 = q % (kBlockN / 4);
-      if (q < kChunksB)
-        copy16_async(b_tiles + buf * kTileB + r * kRowB + c4 * 4,
-                     weight + (long long)(stage * kStageWords + r) * p.weight_stride + c4 * 4);
+  for (int j = 0; j < kItems; ++j) {
+    const int row = row0 + 32 * j, gy = py0 + row / PX, gx = px0 + row % PX;
+    inside[j] = gy >= 0 && gy < p.height && gx >= 0 && gx < p.width;
+  }
+  const int item_rows = 32 / PX * p.width;  // from item 0 to item 1 in an x plane
+  const Elem* const x_row0 = static_cast<const Elem*>(p.x) + ((long long)b * p.in_channels + quad_channel) * hw +
+                             (py0 + row0 / PX) * p.width + px0 + row0 % PX;
+  // Part h (words 2 h, 2 h + 1 of the quad) of item j of `stage`. First: stage 0, whose channels below 0 (a
+  // warp-uniform count) are not read.
+  auto load_part = [&](bool first, int stage, int j, int h, Elem (&v)[kPartK]) {
+    const int c0 = stage * kStageK + h * kPartK;  // the part's first channel, relative to the quad's
+    const Elem* xc = x_row0 + (long long)c0 * hw + j * item_rows;
+#pragma unroll
+    for (int k = 0; k < kPartK; ++k, xc += hw)
+      if (inside[j] && (!first || quad_channel + c0 + k >= 0)) v[k] = *xc;
+  };
+  auto store_part = [&](bool first, int stage, int j, int h, const Elem (&v)[kPartK], unsigned* at) {
+    const int c0 = stage * kStageK + h * kPartK;
+    const float* const sc = style_k + stage * kStageK + quad * kQuadK + h * kPartK;
+    unsigned w[kPartWords];
+#pragma unroll
+    for (int k = 0; k < kPartWords; ++k) {
+      float scaled[kPerWord];
+#pragma unroll
+      for (int e = 0; e < kPerWord; ++e) {
+        const int c = k * kPerWord + e;
+        scaled[e] = !first || quad_channel + c0 + c >= 0 ? X::load(&v[c]) * sc[c] : 0.0f;
+      }
+      w[k] = inside[j] ? Mode::word(scaled) : 0u;
     }
+    uint2 u;
+    u.x = w[0], u.y = w[1];
+    *reinterpret_cast<uint2*>(at + (row0 + 32 * j) * kRow + quad * kQuadWords + h * kPartWords) = u;
+  };
+
+  const unsigned* const weight =
+      reinterpret_cast<const unsigned*>(p.weight) + (long long)blockIdx.y * kBlockN * kStageWords;
+  // B copy q of a stage: column q / 4, words 4 (q % 4) ..; thread tid makes copies tid, tid + kThreads, ..., which
+  // are kThreads / 4 columns apart in shared memory.
+  const int b_copy = (tid >> 2) * kRow + (tid & 3) * 4;
+  auto copy_b = [&](int stage, unsigned* bt) {
+    const unsigned* const rows = weight + (long long)stage * p.weight_stride * kStageWords + tid * 4;
+#pragma unroll
+    for (int j = 0; j < (kCopiesB + kThreads - 1) / kThreads; ++j)
+      if ((j + 1) * kThreads <= kCopiesB || tid + j * kThreads < kCopiesB)
+        copy16_async(bt + b_copy + j * (kThreads / 4) * kRow, rows + j * kThreads * 4);
   };
 
   float acc[2][kTaps][4];  // [m16 tile: patch row 2 warp_m + mi][n8 tile: tap][C fragment register]
@@ -474,23 +511,61 @@ __device__ void up2_impl(const ModconvParams& p) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mi][t][i] = 0.0f;
 
-  double_buffered_k_loop(stages, copy_b, load_a, store_a, [&](int cur) {
-    const unsigned* at = a_tiles + cur * kTileA + warp_m * kWarpM * kRowA;
-    const unsigned* bt = b_tiles + cur * kTileB + warp_n * kWarpChannels * kTaps;
-    unsigned a_frag[2][4], b_frag[kTaps][2];
+  // One K step (words ks..ks + 7) of the stage in buffer `buf`. ldmatrix lanes as in modconv_tc: for A, quarter j
+  // of m16 tile mi is its rows 8 (j & 1) .. and words 4 (j >> 1) ..; for B, quarter j of the n8 tile pair (t, t + 1)
+  // is tile t + (j >> 1), words 4 (j & 1) ..; the ninth tile is an x2 (quarters 0 and 1).
+  const int quarter = lane >> 3, quarter_row = lane & 7;
+  const int a_lane = (warp_m * kWarpM + 8 * (quarter & 1) + quarter_row) * kRow + 4 * (quarter >> 1);
+  const int b_lane = (warp_n * kWarpChannels * kTaps + 8 * (quarter >> 1) + quarter_row) * kRow + 4 * (quarter & 1);
+  auto multiply = [&](int buf, int ks, int mi) {
+    const unsigned* const bt = b_tiles + buf * kTileB + b_lane + ks;
+    unsigned a_frag[4];
+    ldmatrix_x4(a_frag, a_tiles + buf * kTileA + a_lane + ks + mi * 16 * kRow);
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
+    for (int t = 0; t < kTaps; t += 2) {
+      unsigned bf[4];
+      if (t + 1 < kTaps) {
+        ldmatrix_x4(bf, bt + t * 8 * kRow);
+      } else {
+        unsigned last[2];
+        ldmatrix_x2(last, bt + t * 8 * kRow);
+        bf[0] = last[0], bf[1] = last[1];
+      }
 #pragma unroll
-      for (int r = 0; r < 4; ++r) a_frag[mi][r] = at[(mi * 16 + group + 8 * (r & 1)) * kRowA + tig + 4 * (r >> 1)];
+      for (int u = 0; u < 2 && t + u < kTaps; ++u) Mode::mma(acc[mi][t + u], a_frag, &bf[2 * u], acc[mi][t + u]);
+    }
+  };
+
+  // Stage `stage` is multiplied out of buffer stage & 1 while stage + 1 (if `gather`) is gathered into the other
+  // buffer, a part per m16 tile and K step: loaded before its mma, stored after them. B streams in meanwhile.
+  auto run_stage = [&](bool gather, int stage, int cur) {
+    if (gather) copy_b(stage + 1, b_tiles + (cur ^ 1) * kTileB);
 #pragma unroll
-    for (int t = 0; t < kTaps; ++t)
+    for (int j = 0; j < kItems; ++j)
 #pragma unroll
-      for (int r = 0; r < 2; ++r) b_frag[t][r] = bt[(tig + 4 * r) * kRowB + t * 8 + group];
+      for (int h = 0; h < kParts; ++h) {
+        Elem v[kPartK];
+        if (gather) load_part(false, stage + 1, j, h, v);
+        multiply(cur, 8 * j, h);
+        if (gather) store_part(false, stage + 1, j, h, v, a_tiles + (cur ^ 1) * kTileA);
+      }
+    copy_async_wait();
+    __syncthreads();
+  };
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
+  for (int j = 0; j < kItems; ++j)
 #pragma unroll
-      for (int t = 0; t < kTaps; ++t) Mode::mma(acc[mi][t], a_frag[mi], b_frag[t], acc[mi][t]);
-  });
+    for (int h = 0; h < kParts; ++h) {
+      Elem v[kPartK];
+      load_part(true, 0, j, h, v);
+      store_part(true, 0, j, h, v, a_tiles);
+    }
+  copy_b(0, b_tiles);
+  copy_async_wait();
+  __syncthreads();
+#pragma unroll 1
+  for (int stage = 0; stage < stages - 1; ++stage) run_stage(true, stage, stage & 1);
+  run_stage(false, stages - 1, (stages - 1) & 1);
 
   // Scatter. This lane's accumulator acc[mi][t][2 h + e] is tap t of position (2 warp_m + mi, group + 8 h) and
   // channel warp_n * 8 + 2 tig + e. Phase (ky == 2) * 2 + (kx == 2) of each tap; phase 0 stores, the rest add.

@@ -103,10 +103,12 @@ struct MmaProbeParams {
   const float* c;
 };
 
-// One warp-wide ldmatrix_x4 (mma.cuh): the 32 rows of 4 words in `rows` [32 * 4] are copied to shared memory, lane
-// l names row row_of_lane[l], and `out` [32 lanes * 4] receives each lane's 4 registers.
+// One warp-wide ldmatrix_x4 and one ldmatrix_x2 (mma.cuh): the 32 rows of 4 words in `rows` [32 * 4] are copied to
+// shared memory, lane l names row row_of_lane[l], and `out` [32 lanes * 4] and `out_x2` [32 lanes * 2] receive each
+// lane's registers.
 struct LdmatrixProbeParams {
   unsigned* out;
+  unsigned* out_x2;
   const unsigned* rows;
   const int* row_of_lane;
 };

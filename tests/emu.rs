@@ -1197,7 +1197,7 @@ mod tensor_core_conv {
     #[test]
     fn up_sampling_3x3_against_f32() {
         // Output 14 x 18: two tile rows, one partial tile column. 20 channels: a full and a partial 16-channel
-        // block. I = 20: a partial last stage in every mode (3 tf32 stages of 8, 2 f16/bf16 stages of 16).
+        // block. I = 20: a partial stage in every mode (2 tf32 stages of 16 channels, 1 f16/bf16 stage of 32).
         check_layer(
             &Layer {
                 n: 2,
@@ -1214,11 +1214,13 @@ mod tensor_core_conv {
             0x7c05,
         );
         // No demodulation, per-sample noise, three samples, output 26 x 30 (3 x 2 tiles, all partial at the far
-        // edges), 9 channels (one partial block), I = 37 (odd: an f16/bf16 pair split at the end).
+        // edges), 9 channels (one partial block), I = 69: 5 tf32 and 3 f16/bf16 stages, so both shared-memory
+        // buffers serve the main loop; odd, so an f16/bf16 pair straddles the start of the channels (the kernel
+        // aligns K to its end, making stage 0 the partial one).
         check_layer(
             &Layer {
                 n: 3,
-                i: 37,
+                i: 69,
                 o: 9,
                 h: 13,
                 w: 15,

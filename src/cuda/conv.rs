@@ -52,10 +52,12 @@ const TC_THREADS: u32 = 128;
 /// The most output channels of a ToRGB fused into the 3x3 conv before it (`kMaxRgb` of `kernels/modconv_tc.cu`).
 const FUSED_RGB_MAX_CHANNELS: usize = 4;
 /// The tensor-core up-sampling kernels (same file; the output tile is the f32 kernel's): channels per block, K
-/// words per stage, threads.
+/// words per stage, threads, and the most input channels (`kMaxInChannels`: a sample's styles are staged in shared
+/// memory).
 const UP2_TC_CH: usize = 16;
-const UP2_TC_STAGE_WORDS: usize = 8;
+const UP2_TC_STAGE_WORDS: usize = 16;
 const UP2_TC_THREADS: u32 = 256;
+const UP2_TC_MAX_IN_CHANNELS: usize = 1024;
 /// Element-wise kernels.
 const EW_THREADS: u32 = 256;
 const EW_MAX_BLOCKS: u32 = 65535;
@@ -230,6 +232,12 @@ impl<D: Device> DeviceConvLayer<D> {
             );
         }
         let up2_3x3 = up == 2 && kh == 3;
+        if up2_3x3 && precision.uses_tensor_cores() && i > UP2_TC_MAX_IN_CHANNELS {
+            bail!(
+                "modulated conv: the {precision} up-sampling kernel takes at most {UP2_TC_MAX_IN_CHANNELS} input \
+                 channels, this layer has {i} (use --precision fp32)"
+            );
+        }
         let conv_kernel = if up2_3x3 {
             let (kernel, channels, threads) = match precision {
                 Precision::Fp32 => (Kernel::ModconvUp23x3, UP2_CH, UP2_THREADS),
@@ -916,29 +924,34 @@ fn pack_same_words(
     (packed, cols)
 }
 
-/// The packing of `kernels/modconv_tc.cu`'s up-sampling kernels: 32-bit words `[I words rounded up to 8][O rounded
-/// up to 16, times 9]`. Each block of 16 output channels owns 144 consecutive columns ordered (half, tap, c) for
-/// `o = 16 block + 8 half + c`, so a warp's 8 channels are tap-major; word `(iw, column)` holds `W[o, iw, tap]`
-/// (tf32) or the pair `W[o, 2 iw, tap]`, `W[o, 2 iw + 1, tap]` (f16/bf16), zeros past the ends.
+/// The packing of `kernels/modconv_tc.cu`'s up-sampling kernels, one K stage of 16 words after another, n-major
+/// for ldmatrix: 32-bit words `[stages][cols][16]` with `cols` (returned as the stride) `O` rounded up to 16, times
+/// 9. Each block of 16 output channels owns 144 consecutive columns ordered (half, tap, c) for `o = 16 block + 8
+/// half + c`, so a warp's 8 channels are tap-major. K is aligned to its end (the kernel's stage 0 is the partial
+/// one): word `w` of stage `s` holds `W[o, c, tap]` for `c = 16 s + w - pad` (tf32) or the pair `c = 2 (16 s + w) -
+/// pad`, `c + 1` (f16/bf16), where `pad` rounds `I` up to whole stages; zeros outside `0..I`.
 fn pack_up2_words(w: &[f32], o: usize, i: usize, precision: Precision) -> (Vec<f32>, usize) {
     let per_word = per_word(precision);
-    let rows = i.div_ceil(per_word).next_multiple_of(UP2_TC_STAGE_WORDS);
+    let stage_channels = per_word * UP2_TC_STAGE_WORDS;
+    let stages = i.div_ceil(stage_channels);
+    let pad = stages * stage_channels - i;
     let cols = o.next_multiple_of(UP2_TC_CH) * 9;
-    let mut packed = vec![0.0f32; rows * cols];
+    let mut packed = vec![0.0f32; stages * cols * UP2_TC_STAGE_WORDS];
     for oc in 0..o {
         let (block, half, c) = (oc / UP2_TC_CH, oc % UP2_TC_CH / 8, oc % 8);
         for tap in 0..9 {
             let col = ((block * 2 + half) * 9 + tap) * 8 + c;
-            let at = |ic: usize| {
-                if ic < i {
-                    w[(oc * i + ic) * 9 + tap]
-                } else {
-                    0.0
-                }
+            // Channel `k` of the end-aligned K, as a weight (zero in the padding).
+            let at = |k: usize| match k.checked_sub(pad) {
+                Some(ic) if ic < i => w[(oc * i + ic) * 9 + tap],
+                _ => 0.0,
             };
-            for iw in 0..i.div_ceil(per_word) {
-                let ic = iw * per_word;
-                packed[iw * cols + col] = word(precision, at(ic), at(ic + 1));
+            for stage in 0..stages {
+                for word_index in 0..UP2_TC_STAGE_WORDS {
+                    let k = (stage * UP2_TC_STAGE_WORDS + word_index) * per_word;
+                    packed[(stage * cols + col) * UP2_TC_STAGE_WORDS + word_index] =
+                        word(precision, at(k), at(k + 1));
+                }
             }
         }
     }

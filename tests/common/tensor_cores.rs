@@ -218,9 +218,10 @@ pub fn mma_follows_the_ptx_fragment_layouts<D: Device>(dev: &D) {
     }
 }
 
-/// ldmatrix.x4 by the PTX ISA ("Warp-level matrix load instruction: ldmatrix"): lane l names row l % 8 of matrix
-/// l / 8, and receives in register j the 32-bit word l % 4 of row l / 4 of matrix j. The rows live in shared
-/// memory in a shuffled order, so a lane that read its own row, or a row of the wrong matrix, gets another value.
+/// ldmatrix.x4 and .x2 by the PTX ISA ("Warp-level matrix load instruction: ldmatrix"): lane l names row l % 8 of
+/// matrix l / 8 (.x2: lanes 0-15 only), and receives in register j the 32-bit word l % 4 of row l / 4 of matrix j.
+/// The rows live in shared memory in a shuffled order, so a lane that read its own row, or a row of the wrong
+/// matrix, gets another value.
 pub fn ldmatrix_follows_the_ptx_layout<D: Device>(dev: &D) {
     let mut rng = Rng(0x5eed_cafe_f00d_0002);
     let rows: Vec<u32> = (0..32 * 4).map(|_| rng.next().to_bits()).collect();
@@ -237,22 +238,28 @@ pub fn ldmatrix_follows_the_ptx_layout<D: Device>(dev: &D) {
         &row_of_lane.iter().map(|&r| r as u32).collect::<Vec<_>>(),
     );
     let out_buf = dev.alloc(32 * 4 * 4).unwrap();
+    let out_x2_buf = dev.alloc(32 * 2 * 4).unwrap();
     let params = LdmatrixProbeParams {
         out: dev.address(&out_buf),
+        out_x2: dev.address(&out_x2_buf),
         rows: dev.address(&rows_buf),
         row_of_lane: dev.address(&lanes_buf),
     };
     dev.launch(Kernel::LdmatrixProbe, one_warp(), &params)
         .unwrap();
     let out = download(dev, &out_buf, 32 * 4);
+    let out_x2 = download(dev, &out_x2_buf, 32 * 2);
     for lane in 0..32 {
         for j in 0..4 {
-            let row = row_of_lane[8 * j + lane / 4] as usize;
-            assert_eq!(
-                out[lane * 4 + j],
-                rows[row * 4 + lane % 4],
-                "lane {lane}, register {j}"
-            );
+            let expected = rows[row_of_lane[8 * j + lane / 4] as usize * 4 + lane % 4];
+            assert_eq!(out[lane * 4 + j], expected, "x4: lane {lane}, register {j}");
+            if j < 2 {
+                assert_eq!(
+                    out_x2[lane * 2 + j],
+                    expected,
+                    "x2: lane {lane}, register {j}"
+                );
+            }
         }
     }
 }
