@@ -38,6 +38,7 @@ struct SassInfo {
     tensor_core_ops: Vec<String>,
     ldg128: u32,
     lds128: u32,
+    ldsm: u32,
     local_memory_ops: u32,
     /// The loop with the most tensor-core instructions (the GEMM main loop): its instructions and theirs.
     main_loop_instructions: u32,
@@ -299,6 +300,9 @@ fn parse_sass(dump: &str, table: &mut BTreeMap<String, SassInfo>) {
         if base == "LDS" && op.contains(".128") {
             info.lds128 += 1;
         }
+        if base == "LDSM" {
+            info.ldsm += 1;
+        }
         if matches!(base, "LDL" | "STL") {
             info.local_memory_ops += 1;
         }
@@ -439,7 +443,7 @@ fn write_generated(
                     s,
                     "    KernelInfo {{ name: {:?}, file: {:?}, archs: &{:?}, registers: {registers}, \
                      shared_bytes: {}, spill_bytes: {}, stack_bytes: {}, tensor_core_ops: &{tc:?}, \
-                     ldg128: {}, lds128: {}, local_memory_ops: {}, main_loop_instructions: {}, \
+                     ldg128: {}, lds128: {}, ldsm: {}, local_memory_ops: {}, main_loop_instructions: {}, \
                      main_loop_mma: {} }},",
                     e.name,
                     e.file,
@@ -449,6 +453,7 @@ fn write_generated(
                     p.map_or(0, |p| p.stack_bytes),
                     sass.map_or(0, |s| s.ldg128),
                     sass.map_or(0, |s| s.lds128),
+                    sass.map_or(0, |s| s.ldsm),
                     sass.map_or(0, |s| s.local_memory_ops),
                     sass.map_or(0, |s| s.main_loop_instructions),
                     sass.map_or(0, |s| s.main_loop_mma),

@@ -375,21 +375,23 @@ __device__ void same_impl(const ModconvParams& p) {
 //   are distinct within each phase: the taps with ky, kx < 2 cover every element exactly once and store; then the
 //   kx = 2, the ky = 2 and the (2, 2) taps add. Values for row 16 or col 32 are dropped: the blur reads rows 1..15
 //   and cols 1..31 only (the complete ones).
-// - Blur and epilogue in f32, in modconv_up2_3x3's arithmetic order: a thread takes a column of 12 outputs of one
-//   channel and blurs each T row horizontally once.
+// - Blur and epilogue in f32, in modconv_up2_3x3's order of blur taps and epilogue steps: a thread takes 6 rows x 4
+//   columns of one channel's output tile and blurs each of its T rows horizontally once.
 // The main loop follows modconv_tc's same-resolution kernels: A tile [position][16 words] and B tile [column][16
-// words] (both rows padded to kRow, as there), fragments by ldmatrix, the next stage's A gathered an item per K step
-// (loaded before the step's mma, scaled, converted and stored after it), B by cp.async, one barrier per stage. A
-// gather item is 4 words (one 128-bit store) of one position: warp g takes word quad g % 4, so its channels and
-// styles are warp-uniform, and lane l the positions 64 (g / 4) + l + 32 j. Why 16 channels: 16 x 9 taps fill n8
-// tiles exactly. The 72 accumulators leave room for little else within 128 registers, the cap at which two blocks
-// share an SM and one block's gather latency, barriers, scatter and blur overlap the other's mma work. Shared memory:
-// the double-buffered GEMM tiles (43.5 KB); T (16 x 520 floats, 33 KB) reuses it after the K loop.
+// words] (rows padded to kRow, as there), fragments by ldmatrix, B by cp.async, one barrier per stage. The next
+// stage's A is gathered in four parts of 2 words (one 64-bit store) of one position, a part between the mma of one
+// m16 tile and K step: loaded before them, scaled, converted and stored after. Warp g gathers word quad g % 4, so
+// its channels and styles are warp-uniform, and lane l the positions 64 (g / 4) + l and 32 further. Why 16 channels:
+// 16 x 9 taps fill n8 tiles exactly. The 72 accumulators leave room for little else within 128 registers, the cap at
+// which two blocks share an SM and one block's gather latency, barriers, scatter and blur overlap the other's mma
+// work; the gather's parts are small for that reason. Shared memory: the double-buffered GEMM tiles (43.5 KB; T,
+// 16 x 520 floats, reuses them after the K loop) and the sample's styles (up to 4.2 KB).
 //
 // Weight packing (conv.rs, pack_up2_words), n-major for ldmatrix like pack_same_words: words [stages][O rounded up
 // to 16, times 9 (weight_stride)][16]; channel block ob's 144 columns, in order (half, tap, c), hold W[o = 16 ob +
-// 8 half + c, i, tap], word w of stage s the input channel i = 16 s + w (tf32) or the pair i = 2 (16 s + w), i + 1
-// (f16/bf16); zeros past the ends. fp16 layers that demodulate are prescaled as above.
+// 8 half + c, i, tap]. K is aligned to its end: word w of stage s holds the input channel i = 16 s + w - pad (tf32)
+// or the pair i = 2 (16 s + w) - pad, i + 1 (f16/bf16), where pad rounds the input channels up to whole stages;
+// zeros outside the layer's channels. fp16 layers that demodulate are prescaled as above.
 namespace modconv_up_tc {
 constexpr int kThreads = 256;
 constexpr int PY = 8, PX = 16, kBlockM = PY * PX;
@@ -411,9 +413,10 @@ constexpr int kPlaneT = TY * TX + 8;
 constexpr int kGemmWords = 2 * kTileA + 2 * kTileB;
 constexpr int kSmemWords = kGemmWords > kChannels * kPlaneT ? kGemmWords : kChannels * kPlaneT;
 static_assert(kWarpM == 2 * PX && (kBlockM / kWarpM) * 2 * 32 == kThreads, "4 x 2 warps, two patch rows each");
-static_assert(kItems == kStageWords / 8, "one gather item per K step");
+static_assert(kItems == kStageWords / 8 && kParts == kWarpM / 16, "item j: K step j; part h: m16 tile h");
 static_assert(PX == 16, "a thread's two gather items are two patch rows apart");
-static_assert(kThreads / 32 == 2 * kQuads && kQuads == 4 && kBlockM == 2 * kItems * 32, "warp g: quad g % 4, half g / 4");
+static_assert(kThreads / 32 == 2 * kQuads && kQuads == 4 && kBlockM == 2 * kItems * 32,
+              "warp g gathers quad g % 4 of half g / 4 of the positions");
 static_assert(kStageWords / 4 == 4, "a column's B row is four 16-byte copies");
 
 template <class Mode>
@@ -592,32 +595,53 @@ __device__ void up2_impl(const ModconvParams& p) {
     __syncthreads();
   }
 
-  // Blur the complete part of T into the 12 x 28 output tile, then the epilogue: one output column of one channel
-  // per item, each T row blurred horizontally once (hr[r] for T row r + 1).
+  // Blur the complete part of T into the 12 x 28 output tile, then the epilogue. A thread takes 6 rows x 4 columns
+  // of one channel's tile (224 items, one each): it blurs its 9 T rows horizontally once (hr), reading each row's
+  // 8 aligned values with two 128-bit loads, then vertically. The channel's demodulation coefficient and bias are
+  // loaded once (the compiler cannot keep them across the stores, which could alias them as far as it knows).
+  constexpr int kQuadsX = OX / 4, kRowsY = OY / 2, kBlurItems = kChannels * 2 * kQuadsX;
+  static_assert(OX % 4 == 0 && OY % 2 == 0 && kBlurItems <= kThreads, "one blur item per thread");
   const int oh = 2 * p.height, ow = 2 * p.width;
+  const int q = tid % kQuadsX, row_half = tid / kQuadsX % 2, c = tid / (2 * kQuadsX);
+  const int o = o0 + c, x0 = ox0 + 4 * q, y0 = oy0 + kRowsY * row_half;
+  if (tid >= kBlurItems || o >= p.out_channels || x0 >= ow || y0 >= oh) return;
+  // hr[i][k]: T row kRowsY half + 1 + i blurred horizontally at output column 4 q + k (T columns 4 q + k + 1 ..).
+  float hr[kRowsY + 3][4];
+  const float* const tq = T + c * kPlaneT + (kRowsY * row_half + 1) * TX + 4 * q;
+#pragma unroll
+  for (int i = 0; i < kRowsY + 3; ++i) {
+    const float4 lo = *reinterpret_cast<const float4*>(tq + i * TX);
+    const float4 hi = *reinterpret_cast<const float4*>(tq + i * TX + 4);
+    const float t[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      float h = 0.0f;
+#pragma unroll
+      for (int bx = 0; bx < 4; ++bx) h += up2_blur_tap(bx) * t[k + 1 + bx];
+      hr[i][k] = h;
+    }
+  }
+  const float dcoef = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
+  const float bias = p.bias ? p.bias[o] : 0.0f;
+  const float* const noise = p.noise ? p.noise + (long long)b * p.noise_sample_stride : nullptr;
+  const long long yc = ((long long)b * p.out_channels + o) * oh * ow;
   with_output_type(p.y_dtype, [&](auto store) {
-    for (int item = tid; item < kChannels * OX; item += kThreads) {
-      const int c = item / OX, tx = item % OX;
-      const int o = o0 + c, x = ox0 + tx;
-      if (o >= p.out_channels || x >= ow) continue;
-      const float* tc = T + c * kPlaneT + TX + tx + 1;
-      float hr[TY - 1];
 #pragma unroll
-      for (int r = 0; r < TY - 1; ++r) {
-        float h = 0.0f;
+    for (int i = 0; i < kRowsY; ++i) {
+      const int y = y0 + i;
+      if (y >= oh) break;
 #pragma unroll
-        for (int bx = 0; bx < 4; ++bx) h += up2_blur_tap(bx) * tc[r * TX + bx];
-        hr[r] = h;
-      }
-      const long long yc = ((long long)b * p.out_channels + o) * oh * ow;
-#pragma unroll
-      for (int ty = 0; ty < OY; ++ty) {
-        const int y = oy0 + ty;
-        if (y >= oh) break;
+      for (int k = 0; k < 4; ++k) {
+        const int x = x0 + k;
+        if (x >= ow) break;
         float v = 0.0f;
 #pragma unroll
-        for (int a = 0; a < 4; ++a) v += up2_blur_tap(a) * hr[ty + a];
-        store(p.y, yc + y * ow + x, modconv_epilogue(p, v, b, o, y * ow + x));
+        for (int a = 0; a < 4; ++a) v += up2_blur_tap(a) * hr[i + a][k];
+        // modconv_epilogue's order, with the channel's values loaded above.
+        if (p.dcoefs) v *= dcoef;
+        if (p.noise) v += noise[y * ow + x] * p.noise_strength;
+        if (p.bias) v += bias;
+        store(p.y, yc + y * ow + x, activate(v, p.act, p.alpha, p.gain, p.clamp));
       }
     }
   });

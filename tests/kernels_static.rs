@@ -113,13 +113,16 @@ fn gemm_main_loops_use_128_bit_loads() {
             k.lds128
         );
     }
-    // The tensor-core convolutions stage their weights with 16-byte cp.async copies; they read shared memory with
-    // ldmatrix (mma.cuh), not LDS.128, so only the global side applies.
+    // The tensor-core convolutions stage their weights with 16-byte cp.async copies and load their mma fragments
+    // from shared memory with ldmatrix (mma.cuh): one instruction per four 8 x 4-word quarters, where loading each
+    // lane's words took eight 32-bit loads.
     for name in TENSOR_CORE_CONVS {
         let k = kernel(name);
         assert!(
-            k.ldg128 > 0,
-            "kernel {name}: no 128-bit global loads (cp.async weight stages)"
+            k.ldg128 > 0 && k.ldsm > 0,
+            "kernel {name}: {} 128-bit global loads (cp.async weight stages), {} ldmatrix",
+            k.ldg128,
+            k.ldsm
         );
     }
 }

@@ -26,6 +26,7 @@ fn kernel_json(k: &KernelInfo) -> Value {
         "local_memory": k.uses_local_memory(),
         "ldg128": k.ldg128,
         "lds128": k.lds128,
+        "ldsm": k.ldsm,
         "main_loop_instructions_per_mma": k.main_loop_instructions_per_mma(),
     })
 }

@@ -18,6 +18,8 @@ pub struct KernelInfo {
     /// 128-bit global loads (LDG, and LDGSTS: cp.async into shared memory) and 128-bit shared loads.
     pub ldg128: u32,
     pub lds128: u32,
+    /// ldmatrix instructions (LDSM): warp-collective mma fragment loads from shared memory.
+    pub ldsm: u32,
     /// LDL/STL instructions: any means the kernel touches local memory.
     pub local_memory_ops: u32,
     /// The sm_90 loop with the most tensor-core instructions (a GEMM's main loop, its unrolled stages included):
