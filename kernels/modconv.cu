@@ -12,6 +12,7 @@
 // tile in shared memory and blurred there, so the (2H+1)x(2W+1) intermediate never reaches device memory. The
 // reference pair (modconv_transpose_ref + modconv_blur_ref) computes the same thing through that intermediate
 // and is the test twin of the fused kernel.
+#include "act.cuh"
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -207,6 +208,42 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
 KERNEL_BOUNDED(modconv_3x3, ModconvParams, 64) { modconv_same_impl<3, WideTile>(p); }
 KERNEL_BOUNDED(modconv_1x1, ModconvParams, 64) { modconv_same_impl<1, WideTile>(p); }
 KERNEL_BOUNDED(modconv_1x1_narrow, ModconvParams, 64) { modconv_same_impl<1, NarrowTile>(p); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// 1x1 modulated conv with at most kFewOutputs outputs (ToRGB), in every mode: a dot product per pixel over the
+// input channels, on the CUDA cores. Reading x is the whole cost (under one FLOP per byte), so the kernel is shaped
+// for that stream: a thread per pixel (a warp reads consecutive pixels of each channel plane), its outputs' sums in registers, accumulated in f32 from x as stored (f32, or the 16-bit
+// activations of fp16 / bf16: exact products, no rounding of x * style); a GEMM tile would leave most of its
+// channels idle. Weight packing (conv.rs, pack_same with 4 columns): row i holds W[o, i] for o < 4, one 128-bit
+// load. Styles and weights are the same for every lane of a warp (but where a warp straddles two samples).
+constexpr int kFewOutputs = 4;
+
+template <class X>
+__device__ void modconv_1x1_few_impl(const ModconvParams& p) {
+  const int hw = p.height * p.width, b = blockIdx.z, pix = blockIdx.x * blockDim.x + threadIdx.x;
+  if (pix >= hw) return;
+  const typename X::T* xc = static_cast<const typename X::T*>(p.x) + (long long)b * p.in_channels * hw + pix;
+  const float* const styles = p.styles + (long long)b * p.in_channels;
+  float acc[kFewOutputs] = {};
+  for (int i = 0; i < p.in_channels; ++i, xc += hw) {
+    const float v = X::load(xc) * styles[i];
+    const float4 w = *reinterpret_cast<const float4*>(p.weight + i * kFewOutputs);
+    acc[0] += v * w.x, acc[1] += v * w.y, acc[2] += v * w.z, acc[3] += v * w.w;
+  }
+  with_output_type(p.y_dtype, [&](auto store) {
+#pragma unroll
+    for (int o = 0; o < kFewOutputs; ++o) {
+      if (o >= p.out_channels) break;
+      const float v = add_skip(p, modconv_epilogue(p, acc[o], b, o, pix), b, p.out_channels, o, pix);
+      store(p.y, ((long long)b * p.out_channels + o) * hw + pix, v);
+    }
+  });
+}
+
+// Grid: (ceil(pixels / 256), 1, batch); 256 threads. Named by x's element type: f32 (fp32 and tf32), f16, bf16.
+KERNEL_BOUNDED(modconv_1x1_few, ModconvParams, 256) { modconv_1x1_few_impl<ActF32>(p); }
+KERNEL_BOUNDED(modconv_1x1_few_half, ModconvParams, 256) { modconv_1x1_few_impl<ActF16>(p); }
+KERNEL_BOUNDED(modconv_1x1_few_bfloat, ModconvParams, 256) { modconv_1x1_few_impl<ActBf16>(p); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Up-sampling 3x3 conv, fused. A block takes one sample, 8 output channels and a patch of 8 x 16 input positions

@@ -431,7 +431,7 @@ mod modconv {
             },
             6,
         );
-        // ToRGB-like 1x1 (the narrow tile), no demodulation, clamped.
+        // ToRGB-like 1x1 (the per-pixel dot-product kernel), no demodulation, clamped.
         check(
             &Case {
                 n: 2,
@@ -446,6 +446,22 @@ mod modconv {
                 clamp: Some(0.5),
             },
             3,
+        );
+        // 9 outputs: the narrow tile.
+        check(
+            &Case {
+                n: 2,
+                i: 20,
+                o: 9,
+                h: 6,
+                w: 6,
+                k: 1,
+                up: 1,
+                demodulate: true,
+                noise: NoiseKind::None,
+                clamp: None,
+            },
+            7,
         );
     }
 
@@ -1160,15 +1176,16 @@ mod tensor_core_conv {
 
     #[test]
     fn same_resolution_1x1_against_f32() {
-        // ToRGB-like: 3 outputs (the 8 x 16 x 32 block shape), no demodulation, clamped; and a demodulated 1x1
-        // with an odd K and 40 outputs (the 8 x 8 x 64 shape), two squares across.
+        // ToRGB-like: 3 outputs (the per-pixel dot-product kernel, two runs of 256 pixels per sample), no
+        // demodulation, clamped; a demodulated 1x1 with an odd K and 40 outputs (the 8 x 8 x 64 shape), two
+        // squares across; and 12 outputs (the 8 x 16 x 32 shape).
         check_layer(
             &Layer {
                 n: 2,
                 i: 40,
                 o: 3,
-                h: 6,
-                w: 6,
+                h: 17,
+                w: 20,
                 k: 1,
                 up: 1,
                 demodulate: false,
@@ -1191,6 +1208,21 @@ mod tensor_core_conv {
                 clamp: None,
             },
             0x7c04,
+        );
+        check_layer(
+            &Layer {
+                n: 2,
+                i: 24,
+                o: 12,
+                h: 9,
+                w: 20,
+                k: 1,
+                up: 1,
+                demodulate: false,
+                per_sample_noise: false,
+                clamp: None,
+            },
+            0x7c07,
         );
     }
 
@@ -1706,9 +1738,9 @@ mod tensor_core_conv {
                 "{precision}: fused launches (8 x 8 x 64, 8 x 16 x 32)"
             );
             let narrow_1x1 = match precision {
-                Precision::Tf32 => Kernel::Modconv1x1N32Tf32,
-                Precision::Fp16 => Kernel::Modconv1x1N32F16,
-                _ => Kernel::Modconv1x1N32Bf16,
+                Precision::Tf32 => Kernel::Modconv1x1Few,
+                Precision::Fp16 => Kernel::Modconv1x1FewHalf,
+                _ => Kernel::Modconv1x1FewBfloat,
             };
             assert_eq!(
                 dev.launches(narrow_1x1),

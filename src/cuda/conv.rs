@@ -19,10 +19,15 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// The same-resolution kernels' tiles (pixels x channels): wide for the convs, narrow for 1x1 layers with at most
-/// `NARROW_MAX_CHANNELS` outputs (ToRGB), which would waste most of a wide tile. K is packed in multiples of 16.
+/// `NARROW_MAX_CHANNELS` outputs, which would waste most of a wide tile (those with at most `FEW_OUTPUTS`, ToRGB,
+/// take neither). K is packed in multiples of 16.
 const WIDE_TILE: [usize; 2] = [64, 64];
 const NARROW_TILE: [usize; 2] = [256, 16];
 const NARROW_MAX_CHANNELS: usize = 16;
+/// 1x1 layers with at most `FEW_OUTPUTS` outputs (ToRGB), in every mode: `modconv_1x1_few*` (`kernels/modconv.cu`),
+/// a dot product per pixel on the CUDA cores, a thread per pixel and `FEW_RUN` pixels of one sample per block.
+const FEW_OUTPUTS: usize = 4;
+const FEW_RUN: usize = 256;
 const SAME_K_ALIGN: usize = 16;
 const SAME_THREADS: u32 = 64;
 /// The fused up-sampling kernel: output tile, channels per block, taps per packed channel, K slice, threads.
@@ -119,6 +124,8 @@ enum SameTiling {
     Flat([usize; 2]),
     /// A rectangle of one sample (grid x: rectangles, y: channel blocks, z: samples; the tensor-core kernels).
     Rect(TcShape),
+    /// A run of this many pixels of one sample, all `FEW_OUTPUTS` channels (grid x: runs, z: samples).
+    Run(usize),
 }
 
 /// One modulated convolution uploaded for its kernel.
@@ -253,6 +260,14 @@ impl<D: Device> DeviceConvLayer<D> {
         } else {
             let wide = o <= TC_WIDE.channels;
             let (kernel, tiling) = match (kh, precision, wide) {
+                (1, _, _) if o <= FEW_OUTPUTS => {
+                    let kernel = match input {
+                        DType::F16 => Kernel::Modconv1x1FewHalf,
+                        DType::Bf16 => Kernel::Modconv1x1FewBfloat,
+                        DType::F32 => Kernel::Modconv1x1Few,
+                    };
+                    (kernel, SameTiling::Run(FEW_RUN))
+                }
                 (3, Precision::Fp32, _) => (Kernel::Modconv3x3, SameTiling::Flat(WIDE_TILE)),
                 (_, Precision::Fp32, _) if o <= NARROW_MAX_CHANNELS => {
                     (Kernel::Modconv1x1Narrow, SameTiling::Flat(NARROW_TILE))
@@ -296,6 +311,7 @@ impl<D: Device> DeviceConvLayer<D> {
                 threads: match tiling {
                     SameTiling::Flat(_) => SAME_THREADS,
                     SameTiling::Rect(_) => TC_THREADS,
+                    SameTiling::Run(run) => run as u32,
                 },
             }
         };
@@ -324,6 +340,10 @@ impl<D: Device> DeviceConvLayer<D> {
                 tiling: SameTiling::Flat(tile),
                 ..
             } => pack_same(weight_data, o, i * kk, tile[1]),
+            ConvKernel::Same {
+                tiling: SameTiling::Run(_),
+                ..
+            } => pack_same(weight_data, o, i, FEW_OUTPUTS),
         };
         // sum_k W^2 once per layer on the host at upload: O(weights), summed in the CPU backend's order, and no
         // kernel to keep for a value that never changes.
@@ -703,6 +723,10 @@ impl<D: Device> DeviceConvLayer<D> {
                 let (h, w) = (params.height as usize, params.width as usize);
                 let per_sample = h.div_ceil(shape.rect[0]) * w.div_ceil(shape.rect[1]);
                 (per_sample, shape.channels, params.batch as usize)
+            }
+            SameTiling::Run(run) => {
+                let per_sample = (params.height * params.width) as usize;
+                (per_sample.div_ceil(run), FEW_OUTPUTS, params.batch as usize)
             }
         };
         let dims = LaunchDims {
