@@ -40,13 +40,22 @@ __device__ __forceinline__ float activate(float x, int act, float alpha, float g
   return x;
 }
 
-// The modulated convolutions' fused epilogue (modconv.cu, modconv_tc.cu) on one conv result `v` of sample b, output
-// channel o, flat output pixel `pix`: demodulation, noise, bias, then activate's act, gain and clamp.
-__device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float v, int b, int o, int pix) {
-  if (p.dcoefs) v *= p.dcoefs[b * p.out_channels + o];
-  if (p.noise) v += p.noise[(long long)b * p.noise_sample_stride + pix] * p.noise_strength;
-  if (p.bias) v += p.bias[o];
+// The modulated convolutions' fused epilogue (modconv.cu, modconv_tc.cu) on one conv result `v`, given its output
+// channel's demodulation coefficient and bias and its pixel's noise value, each used only where the layer has it:
+// demodulation, noise times its strength, bias, then activate's act, gain and clamp. Kernels that keep a channel's
+// values in registers across many outputs call this; the others modconv_epilogue.
+__device__ __forceinline__ float modconv_finish(const ModconvParams& p, float v, float dcoef, float noise, float bias) {
+  if (p.dcoefs) v *= dcoef;
+  if (p.noise) v += noise * p.noise_strength;
+  if (p.bias) v += bias;
   return activate(v, p.act, p.alpha, p.gain, p.clamp);
+}
+
+// modconv_finish for sample b, output channel o, flat output pixel `pix`, loading each value it needs.
+__device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float v, int b, int o, int pix) {
+  return modconv_finish(p, v, p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f,
+                        p.noise ? p.noise[(long long)b * p.noise_sample_stride + pix] : 0.0f,
+                        p.bias ? p.bias[o] : 0.0f);
 }
 
 // The skip image's up-sampling, upfirdn2d(up=2, [1,3,3,1], pad [2,1,2,1], gain 4), has four non-zero taps per
@@ -114,7 +123,7 @@ __device__ __forceinline__ void copy_async_wait() {
 #endif
 }
 
-// The K loop of the double-buffered GEMM kernels (modconv.cu, modconv_tc.cu): while stage s is multiplied out of
+// The K loop of the double-buffered GEMM kernels (modconv.cu): while stage s is multiplied out of
 // buffer s & 1, stage s + 1's B tile streams into the other buffer (cp.async) and its A values wait in registers,
 // stored once the multiply is done; one barrier per stage. copy_b(stage, buffer), load_a(stage),
 // store_a(buffer), multiply(buffer); stages >= 1.

@@ -172,36 +172,28 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const unsigned a[4
 #endif
 }
 
-// Four 8x8 matrices of 16-bit elements from shared memory, warp-collective (ldmatrix.x4, sm_75+): lane l gives the
-// address of row l % 8 of matrix l / 8 (16 contiguous bytes, 16-byte aligned), and receives in r[j] the 32-bit
-// word at byte 4 (l % 4) of row l / 4 of matrix j. Counting words as mma.cuh's layout notes do, each matrix is
-// 8 rows x 4 words and a lane gets word (groupID, tig) of each: so an A fragment is one x4 of the 8 x 4-word
-// quarters (rows 0-7 | 8-15) x (words 0-3 | 4-7) in that order, and two B fragments are one x4 when B is stored
-// n-major (a row per column n, its K words contiguous).
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const unsigned* row) {
+// N (2 or 4) 8x8 matrices of 16-bit elements from shared memory, warp-collective (ldmatrix.x2 / .x4, sm_75+): lane
+// l gives the address of row l % 8 of matrix l / 8 (16 contiguous bytes, 16-byte aligned; .x2 reads the addresses
+// of lanes 0-15 only), and receives in r[j] the 32-bit word at byte 4 (l % 4) of row l / 4 of matrix j. Counting
+// words as mma.cuh's layout notes do, each matrix is 8 rows x 4 words and a lane gets word (groupID, tig) of each:
+// so an A fragment is one x4 of the 8 x 4-word quarters (rows 0-7 | 8-15) x (words 0-3 | 4-7) in that order, and
+// two B fragments are one x4 when B is stored n-major (a row per column n, its K words contiguous).
+template <int N>
+__device__ __forceinline__ void ldmatrix(unsigned (&r)[N], const unsigned* row) {
+  static_assert(N == 2 || N == 4, "ldmatrix.x2 or .x4");
 #ifdef MMENGINE_EMU
   const unsigned* rows[32];
   emu::warp_exchange(&row, rows, sizeof(row));
   const unsigned lane = emu::lane();
-  for (unsigned j = 0; j < 4; ++j) r[j] = rows[8 * j + lane / 4][lane % 4];
+  for (unsigned j = 0; j < N; ++j) r[j] = rows[8 * j + lane / 4][lane % 4];
 #else
   const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-#endif
-}
-
-// Two 8x8 matrices (ldmatrix.x2): as ldmatrix_x4 for matrices 0 and 1, whose rows lanes 0-15 name; the addresses of
-// lanes 16-31 are not read.
-__device__ __forceinline__ void ldmatrix_x2(unsigned (&r)[2], const unsigned* row) {
-#ifdef MMENGINE_EMU
-  const unsigned* rows[32];
-  emu::warp_exchange(&row, rows, sizeof(row));
-  const unsigned lane = emu::lane();
-  for (unsigned j = 0; j < 2; ++j) r[j] = rows[8 * j + lane / 4][lane % 4];
-#else
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(address));
+  if constexpr (N == 4) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(address));
+  }
 #endif
 }

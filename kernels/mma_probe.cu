@@ -25,8 +25,8 @@ KERNEL_BOUNDED(ldmatrix_probe, LdmatrixProbeParams, 32) {
   for (int w = 0; w < 4; ++w) rows[lane * 4 + w] = p.rows[lane * 4 + w];
   __syncthreads();
   unsigned r[4], r2[2];
-  ldmatrix_x4(r, rows + p.row_of_lane[lane] * 4);
-  ldmatrix_x2(r2, rows + p.row_of_lane[lane] * 4);
+  ldmatrix(r, rows + p.row_of_lane[lane] * 4);
+  ldmatrix(r2, rows + p.row_of_lane[lane] * 4);
   for (int j = 0; j < 4; ++j) p.out[lane * 4 + j] = r[j];
   for (int j = 0; j < 2; ++j) p.out_x2[lane * 2 + j] = r2[j];
 }

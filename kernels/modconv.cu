@@ -212,10 +212,11 @@ KERNEL_BOUNDED(modconv_1x1_narrow, ModconvParams, 64) { modconv_same_impl<1, Nar
 // ---------------------------------------------------------------------------------------------------------------
 // 1x1 modulated conv with at most kFewOutputs outputs (ToRGB), in every mode: a dot product per pixel over the
 // input channels, on the CUDA cores. Reading x is the whole cost (under one FLOP per byte), so the kernel is shaped
-// for that stream: a thread per pixel (a warp reads consecutive pixels of each channel plane), its outputs' sums in registers, accumulated in f32 from x as stored (f32, or the 16-bit
-// activations of fp16 / bf16: exact products, no rounding of x * style); a GEMM tile would leave most of its
-// channels idle. Weight packing (conv.rs, pack_same with 4 columns): row i holds W[o, i] for o < 4, one 128-bit
-// load. Styles and weights are the same for every lane of a warp (but where a warp straddles two samples).
+// for that stream: a thread per pixel of one sample (a warp reads consecutive pixels of each channel plane), its
+// outputs' sums in registers, accumulated in f32 from x as stored (f32, or the 16-bit activations of fp16 / bf16:
+// exact products, no rounding of x * style); a GEMM tile would leave most of its channels idle. Weight packing
+// (conv.rs, pack_same with 4 columns): row i holds W[o, i] for o < 4, one 128-bit load. Styles and weights are the
+// same for every lane of a block.
 constexpr int kFewOutputs = 4;
 
 template <class X>

@@ -197,12 +197,12 @@ __device__ void same_impl(const ModconvParams& p) {
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
         const int sy = mi * 16 / S::kTileX + dy, sx = mi * 16 % S::kTileX + dx;
-        ldmatrix_x4(a_frag[mi], rect + a_lane + (sy * kHaloX + sx) * kRow + ks);
+        ldmatrix(a_frag[mi], rect + a_lane + (sy * kHaloX + sx) * kRow + ks);
       }
 #pragma unroll
       for (int np = 0; np < 2; ++np) {
         unsigned b[4];
-        ldmatrix_x4(b, bt + b_lane + 16 * np * kRow + ks);
+        ldmatrix(b, bt + b_lane + 16 * np * kRow + ks);
         b_frag[2 * np][0] = b[0], b_frag[2 * np][1] = b[1];
         b_frag[2 * np + 1][0] = b[2], b_frag[2 * np + 1][1] = b[3];
       }
@@ -523,15 +523,15 @@ __device__ void up2_impl(const ModconvParams& p) {
   auto multiply = [&](int buf, int ks, int mi) {
     const unsigned* const bt = b_tiles + buf * kTileB + b_lane + ks;
     unsigned a_frag[4];
-    ldmatrix_x4(a_frag, a_tiles + buf * kTileA + a_lane + ks + mi * 16 * kRow);
+    ldmatrix(a_frag, a_tiles + buf * kTileA + a_lane + ks + mi * 16 * kRow);
 #pragma unroll
     for (int t = 0; t < kTaps; t += 2) {
       unsigned bf[4];
       if (t + 1 < kTaps) {
-        ldmatrix_x4(bf, bt + t * 8 * kRow);
+        ldmatrix(bf, bt + t * 8 * kRow);
       } else {
         unsigned last[2];
-        ldmatrix_x2(last, bt + t * 8 * kRow);
+        ldmatrix(last, bt + t * 8 * kRow);
         bf[0] = last[0], bf[1] = last[1];
       }
 #pragma unroll
@@ -637,11 +637,7 @@ __device__ void up2_impl(const ModconvParams& p) {
         float v = 0.0f;
 #pragma unroll
         for (int a = 0; a < 4; ++a) v += up2_blur_tap(a) * hr[i + a][k];
-        // modconv_epilogue's order, with the channel's values loaded above.
-        if (p.dcoefs) v *= dcoef;
-        if (p.noise) v += noise[y * ow + x] * p.noise_strength;
-        if (p.bias) v += bias;
-        store(p.y, yc + y * ow + x, activate(v, p.act, p.alpha, p.gain, p.clamp));
+        store(p.y, yc + y * ow + x, modconv_finish(p, v, dcoef, p.noise ? noise[y * ow + x] : 0.0f, bias));
       }
     }
   });

@@ -103,7 +103,7 @@ struct MmaProbeParams {
   const float* c;
 };
 
-// One warp-wide ldmatrix_x4 and one ldmatrix_x2 (mma.cuh): the 32 rows of 4 words in `rows` [32 * 4] are copied to
+// One warp-wide ldmatrix<4> and one ldmatrix<2> (mma.cuh): the 32 rows of 4 words in `rows` [32 * 4] are copied to
 // shared memory, lane l names row row_of_lane[l], and `out` [32 lanes * 4] and `out_x2` [32 lanes * 2] receive each
 // lane's registers.
 struct LdmatrixProbeParams {
