@@ -17,6 +17,9 @@ use std::process::Command;
 const ARCHS: [&str; 4] = ["sm_80", "sm_86", "sm_89", "sm_90"];
 /// The architecture whose machine code is inspected (the lent GPUs are H100/H200).
 const SASS_ARCH: &str = "sm_90";
+/// Kernel files built for sm_90a alone: their instructions (wgmma) exist only on compute capability 9.0, and the
+/// backend loads them only there. Their figures stand in the table as sm_90's.
+const SM90A_FILES: [&str; 1] = ["modconv_wgmma"];
 
 struct KernelEntry {
     name: String,
@@ -174,15 +177,19 @@ fn compile_fatbins(nvcc: &Path, kernel_dir: &Path, sources: &[PathBuf], out: &Pa
         ])
         .arg("-I")
         .arg(kernel_dir);
-        for arch in ARCHS {
-            let num = &arch[3..];
-            let code = if arch == SASS_ARCH {
-                format!("[sm_{num},compute_{num}]")
-            } else {
-                format!("sm_{num}")
-            };
-            cmd.arg("-gencode")
-                .arg(format!("arch=compute_{num},code={code}"));
+        if SM90A_FILES.contains(&stem.as_str()) {
+            cmd.arg("-gencode").arg("arch=compute_90a,code=sm_90a");
+        } else {
+            for arch in ARCHS {
+                let num = &arch[3..];
+                let code = if arch == SASS_ARCH {
+                    format!("[sm_{num},compute_{num}]")
+                } else {
+                    format!("sm_{num}")
+                };
+                cmd.arg("-gencode")
+                    .arg(format!("arch=compute_{num},code={code}"));
+            }
         }
         cmd.arg("-o").arg(&fatbin).arg(src);
         let output = cmd
@@ -384,6 +391,12 @@ fn write_generated(
     s.push_str(
         "/// Kernel sources (file stem, text) and the headers they include (file name, text).\n",
     );
+    writeln!(
+        s,
+        "/// Kernel files built for sm_90a only (wgmma), loaded on compute capability 9.0 only.\n\
+         pub const SM90A_FILES: &[&str] = &{SM90A_FILES:?};"
+    )
+    .unwrap();
     s.push_str("pub const SOURCES: &[(&str, &str)] = &[\n");
     for src in sources {
         writeln!(
@@ -430,7 +443,13 @@ fn write_generated(
             for e in entries {
                 let p = c.ptxas.get(&e.name);
                 let registers = p
-                    .and_then(|p| p.registers.get(SASS_ARCH).copied())
+                    .and_then(|p| {
+                        let sm90a = format!("{SASS_ARCH}a");
+                        p.registers
+                            .get(SASS_ARCH)
+                            .or(p.registers.get(&sm90a))
+                            .copied()
+                    })
                     .unwrap_or(0);
                 let archs: Vec<&str> = p
                     .map(|p| p.registers.keys().map(String::as_str).collect())

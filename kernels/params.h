@@ -113,6 +113,23 @@ struct LdmatrixProbeParams {
   const int* row_of_lane;
 };
 
+// wgmma_probe (modconv_wgmma.cu): D = C + A B for one m64n128k16 f16 product, with A [64][16] and B [128][16] (f16
+// bits, B n-major) placed in a shared-memory region of WGMMA_PROBE_SHARED_BYTES at the given byte offsets, LBOs and
+// SBOs (wgmma.cuh's layout formula); c and d are [64][128] f32.
+enum WgmmaProbeLimits { WGMMA_PROBE_SHARED_BYTES = 16384 };
+struct WgmmaProbeParams {
+  float* d;
+  const float* c;
+  const unsigned short* a;
+  const unsigned short* b;
+  int a_offset;
+  int a_lbo;
+  int a_sbo;
+  int b_offset;
+  int b_lbo;
+  int b_sbo;
+};
+
 // The register conversions of mma.cuh applied to x [n] (n even): tf32 [n], half2 and bfloat162 [n / 2].
 struct MmaConvertProbeParams {
   unsigned* tf32;

@@ -226,6 +226,11 @@ mod tensor_cores {
     }
 
     #[test]
+    fn wgmma_twin_follows_the_ptx_layout() {
+        tensor_cores::wgmma_follows_the_ptx_layout(&EmuDevice::sm90());
+    }
+
+    #[test]
     fn register_conversions_round_like_cvt() {
         tensor_cores::register_conversions_round_like_cvt(&EmuDevice::new());
     }
@@ -869,7 +874,18 @@ mod tensor_core_conv {
     /// most 4 times the largest S_z), plus the f32 roundings of scatter and blur in each kernel: a term of v passes
     /// at most 3 T additions, then 1 product and 3 additions per blur axis, 11 roundings, so 2 x 11 x 2^-24 S.
     fn check_layer(l: &Layer, seed: u64) {
-        let dev = EmuDevice::new();
+        check_layer_on(&EmuDevice::new(), l, seed);
+        if l.k == 3 && l.up == 1 && l.o > 64 {
+            // An sm_90 device takes the wgmma kernels for such layers in fp16 and bf16.
+            let sm90 = EmuDevice::sm90();
+            check_layer_on(&sm90, l, seed);
+            for kernel in [Kernel::Modconv3x3WgmmaF16, Kernel::Modconv3x3WgmmaBf16] {
+                assert_eq!(sm90.launches(kernel), 1, "{kernel:?}");
+            }
+        }
+    }
+
+    fn check_layer_on(dev: &EmuDevice, l: &Layer, seed: u64) {
         let mut rng = Rng(seed);
         let x = scaled(rng.tensor(vec![l.n, l.i, l.h, l.w]), 256.0);
         let styles = scaled(rng.tensor(vec![l.n, l.i]), 10.0);
@@ -880,10 +896,10 @@ mod tensor_core_conv {
         let noise_plane = rng.tensor(vec![l.n, 1, oh, ow]);
         let act = if l.k == 3 { Act::LRELU } else { Act::Linear };
         let gain = act.default_gain();
-        let sd = DeviceTensor::upload(&dev, &styles).unwrap();
-        let noise_d = DeviceTensor::upload(&dev, &noise_plane).unwrap();
+        let sd = DeviceTensor::upload(dev, &styles).unwrap();
+        let noise_d = DeviceTensor::upload(dev, &noise_plane).unwrap();
         let shared_plane = Tensor::new(vec![oh, ow], noise_plane.data[..oh * ow].to_vec()).unwrap();
-        let shared_d = DeviceTensor::upload(&dev, &shared_plane).unwrap();
+        let shared_d = DeviceTensor::upload(dev, &shared_plane).unwrap();
         let noise_strength = 0.7f32;
         // x in the layer's input type; the output stored as `output`.
         let run_path = |precision: Precision, path, x: &Tensor, output: DType| {
@@ -895,7 +911,7 @@ mod tensor_core_conv {
                 output,
             };
             let layer = DeviceConvLayer::with_precision(
-                &dev,
+                dev,
                 &weight,
                 l.demodulate,
                 l.up,
@@ -904,8 +920,8 @@ mod tensor_core_conv {
                 precision,
             )
             .unwrap();
-            let xd = DeviceTensor::upload_as(&dev, x, layer.input_dtype()).unwrap();
-            let dcoefs = layer.demod(&dev, &sd).unwrap();
+            let xd = DeviceTensor::upload_as(dev, x, layer.input_dtype()).unwrap();
+            let dcoefs = layer.demod(dev, &sd).unwrap();
             let noise = if l.per_sample_noise {
                 DeviceNoise::PerSample(&noise_d)
             } else {
@@ -915,11 +931,11 @@ mod tensor_core_conv {
                 }
             };
             let y = layer
-                .forward(&dev, &xd, &sd, dcoefs.as_ref(), Some(noise), path)
+                .forward(dev, &xd, &sd, dcoefs.as_ref(), Some(noise), path)
                 .unwrap()
-                .download(&dev)
+                .download(dev)
                 .unwrap();
-            (y, dcoefs.map(|d| d.download(&dev).unwrap()))
+            (y, dcoefs.map(|d| d.download(dev).unwrap()))
         };
         let mut addends = vec![0f64; l.n * l.o * oh * ow];
         for (e, addend) in addends.iter_mut().enumerate() {
@@ -997,7 +1013,7 @@ mod tensor_core_conv {
             if l.up == 2 && activations != DType::F32 {
                 // The unfused up-sampling twin computes in f32 only: it refuses 16-bit activations.
                 let layer = DeviceConvLayer::with_precision(
-                    &dev,
+                    dev,
                     &weight,
                     l.demodulate,
                     l.up,
@@ -1012,10 +1028,10 @@ mod tensor_core_conv {
                     precision,
                 )
                 .unwrap();
-                let xd = DeviceTensor::upload_as(&dev, &x_in, activations).unwrap();
-                let dcoefs = layer.demod(&dev, &sd).unwrap();
+                let xd = DeviceTensor::upload_as(dev, &x_in, activations).unwrap();
+                let dcoefs = layer.demod(dev, &sd).unwrap();
                 let refused =
-                    layer.forward(&dev, &xd, &sd, dcoefs.as_ref(), None, ConvPath::Reference);
+                    layer.forward(dev, &xd, &sd, dcoefs.as_ref(), None, ConvPath::Reference);
                 assert!(
                     refused.is_err(),
                     "{precision}: the unfused twin took 16-bit activations"
@@ -1171,6 +1187,28 @@ mod tensor_core_conv {
                 clamp: None,
             },
             0x7c02,
+        );
+    }
+
+    #[test]
+    fn sm90_3x3_against_f32() {
+        // 140 outputs: two 128-channel blocks of the wgmma kernels, the second mostly padding; 45 input channels:
+        // two 32-channel chunks, the second with one full 8-channel group, a partial one (an f16/bf16 pair split
+        // at the end) and two empty ones; a 9 x 17 image: four 8 x 16 rectangles, three partial.
+        check_layer(
+            &Layer {
+                n: 2,
+                i: 45,
+                o: 140,
+                h: 9,
+                w: 17,
+                k: 3,
+                up: 1,
+                demodulate: true,
+                per_sample_noise: false,
+                clamp: Some(256.0),
+            },
+            0x7c04,
         );
     }
 

@@ -7,6 +7,7 @@ mod common;
 use common::golden_dir;
 use mmengine::backend::{Backend, NoiseMode};
 use mmengine::cli::{open_backend, DeviceArg};
+use mmengine::cuda::device::Device;
 use mmengine::cuda::driver::CudaDevice;
 use mmengine::cuda::{CudaBackend, Precision};
 use mmengine::selftest::{self, Check, DeviceOps};
@@ -49,6 +50,16 @@ fn tensor_core_instructions(dev: CudaDevice) -> Ran {
     common::tensor_cores::mma_follows_the_ptx_fragment_layouts(&dev);
     common::tensor_cores::ldmatrix_follows_the_ptx_layout(&dev);
     common::tensor_cores::register_conversions_round_like_cvt(&dev);
+    Ran::Checked
+}
+
+/// The wgmma wrapper against wgmma.cuh's reading of the PTX ISA, on an sm_90 GPU's own instruction: the first place
+/// to look when the sm_90 convolution kernels fail.
+fn wgmma_instruction(dev: CudaDevice) -> Ran {
+    if !dev.wgmma() {
+        return Ran::Skipped("wgmma needs an sm_90 GPU (compute capability 9.0)".to_string());
+    }
+    common::tensor_cores::wgmma_follows_the_ptx_layout(&dev);
     Ran::Checked
 }
 
@@ -127,6 +138,7 @@ type GpuTest = (&'static str, fn(CudaDevice) -> Ran);
 
 const TESTS: &[GpuTest] = &[
     ("tensor_core_instructions", tensor_core_instructions),
+    ("wgmma_instruction", wgmma_instruction),
     ("gemm_precisions", gemm_precisions),
     ("golden_ops", golden_ops),
     ("golden_generator", golden_generator),

@@ -4,10 +4,24 @@
 
 use mmengine::cuda::kernels::{KernelInfo, KERNEL_TABLE, NVCC_VERSION, SASS_CHECKED};
 
-/// Kernels whose names say they take tensor-core input types.
+/// Kernels whose names say they take tensor-core input types, or use wgmma.
 fn is_tensor_core_kernel(name: &str) -> bool {
-    ["tf32", "f16", "bf16"].iter().any(|t| name.contains(t))
+    ["tf32", "f16", "bf16", "wgmma"]
+        .iter()
+        .any(|t| name.contains(t))
 }
+
+/// The tensor-core instruction family a kernel's name promises: HGMMA (wgmma, sm_90a) or HMMA (mma.sync).
+fn tensor_core_family(name: &str) -> &'static str {
+    if name.contains("wgmma") {
+        "HGMMA"
+    } else {
+        "HMMA"
+    }
+}
+
+/// The sm_90 convolutions on wgmma (`kernels/modconv_wgmma.cu`), built for sm_90a alone.
+const WGMMA_CONVS: [&str; 2] = ["modconv_3x3_wgmma_f16", "modconv_3x3_wgmma_bf16"];
 
 /// The tensor-core convolutions the engine selects (`cuda::conv`); each must be in the table, so a renamed kernel
 /// cannot drop out of the checks below unnoticed.
@@ -81,12 +95,16 @@ fn compiled_kernels_neither_spill_nor_use_local_memory_and_tensor_core_kernels_u
         .iter()
         .filter(|k| is_tensor_core_kernel(k.name))
     {
+        let family = tensor_core_family(k.name);
         assert!(
-            k.tensor_core_ops.contains(&"HMMA"),
-            "kernel {} has no HMMA in its sm_90 code (tensor-core ops: {:?})",
+            k.tensor_core_ops.contains(&family),
+            "kernel {} has no {family} in its sm_90 code (tensor-core ops: {:?})",
             k.name,
             k.tensor_core_ops
         );
+    }
+    for name in WGMMA_CONVS {
+        assert_eq!(kernel(name).archs, ["sm_90a"], "{name}");
     }
 }
 
@@ -116,6 +134,16 @@ fn gemm_main_loops_use_128_bit_loads() {
     // The tensor-core convolutions stage their weights with 16-byte cp.async copies and load their mma fragments
     // from shared memory with ldmatrix (mma.cuh): one instruction per four 8 x 4-word quarters, where loading each
     // lane's words took eight 32-bit loads.
+    // The wgmma kernels' operands stay in shared memory: cp.async weight stages, no fragments.
+    for name in WGMMA_CONVS {
+        let k = kernel(name);
+        assert!(
+            k.ldg128 > 0 && k.ldsm == 0,
+            "kernel {name}: {} 128-bit global loads, {} ldmatrix",
+            k.ldg128,
+            k.ldsm
+        );
+    }
     for name in TENSOR_CORE_CONVS {
         let k = kernel(name);
         assert!(

@@ -43,17 +43,28 @@ const UP2_THREADS: u32 = 128;
 struct TcShape {
     rect: [usize; 2],
     channels: usize,
+    threads: u32,
 }
 const TC_SQUARE: TcShape = TcShape {
     rect: [8, 8],
     channels: 64,
+    threads: 128,
 };
 const TC_WIDE: TcShape = TcShape {
     rect: [8, 16],
     channels: 32,
+    threads: 128,
 };
+/// The sm_90 3x3 kernels (`kernels/modconv_wgmma.cu`, fp16 and bf16, layers with more than `TC_SQUARE.channels`
+/// outputs on a device with [`Device::wgmma`]): two warpgroups, each an m64n128 product.
+const TC_WGMMA: TcShape = TcShape {
+    rect: [8, 16],
+    channels: 128,
+    threads: 256,
+};
+/// Its K words per channel group (a 16-byte cell of wgmma's core matrices) and groups per stage.
+const WGMMA_GROUP_WORDS: usize = 4;
 const TC_STAGE_WORDS: usize = 16;
-const TC_THREADS: u32 = 128;
 /// The most output channels of a ToRGB fused into the 3x3 conv before it (`kMaxRgb` of `kernels/modconv_tc.cu`).
 const FUSED_RGB_MAX_CHANNELS: usize = 4;
 /// The tensor-core up-sampling kernels (same file; the output tile is the f32 kernel's): channels per block, K
@@ -273,6 +284,15 @@ impl<D: Device> DeviceConvLayer<D> {
                     (Kernel::Modconv1x1Narrow, SameTiling::Flat(NARROW_TILE))
                 }
                 (_, Precision::Fp32, _) => (Kernel::Modconv1x1, SameTiling::Flat(WIDE_TILE)),
+                (3, Precision::Fp16 | Precision::Bf16, _)
+                    if o > TC_SQUARE.channels && dev.wgmma() =>
+                {
+                    let kernel = match precision {
+                        Precision::Fp16 => Kernel::Modconv3x3WgmmaF16,
+                        _ => Kernel::Modconv3x3WgmmaBf16,
+                    };
+                    (kernel, SameTiling::Rect(TC_WGMMA))
+                }
                 _ => {
                     let kernel = match (kh, precision, wide) {
                         (3, Precision::Tf32, false) => Kernel::Modconv3x3Tf32,
@@ -310,7 +330,7 @@ impl<D: Device> DeviceConvLayer<D> {
                 tiling,
                 threads: match tiling {
                     SameTiling::Flat(_) => SAME_THREADS,
-                    SameTiling::Rect(_) => TC_THREADS,
+                    SameTiling::Rect(shape) => shape.threads,
                     SameTiling::Run(run) => run as u32,
                 },
             }
@@ -332,6 +352,10 @@ impl<D: Device> DeviceConvLayer<D> {
                 pack_up2_words(weight_data, o, i, precision)
             }
             ConvKernel::Up2 { .. } => pack_up2(weight_data, o, i),
+            ConvKernel::Same {
+                kernel: Kernel::Modconv3x3WgmmaF16 | Kernel::Modconv3x3WgmmaBf16,
+                ..
+            } => pack_same_wgmma(weight_data, o, i, precision),
             ConvKernel::Same {
                 tiling: SameTiling::Rect(shape),
                 ..
@@ -943,6 +967,23 @@ fn pack_same_words(
                         word(precision, at(oc, ic, tap), at(oc, ic + 1, tap));
                 }
             }
+        }
+    }
+    (packed, cols)
+}
+
+/// The packing of `kernels/modconv_wgmma.cu`: [`pack_same_words`]'s stages for 3x3 with 128-channel blocks, each
+/// stage's 16 words per channel regrouped channel-group-major, `[stages][4][cols][4]`, so that a block's weight
+/// tile is wgmma's core matrices (8 output channels x 4 words each) as they lie in memory.
+fn pack_same_wgmma(w: &[f32], o: usize, i: usize, precision: Precision) -> (Vec<f32>, usize) {
+    let (words, cols) = pack_same_words(w, o, i, 9, TC_WGMMA.channels, precision);
+    let groups = TC_STAGE_WORDS / WGMMA_GROUP_WORDS;
+    let mut packed = vec![0.0f32; words.len()];
+    for (row, stage_words) in words.chunks(TC_STAGE_WORDS).enumerate() {
+        let (stage, col) = (row / cols, row % cols);
+        for (g, group) in stage_words.chunks(WGMMA_GROUP_WORDS).enumerate() {
+            let at = ((stage * groups + g) * cols + col) * WGMMA_GROUP_WORDS;
+            packed[at..at + WGMMA_GROUP_WORDS].copy_from_slice(group);
         }
     }
     (packed, cols)

@@ -84,6 +84,10 @@ pub trait Device: Send + Sync {
     /// Waits for the last copy into `staging` and returns its contents.
     fn staged<'a>(&self, staging: &'a Self::Staging) -> Result<&'a [u8]>;
     fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()>;
+    /// Whether the sm_90a kernels (`kernels/modconv_wgmma.cu`, warpgroup tensor-core instructions) run here.
+    fn wgmma(&self) -> bool {
+        false
+    }
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
     fn memory_meter(&self) -> &MemoryMeter;

@@ -12,7 +12,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::device::{check_params, Device, LaunchDims, MemoryMeter};
-use super::kernels::{Kernel, FATBINS, HEADERS, SOURCES};
+use super::kernels::{Kernel, FATBINS, HEADERS, SM90A_FILES, SOURCES};
 use super::params::KernelParams;
 use crate::error::{Error, Result};
 
@@ -29,6 +29,8 @@ pub struct CudaDevice {
     functions: HashMap<Kernel, CudaFunction>,
     /// How the kernels were obtained: "embedded fatbin" or "NVRTC".
     kernel_origin: &'static str,
+    /// Compute capability 9.0: the sm_90a kernels (wgmma) are loaded.
+    wgmma: bool,
     meter: Arc<MemoryMeter>,
 }
 
@@ -154,11 +156,16 @@ impl CudaDevice {
         // across them (a buffer dropped on `stream` waits for a copy on `copy_stream` that reads it).
         let stream = ctx.new_stream().map_err(driver_error("stream"))?;
         let copy_stream = ctx.new_stream().map_err(driver_error("stream"))?;
+        let capability = ctx
+            .compute_capability()
+            .map_err(driver_error("compute capability"))?;
+        let wgmma = capability == (9, 0);
         let (modules, kernel_origin) = if FATBINS.is_empty() {
-            (compile_with_nvrtc(&ctx)?, "NVRTC")
+            (compile_with_nvrtc(&ctx, wgmma)?, "NVRTC")
         } else {
             let modules = FATBINS
                 .iter()
+                .filter(|(file, _)| wgmma || !SM90A_FILES.contains(file))
                 .map(|(file, image)| {
                     let module = ctx
                         .load_module(Ptx::from_binary(image.to_vec()))
@@ -170,7 +177,9 @@ impl CudaDevice {
         };
         let mut functions = HashMap::new();
         for &kernel in Kernel::ALL {
-            let module = &modules[kernel.file()];
+            let Some(module) = modules.get(kernel.file()) else {
+                continue; // an sm_90a kernel on another GPU
+            };
             let f = module
                 .load_function(kernel.name())
                 .map_err(driver_error(&format!("kernel {}", kernel.name())))?;
@@ -183,6 +192,7 @@ impl CudaDevice {
             copy_stream,
             functions,
             kernel_origin,
+            wgmma,
             meter: Arc::default(),
         })
     }
@@ -211,6 +221,7 @@ impl CudaDevice {
 /// The fallback when the build had no nvcc: compile the embedded sources at run time with NVRTC, for this GPU.
 fn compile_with_nvrtc(
     ctx: &Arc<CudaContext>,
+    wgmma: bool,
 ) -> Result<HashMap<&'static str, Arc<cudarc::driver::CudaModule>>> {
     // SAFETY: only tries to dlopen the library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -231,6 +242,15 @@ fn compile_with_nvrtc(
     let arch = format!("compute_{major}{minor}");
     let mut modules = HashMap::new();
     for (file, source) in SOURCES {
+        let sm90a = SM90A_FILES.contains(file);
+        if sm90a && !wgmma {
+            continue;
+        }
+        let arch = if sm90a {
+            "compute_90a".to_string()
+        } else {
+            arch.clone()
+        };
         let opts = cudarc::nvrtc::CompileOptions {
             include_paths: vec![include_dir.to_string_lossy().into_owned()],
             options: vec![
@@ -393,11 +413,20 @@ impl Device for CudaDevice {
                 dims.shared_bytes
             )));
         }
-        let f = &self.functions[&kernel];
+        let f = self.functions.get(&kernel).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} needs an sm_90 GPU (compute capability 9.0)",
+                kernel.name()
+            ))
+        })?;
         // SAFETY: `P` is the kernel's parameter struct (checked above) and its addresses come from this device.
         unsafe { self.stream.launch_builder(f).arg(params).launch(cfg) }
             .map_err(driver_error(&format!("launching {}", kernel.name())))?;
         Ok(())
+    }
+
+    fn wgmma(&self) -> bool {
+        self.wgmma
     }
 
     fn synchronize(&self) -> Result<()> {

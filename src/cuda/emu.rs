@@ -37,6 +37,8 @@ pub struct EmuDevice {
     memory: Option<MemoryLimit>,
     /// Launches per kernel, so tests can tell which kernels a path ran.
     launches: Mutex<HashMap<Kernel, usize>>,
+    /// Models an sm_90 GPU: the layers that have a wgmma kernel take it (see [`EmuDevice::sm90`]).
+    wgmma: bool,
 }
 
 /// A device memory size for the emulation, to exercise what a GPU's memory limit causes: allocations past it
@@ -58,6 +60,15 @@ impl EmuDevice {
     pub fn with_memory_limit(bytes: usize, reported: bool) -> Self {
         EmuDevice {
             memory: Some(MemoryLimit { bytes, reported }),
+            ..EmuDevice::default()
+        }
+    }
+
+    /// An emulated sm_90 GPU: the kernels for compute capability 9.0 (`kernels/modconv_wgmma.cu`) serve the
+    /// layers they cover, as on an H100. [`EmuDevice::new`] runs the kernels every architecture uses.
+    pub fn sm90() -> Self {
+        EmuDevice {
+            wgmma: true,
             ..EmuDevice::default()
         }
     }
@@ -201,6 +212,10 @@ impl Device for EmuDevice {
                 dims.shared_bytes
             ))),
         }
+    }
+
+    fn wgmma(&self) -> bool {
+        self.wgmma
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -7,7 +7,10 @@ use half::{bf16, f16};
 use mmengine::cuda::device::{Device, LaunchDims};
 use mmengine::cuda::gemm::{self, Precision};
 use mmengine::cuda::kernels::Kernel;
-use mmengine::cuda::params::{LdmatrixProbeParams, MmaConvertProbeParams, MmaProbeParams};
+use mmengine::cuda::params::{
+    LdmatrixProbeParams, MmaConvertProbeParams, MmaProbeParams, WgmmaProbeParams,
+    WGMMA_PROBE_SHARED_BYTES,
+};
 
 /// f32's unit roundoff doubled: a bound on one f32 rounding of any kind, truncation included.
 const F32_ROUNDING: f64 = 1.0 / (1u64 << 23) as f64;
@@ -261,6 +264,84 @@ pub fn ldmatrix_follows_the_ptx_layout<D: Device>(dev: &D) {
                 );
             }
         }
+    }
+}
+
+/// wgmma.mma_async m64n128k16 (f16, both operands in shared memory, no swizzle, K-major) by kernels/wgmma.cuh's
+/// reading of the PTX ISA: element (r, k) of an operand at byte (r / 8) SBO + (k / 8) LBO + (r % 8) 16 + (k % 8) 2
+/// from the descriptor's start, and D = C + A B in the accumulator layout (warp w: rows 16 w ..; d[4 j + i] at row
+/// groupID + 8 (i >> 1), column 8 j + 2 tig + (i & 1)). Two layouts with different strides and gaps between core
+/// matrices, so a swapped LBO and SBO, or a wrong accumulator position, reads or writes other elements.
+pub fn wgmma_follows_the_ptx_layout<D: Device>(dev: &D) {
+    let mut rng = Rng(0x5eed_cafe_f00d_0003);
+    let mut half =
+        |n: usize| -> Vec<f16> { (0..n).map(|_| f16::from_f32(rng.next() * 2.0)).collect() };
+    let a = half(64 * 16);
+    let b = half(128 * 16);
+    let c: Vec<f32> = (0..64 * 128).map(|_| rng.next()).collect();
+    let to_words = |h: &[f16]| -> Vec<u32> {
+        h.chunks(2)
+            .map(|p| p[0].to_bits() as u32 | (p[1].to_bits() as u32) << 16)
+            .collect()
+    };
+    let (a_buf, b_buf) = (upload(dev, &to_words(&a)), upload(dev, &to_words(&b)));
+    let c_buf = upload(dev, &c.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    let d_buf = dev.alloc(64 * 128 * 4).unwrap();
+    // (A offset, LBO, SBO, B offset, LBO, SBO) in bytes: the modconv kernel's kind of layout (core matrices of
+    // one K group contiguous along M or N), then K groups adjacent with padded rows between core matrices.
+    let layouts = [
+        (0, 128, 256, 4096, 2048, 128),
+        (48, 1168, 144, 6016, 4096, 256),
+    ];
+    for (a_offset, a_lbo, a_sbo, b_offset, b_lbo, b_sbo) in layouts {
+        let a_end = a_offset + 7 * a_sbo + a_lbo + 128;
+        assert!(
+            a_end <= b_offset && b_offset + 15 * b_sbo + b_lbo + 128 <= WGMMA_PROBE_SHARED_BYTES
+        );
+        let params = WgmmaProbeParams {
+            d: dev.address(&d_buf),
+            c: dev.address(&c_buf),
+            a: dev.address(&a_buf),
+            b: dev.address(&b_buf),
+            a_offset,
+            a_lbo,
+            a_sbo,
+            b_offset,
+            b_lbo,
+            b_sbo,
+        };
+        let dims = LaunchDims {
+            grid: [1, 1, 1],
+            block: [128, 1, 1],
+            shared_bytes: 0,
+        };
+        dev.launch(Kernel::WgmmaProbe, dims, &params).unwrap();
+        let d = download(dev, &d_buf, 64 * 128);
+        let mut worst = 0f64;
+        for r in 0..64 {
+            for n in 0..128 {
+                let (mut exact, mut magnitude) =
+                    (c[r * 128 + n] as f64, c[r * 128 + n].abs() as f64);
+                for k in 0..16 {
+                    let p = a[r * 16 + k].to_f64() * b[n * 16 + k].to_f64();
+                    exact += p;
+                    magnitude += p.abs();
+                }
+                // 16 products (exact in f32) and C in some order: at most 17 f32 roundings of partial sums.
+                let bound = 17.0 * F32_ROUNDING * magnitude;
+                let got = f32::from_bits(d[r * 128 + n]) as f64;
+                let ratio = (got - exact).abs() / bound.max(f64::MIN_POSITIVE);
+                assert!(
+                    ratio <= 1.0,
+                    "layout {a_offset}/{a_lbo}/{a_sbo}: D[{r}][{n}] = {got}, expected {exact} (bound {bound:e})"
+                );
+                worst = worst.max(ratio);
+            }
+        }
+        eprintln!(
+            "wgmma layout {a_offset}/{a_lbo}/{a_sbo} {b_offset}/{b_lbo}/{b_sbo}: largest error {worst:.3} of the \
+             f32 summation bound"
+        );
     }
 }
 
