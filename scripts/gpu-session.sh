@@ -16,6 +16,8 @@
 #                    grid comes back as demo-cuda.png), and one small fp16 bench
 #             bench  bench --config ffhq1024 --batch 512 in every precision, ffhq256 in fp32 and fp16
 #             compare  the baseline's and this build's bench, ffhq1024 batch 512 in fp16 and tf32, alternating
+#             wgmma  this build with its sm_90 (wgmma) kernels and without (MMENGINE_WGMMA=0), fp16 and bf16,
+#                    alternating, with the per-layer profile
 #             fit    golden case E's anchors plus one row (12 x 18 x 512): mmengine fit on the GPU and the CPU beside
 #                    benches/rpca_torch.py (the same algorithm in PyTorch) on both, checked against mmengine's output
 #             ncu    Nsight Compute's full report of one launch of each f16 convolution kernel (same resolution,
@@ -186,6 +188,18 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
                 done
             done
             ;;
+        wgmma)
+            # This build with and without its sm_90 kernels (MMENGINE_WGMMA=0: every layer on mma.sync), alternating,
+            # per layer; 'tests' has already checked that the two compute the same.
+            for p in fp16 bf16; do
+                for round in 1 2; do
+                    for w in 0 1; do
+                        step "wgmma-$w-$p-$round" 60 env MMENGINE_WGMMA=$w "$mm" bench --device cuda \
+                            --config ffhq1024 --batch 512 --precision "$p" --iters 3 --profile --json
+                    done
+                done
+            done
+            ;;
         fit)
             local anchors=/tmp/anchors12.npy
             step make-anchors 60 python3 benches/rpca_torch.py --make-anchors12 \
@@ -203,9 +217,14 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             # ffhq1024 launches each kernel once per block in resolution order: skip to b128.conv1 (256 -> 256
             # channels) and b128.conv0; b1024.conv1 (32 channels, with its ToRGB) is the _n32 kernel's only launch.
             local kernel skip kernel_skip
-            for kernel_skip in modconv_3x3_f16:5 modconv_up2_3x3_f16:4 modconv_3x3_torgb_n32_f16:0; do
+            # On an sm_90 GPU the wgmma kernel takes those conv1 layers; MMENGINE_WGMMA=0 profiles the mma.sync one.
+            for kernel_skip in modconv_3x3_wgmma_f16:5 modconv_3x3_f16:5 modconv_up2_3x3_f16:4 \
+                modconv_3x3_torgb_n32_f16:0; do
                 kernel=${kernel_skip%:*} skip=${kernel_skip#*:}
-                step "ncu-$kernel" 120 ncu --set full -k "regex:^$kernel\$" --launch-skip "$skip" --launch-count 1 \
+                local wgmma=1
+                [ "$kernel" = modconv_3x3_f16 ] && wgmma=0
+                step "ncu-$kernel" 120 env MMENGINE_WGMMA=$wgmma ncu --set full -k "regex:^$kernel\$" \
+                    --launch-skip "$skip" --launch-count 1 \
                     "$mm" bench --device cuda --config ffhq1024 --batch 8 --iters 1 --warmup 0 --precision fp16
             done
             ;;
@@ -218,7 +237,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             fi
             ;;
         *)
-            echo "usage: scripts/gpu-session.sh run tests|bench|compare|fit|ncu|memcheck..." >&2
+            echo "usage: scripts/gpu-session.sh run tests|bench|compare|wgmma|fit|ncu|memcheck..." >&2
             return 1
             ;;
     esac
@@ -228,5 +247,5 @@ case "${1:-}" in
     pack) pack ;;
     baseline) baseline ;;
     run) shift && run "$@" ;;
-    *) echo "usage: scripts/gpu-session.sh pack | baseline | run tests|bench|compare|fit|ncu|memcheck..." >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-session.sh pack | baseline | run tests|bench|compare|wgmma|fit|ncu|memcheck..." >&2; exit 2 ;;
 esac

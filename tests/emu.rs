@@ -228,6 +228,8 @@ mod tensor_cores {
     #[test]
     fn wgmma_twin_follows_the_ptx_layout() {
         tensor_cores::wgmma_follows_the_ptx_layout(&EmuDevice::sm90());
+        // The check a GPU passes before its sm_90 kernels serve layers agrees with the twin.
+        assert!(mmengine::cuda::wgmma::layout_agrees(&EmuDevice::sm90()).unwrap());
     }
 
     #[test]

@@ -7,7 +7,10 @@ mod common;
 use common::golden_dir;
 use mmengine::backend::{Backend, NoiseMode};
 use mmengine::cli::{open_backend, DeviceArg};
-use mmengine::cuda::device::Device;
+use mmengine::cpu::ops::Act;
+use mmengine::cpu::ConvPath;
+use mmengine::cuda::conv::{DeviceConvLayer, Finish};
+use mmengine::cuda::device::{Device, DeviceTensor};
 use mmengine::cuda::driver::CudaDevice;
 use mmengine::cuda::{CudaBackend, Precision};
 use mmengine::selftest::{self, Check, DeviceOps};
@@ -60,6 +63,65 @@ fn wgmma_instruction(dev: CudaDevice) -> Ran {
         return Ran::Skipped("wgmma needs an sm_90 GPU (compute capability 9.0)".to_string());
     }
     common::tensor_cores::wgmma_follows_the_ptx_layout(&dev);
+    Ran::Checked
+}
+
+/// The sm_90 convolution kernels (wgmma) against the mma.sync ones on the same GPU: a 3x3 layer with 256 outputs
+/// (two channel blocks of the wgmma kernels), several K chunks, the last partial, and partial rectangles, in fp16
+/// and bf16. Both stage the same rounded inputs and sum in f32, in different orders; the outputs are stored in the
+/// 16-bit type, so they may differ by a rounding of it. A misplaced operand or accumulator differs by O(1).
+fn wgmma_conv_matches_mma_sync(dev: CudaDevice) -> Ran {
+    if !dev.wgmma() {
+        return Ran::Skipped(
+            "no sm_90 GPU, or its wgmma check failed (see the warning)".to_string(),
+        );
+    }
+    let plain = CudaDevice::new(0).unwrap().without_wgmma();
+    let mut rng = common::Rng(0x3c90);
+    let (n, i, o, h, w) = (2, 300, 256, 19, 21);
+    let x = rng.tensor(vec![n, i, h, w]);
+    let styles = rng.tensor(vec![n, i]);
+    let weight = rng.tensor(vec![o, i, 3, 3]);
+    let bias = rng.tensor(vec![o]).data;
+    for precision in [Precision::Fp16, Precision::Bf16] {
+        let dtype = precision.activation_dtype();
+        let run = |d: &CudaDevice| -> Tensor {
+            let finish = Finish {
+                bias: Some(&bias),
+                act: Act::LRELU,
+                gain: Act::LRELU.default_gain(),
+                clamp: Some(256.0),
+                output: dtype,
+            };
+            let layer =
+                DeviceConvLayer::with_precision(d, &weight, true, 1, &finish, false, precision)
+                    .unwrap();
+            let xd = DeviceTensor::upload_as(d, &x, dtype).unwrap();
+            let sd = DeviceTensor::upload(d, &styles).unwrap();
+            let dcoefs = layer.demod(d, &sd).unwrap();
+            layer
+                .forward(d, &xd, &sd, dcoefs.as_ref(), None, ConvPath::Fast)
+                .unwrap()
+                .download(d)
+                .unwrap()
+        };
+        let (sm90, mma_sync) = (run(&dev), run(&plain));
+        let ulp = match precision {
+            Precision::Bf16 => 2f32.powi(-8),
+            _ => 2f32.powi(-11),
+        };
+        let mut worst = 0f32;
+        for (e, (a, b)) in sm90.data.iter().zip(&mma_sync.data).enumerate() {
+            // Two roundings of the stored type, and the f32 sums' different orders (outputs are O(1) here).
+            let bound = 2.0 * ulp * b.abs() + 2e-3;
+            assert!(
+                (a - b).abs() <= bound,
+                "{precision}: element {e}: wgmma {a}, mma.sync {b}"
+            );
+            worst = worst.max((a - b).abs() / bound);
+        }
+        println!("    {precision}: largest difference {worst:.3} of two roundings");
+    }
     Ran::Checked
 }
 
@@ -139,6 +201,7 @@ type GpuTest = (&'static str, fn(CudaDevice) -> Ran);
 const TESTS: &[GpuTest] = &[
     ("tensor_core_instructions", tensor_core_instructions),
     ("wgmma_instruction", wgmma_instruction),
+    ("wgmma_conv_matches_mma_sync", wgmma_conv_matches_mma_sync),
     ("gemm_precisions", gemm_precisions),
     ("golden_ops", golden_ops),
     ("golden_generator", golden_generator),

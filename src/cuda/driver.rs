@@ -185,7 +185,7 @@ impl CudaDevice {
                 .map_err(driver_error(&format!("kernel {}", kernel.name())))?;
             functions.insert(kernel, f);
         }
-        Ok(CudaDevice {
+        let mut device = CudaDevice {
             ordinal,
             ctx,
             stream,
@@ -194,7 +194,24 @@ impl CudaDevice {
             kernel_origin,
             wgmma,
             meter: Arc::default(),
-        })
+        };
+        // The sm_90 kernels serve layers only once wgmma has computed what they assume on this very GPU.
+        let wanted = wgmma && std::env::var_os("MMENGINE_WGMMA").is_none_or(|v| v != "0");
+        device.wgmma = wanted && super::wgmma::layout_agrees(&device)?;
+        if wanted && !device.wgmma {
+            eprintln!(
+                "warning: this GPU's wgmma instruction did not compute what the sm_90 kernels assume \
+                 (src/cuda/wgmma.rs); using the mma.sync kernels instead"
+            );
+        }
+        Ok(device)
+    }
+
+    /// This device without its sm_90 kernels: every layer on the mma.sync kernels (as `MMENGINE_WGMMA=0` does),
+    /// so that the two can be compared on one GPU.
+    pub fn without_wgmma(mut self) -> Self {
+        self.wgmma = false;
+        self
     }
 
     /// Free and total device memory in bytes.
@@ -282,8 +299,9 @@ impl Device for CudaDevice {
 
     fn describe(&self) -> String {
         let name = self.name().unwrap_or_else(|_| "unknown GPU".to_string());
+        let wgmma = if self.wgmma { ", sm_90 wgmma" } else { "" };
         format!(
-            "cuda:{} {name} (kernels: {})",
+            "cuda:{} {name} (kernels: {}{wgmma})",
             self.ordinal, self.kernel_origin
         )
     }

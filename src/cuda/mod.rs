@@ -15,6 +15,7 @@ pub mod ops;
 pub mod params;
 pub mod profile;
 pub mod synthesis;
+pub mod wgmma;
 
 pub use backend::CudaBackend;
 pub use gemm::Precision;
