@@ -33,6 +33,7 @@
 #include "act.cuh"
 #include "common.cuh"
 #include "mma.cuh"
+#include "up2_tile.cuh"
 
 namespace modconv_tc {
 
@@ -393,9 +394,10 @@ __device__ void same_impl(const ModconvParams& p) {
 // or the pair i = 2 (16 s + w) - pad, i + 1 (f16/bf16), where pad rounds the input channels up to whole stages;
 // zeros outside the layer's channels. fp16 layers that demodulate are prescaled as above.
 namespace modconv_up_tc {
+using namespace up2_tile;
 constexpr int kThreads = 256;
-constexpr int PY = 8, PX = 16, kBlockM = PY * PX;
-constexpr int kChannels = 16, kTaps = 9, kBlockN = kChannels * kTaps;
+constexpr int kBlockM = PY * PX;
+constexpr int kTaps = 9, kBlockN = kChannels * kTaps;
 constexpr int kWarpM = 32, kWarpChannels = 8;
 constexpr int kStageWords = 16;                           // two mma K steps of 8 words
 constexpr int kQuadWords = 4;                             // the words of a gather item
@@ -406,10 +408,6 @@ constexpr int kItems = kBlockM * kQuads / kThreads;       // gather items per th
 constexpr int kCopiesB = kBlockN * kStageWords / 4;       // 16-byte B copies per stage
 constexpr int kMaxInChannels = 1024;  // the styles of a sample are staged in shared memory (conv.rs checks)
 constexpr int kTileA = kBlockM * kRow, kTileB = kBlockN * kRow;
-constexpr int OY = 2 * PY - 4, OX = 2 * PX - 4;  // output tile
-constexpr int TY = 2 * PY, TX = 2 * PX;          // T rows and cols kept
-// T's channel stride: 8 mod 32 keeps the scatter's stores (lanes 2 px + 16 tig apart) at 2-way bank conflicts.
-constexpr int kPlaneT = TY * TX + 8;
 constexpr int kGemmWords = 2 * kTileA + 2 * kTileB;
 constexpr int kSmemWords = kGemmWords > kChannels * kPlaneT ? kGemmWords : kChannels * kPlaneT;
 static_assert(kWarpM == 2 * PX && (kBlockM / kWarpM) * 2 * 32 == kThreads, "4 x 2 warps, two patch rows each");
@@ -595,52 +593,9 @@ __device__ void up2_impl(const ModconvParams& p) {
     __syncthreads();
   }
 
-  // Blur the complete part of T into the 12 x 28 output tile, then the epilogue. A thread takes 6 rows x 4 columns
-  // of one channel's tile (224 items, one each): it blurs its 9 T rows horizontally once (hr), reading each row's
-  // 8 aligned values with two 128-bit loads, then vertically. The channel's demodulation coefficient and bias are
-  // loaded once (the compiler cannot keep them across the stores, which could alias them as far as it knows).
-  constexpr int kQuadsX = OX / 4, kRowsY = OY / 2, kBlurItems = kChannels * 2 * kQuadsX;
-  static_assert(OX % 4 == 0 && OY % 2 == 0 && kBlurItems <= kThreads, "one blur item per thread");
-  const int oh = 2 * p.height, ow = 2 * p.width;
-  const int q = tid % kQuadsX, row_half = tid / kQuadsX % 2, c = tid / (2 * kQuadsX);
-  const int o = o0 + c, x0 = ox0 + 4 * q, y0 = oy0 + kRowsY * row_half;
-  if (tid >= kBlurItems || o >= p.out_channels || x0 >= ow || y0 >= oh) return;
-  // hr[i][k]: T row kRowsY half + 1 + i blurred horizontally at output column 4 q + k (T columns 4 q + k + 1 ..).
-  float hr[kRowsY + 3][4];
-  const float* const tq = T + c * kPlaneT + (kRowsY * row_half + 1) * TX + 4 * q;
-#pragma unroll
-  for (int i = 0; i < kRowsY + 3; ++i) {
-    const float4 lo = *reinterpret_cast<const float4*>(tq + i * TX);
-    const float4 hi = *reinterpret_cast<const float4*>(tq + i * TX + 4);
-    const float t[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      float h = 0.0f;
-#pragma unroll
-      for (int bx = 0; bx < 4; ++bx) h += up2_blur_tap(bx) * t[k + 1 + bx];
-      hr[i][k] = h;
-    }
-  }
-  const float dcoef = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
-  const float bias = p.bias ? p.bias[o] : 0.0f;
-  const float* const noise = p.noise ? p.noise + (long long)b * p.noise_sample_stride : nullptr;
-  const long long yc = ((long long)b * p.out_channels + o) * oh * ow;
-  with_output_type(p.y_dtype, [&](auto store) {
-#pragma unroll
-    for (int i = 0; i < kRowsY; ++i) {
-      const int y = y0 + i;
-      if (y >= oh) break;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const int x = x0 + k;
-        if (x >= ow) break;
-        float v = 0.0f;
-#pragma unroll
-        for (int a = 0; a < 4; ++a) v += up2_blur_tap(a) * hr[i + a][k];
-        store(p.y, yc + y * ow + x, modconv_finish(p, v, dcoef, p.noise ? noise[y * ow + x] : 0.0f, bias));
-      }
-    }
-  });
+  // Blur the complete part of T into the output tile, then the epilogue.
+  static_assert(up2_tile::kBlurItems <= kThreads, "one blur item per thread");
+  up2_tile::blur_epilogue(p, T, tid, b, o0, oy0, ox0);
 }
 
 }  // namespace modconv_up_tc

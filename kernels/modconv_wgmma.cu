@@ -21,6 +21,7 @@
 // prescale of modconv_tc.cu applies.
 #include "act.cuh"
 #include "common.cuh"
+#include "up2_tile.cuh"
 #include "wgmma.cuh"
 
 namespace modconv_wgmma {
@@ -40,17 +41,13 @@ struct Smem {
 
 struct F16 {
   using Act = ActF16;
+  static constexpr bool kBf16 = false;
   __device__ static unsigned word(float lo, float hi) { return pack_half2(lo, hi); }
-  __device__ static void mma(float (&d)[64], unsigned long long a, unsigned long long b) {
-    wgmma_m64n128k16_f16(d, a, b);
-  }
 };
 struct Bf16 {
   using Act = ActBf16;
+  static constexpr bool kBf16 = true;
   __device__ static unsigned word(float lo, float hi) { return pack_bfloat162(lo, hi); }
-  __device__ static void mma(float (&d)[64], unsigned long long a, unsigned long long b) {
-    wgmma_m64n128k16_bf16(d, a, b);
-  }
 };
 
 template <class Mode>
@@ -101,13 +98,18 @@ __device__ void conv3x3(const ModconvParams& p) {
   // The tap at which the next chunk's slot j is gathered: spread over the taps, so few loads are in flight.
   auto slot_tap = [](int j) { return j * 9 / kSlots; };
 
+  // B copy j of a stage: cell tid + j kThreads of the [channel group][channel] tile; its source in stage 0.
   const uint4* const weight = reinterpret_cast<const uint4*>(p.weight) + n0;
-  auto copy_b = [&](int stage, int buf) {
+  const uint4* b_src[kCopiesB];
 #pragma unroll
-    for (int j = 0; j < kCopiesB; ++j) {
-      const int cell = tid + j * kThreads, g = cell / kBlockN, n = cell % kBlockN;
-      copy16_async(&smem.b[buf][g][n], weight + ((long long)stage * kGroups + g) * p.weight_stride + n);
-    }
+  for (int j = 0; j < kCopiesB; ++j) {
+    const int cell = tid + j * kThreads;
+    b_src[j] = weight + (cell / kBlockN) * p.weight_stride + cell % kBlockN;
+  }
+  auto copy_b = [&](int stage, int buf) {
+    const long long stage_cells = (long long)stage * kGroups * p.weight_stride;
+#pragma unroll
+    for (int j = 0; j < kCopiesB; ++j) copy16_async(&smem.b[buf][0][0] + tid + j * kThreads, b_src[j] + stage_cells);
   };
 
   // Descriptors, moved by adding offsets in 16-byte cells: A of warpgroup g starts at its 8 columns of the
@@ -152,8 +154,8 @@ __device__ void conv3x3(const ModconvParams& p) {
           if (slot_tap(j) == tap) load_slot(chunk + 1, j, part[j]);
       }
       wgmma_fence();
-      Mode::mma(acc, a_desc(chunk & 1, tap, 0), b_desc(b_cur, 0));
-      Mode::mma(acc, a_desc(chunk & 1, tap, 1), b_desc(b_cur, 1));
+      wgmma_m64k16<kBlockN, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 0), b_desc(b_cur, 0));
+      wgmma_m64k16<kBlockN, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 1), b_desc(b_cur, 1));
       wgmma_commit();
       if (next_chunk) {
 #pragma unroll
@@ -202,8 +204,188 @@ __device__ void conv3x3(const ModconvParams& p) {
 
 }  // namespace modconv_wgmma
 
+// The fused up-sampling 3x3 conv on wgmma: modconv_tc.cu's modconv_up2_3x3_f16 / _bf16 (same block, tile, scatter,
+// blur and epilogue; see there) with its GEMM as two warpgroup products. A block takes one sample, 16 output
+// channels and an 8 x 16 patch of input positions; GEMM z[position][column] with M = 128 positions (warpgroup g:
+// patch rows 4 g ..), N = 144 columns (16 channels x 9 taps, in pack_up2_words' order: half, tap, channel), K =
+// input channels in stages of 32. The A tile holds a stage's patch as [channel group][position] cells: the 8
+// positions of a core matrix are consecutive in a patch row (SBO 8 cells, LBO 128), so A needs no halo and no
+// shifted reads; B is [channel group][column] cells (LBO 144). Warp w of warpgroup g then holds patch row 4 g + w
+// (= the block's warp index) with all 144 columns: acc[4 j + 2 h + e] is tap j % 9 of position (row, groupID +
+// 8 h) for channel 8 (j / 9) + 2 tig + e.
+//
+// Weight packing (conv.rs, pack_up2_wgmma): pack_up2_words' stages and columns, each stage's 16 words per column
+// regrouped [4 channel groups][columns][4 words]. K is aligned to its end as there.
+namespace up2_wgmma {
+
+using namespace up2_tile;
+constexpr int kThreads = 256;
+constexpr int kBlockM = PY * PX, kTaps = 9, kBlockN = kChannels * kTaps;
+constexpr int kGroups = 4, kStageK = 8 * kGroups;  // channel groups (8 channels) and channels per stage
+constexpr int kCells = kBlockM * kGroups / kThreads;  // gather cells per thread and stage
+constexpr int kCopiesB = (kGroups * kBlockN + kThreads - 1) / kThreads;
+constexpr int kMaxInChannels = 1024;  // the sample's styles are staged in shared memory (conv.rs checks)
+static_assert(kThreads / 32 == PY && kBlockM == 2 * 64, "a warp per patch row; two m64 warpgroups");
+
+struct Gemm {
+  uint4 a[2][kGroups][kBlockM];
+  uint4 b[2][kGroups][kBlockN];
+};
+union Smem {
+  Gemm gemm;
+  float t[kChannels * kPlaneT];  // T, after the K loop
+};
+
+template <class Mode>
+__device__ void up2(const ModconvParams& p) {
+  __align__(128) __shared__ Smem smem;
+  __align__(16) __shared__ float style_k[kMaxInChannels + kStageK];
+  using X = typename Mode::Act;
+  using Elem = typename X::T;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int b = blockIdx.z, o0 = blockIdx.y * kChannels;
+  const int oy0 = (blockIdx.x / p.tiles_x) * OY, ox0 = (blockIdx.x % p.tiles_x) * OX;
+  const int py0 = oy0 / 2 - 1, px0 = ox0 / 2 - 1;  // patch origin (input position of T rows/cols 0..2)
+  const int hw = p.height * p.width;
+  const int stages = (p.in_channels + kStageK - 1) / kStageK;
+
+  // K aligned to its end: stage s holds channels kStageK s - pad .., so only stage 0 can be partial (its channels
+  // below 0 are zeros); the sample's styles wait in shared memory in that order, zero below channel 0.
+  const int pad = stages * kStageK - p.in_channels;
+  for (int c = tid; c < stages * kStageK; c += kThreads)
+    style_k[c] = c >= pad ? p.styles[(long long)b * p.in_channels + c - pad] : 0.0f;
+
+  // The gather: warp w stages channel group w % 4 of positions 64 (w / 4) + lane + 32 j (cell j), one 16-byte
+  // store each; channels and styles are warp-uniform. Values load as stored in x (positions outside the image
+  // and channels below 0 are zeros), then are scaled by the styles and rounded when stored.
+  const int group = warp % kGroups, group_channel = 8 * group - pad;  // its first channel in stage 0
+  const Elem* const x_group = static_cast<const Elem*>(p.x) + ((long long)b * p.in_channels + group_channel) * hw;
+  bool inside[kCells];
+  const Elem* x_cell[kCells];  // the cell's position in the group's first channel plane of stage 0
+#pragma unroll
+  for (int j = 0; j < kCells; ++j) {
+    const int pos = 64 * (warp / kGroups) + lane + 32 * j, gy = py0 + pos / PX, gx = px0 + pos % PX;
+    inside[j] = gy >= 0 && gy < p.height && gx >= 0 && gx < p.width;
+    x_cell[j] = x_group + (inside[j] ? gy * p.width + gx : 0);
+  }
+  // First: stage 0, whose channels below 0 (a warp-uniform count) are not read.
+  auto load_cell = [&](bool first, int stage, int j, Elem (&v)[8]) {
+    const Elem* xc = x_cell[j] + (long long)stage * kStageK * hw;
+#pragma unroll
+    for (int k = 0; k < 8; ++k, xc += hw) v[k] = inside[j] && (!first || group_channel + k >= 0) ? *xc : Elem(0);
+  };
+  auto store_cell = [&](int stage, int j, const Elem (&v)[8], int buf) {
+    const float* const s = style_k + stage * kStageK + 8 * group;
+    uint4 u;
+    u.x = Mode::word(X::load(&v[0]) * s[0], X::load(&v[1]) * s[1]);
+    u.y = Mode::word(X::load(&v[2]) * s[2], X::load(&v[3]) * s[3]);
+    u.z = Mode::word(X::load(&v[4]) * s[4], X::load(&v[5]) * s[5]);
+    u.w = Mode::word(X::load(&v[6]) * s[6], X::load(&v[7]) * s[7]);
+    smem.gemm.a[buf][group][64 * (warp / kGroups) + lane + 32 * j] = u;
+  };
+
+  // B copy j of a stage: cell tid + j kThreads of the [channel group][column] tile; its source in stage 0.
+  const uint4* const weight = reinterpret_cast<const uint4*>(p.weight) + blockIdx.y * kBlockN;
+  const uint4* b_src[kCopiesB];
+#pragma unroll
+  for (int j = 0; j < kCopiesB; ++j) {
+    const int cell = tid + j * kThreads;
+    b_src[j] = weight + (cell / kBlockN) * p.weight_stride + cell % kBlockN;
+  }
+  auto copy_b = [&](int stage, int buf) {
+    const long long stage_cells = (long long)stage * kGroups * p.weight_stride;
+#pragma unroll
+    for (int j = 0; j < kCopiesB; ++j)
+      if (tid + j * kThreads < kGroups * kBlockN)
+        copy16_async(&smem.gemm.b[buf][0][0] + tid + j * kThreads, b_src[j] + stage_cells);
+  };
+
+  // Descriptors in 16-byte cells: warpgroup g's A starts at position 64 g; a K step is two channel groups.
+  const int wg = warp / 4;
+  const unsigned long long a_base = wgmma_descriptor(&smem, 16 * 64 * wg, 16 * kBlockM, 16 * 8);
+  const unsigned long long b_base = wgmma_descriptor(&smem, sizeof(smem.gemm.a), 16 * kBlockN, 16 * 8);
+  auto a_desc = [&](int buf, int ks) { return a_base + (buf * kGroups + 2 * ks) * kBlockM; };
+  auto b_desc = [&](int buf, int ks) { return b_base + (buf * kGroups + 2 * ks) * kBlockN; };
+
+  float acc[kBlockN / 2];
+#pragma unroll
+  for (int i = 0; i < kBlockN / 2; ++i) acc[i] = 0.0f;
+
+  __syncthreads();  // style_k
+  {
+    Elem first[kCells][8];
+#pragma unroll
+    for (int j = 0; j < kCells; ++j) load_cell(true, 0, j, first[j]);
+#pragma unroll
+    for (int j = 0; j < kCells; ++j) store_cell(0, j, first[j], 0);
+  }
+  copy_b(0, 0);
+  copy_async_wait();
+  wgmma_fence_shared_writes();
+  __syncthreads();
+#pragma unroll 1
+  for (int stage = 0; stage < stages; ++stage) {
+    const int cur = stage & 1;
+    const bool next = stage + 1 < stages;
+    Elem part[kCells][8];
+    if (next) {
+      copy_b(stage + 1, cur ^ 1);
+#pragma unroll
+      for (int j = 0; j < kCells; ++j) load_cell(false, stage + 1, j, part[j]);
+    }
+    wgmma_fence();
+    wgmma_m64k16<kBlockN, Mode::kBf16>(acc, a_desc(cur, 0), b_desc(cur, 0));
+    wgmma_m64k16<kBlockN, Mode::kBf16>(acc, a_desc(cur, 1), b_desc(cur, 1));
+    wgmma_commit();
+    if (next) {
+#pragma unroll
+      for (int j = 0; j < kCells; ++j) store_cell(stage + 1, j, part[j], cur ^ 1);
+    }
+    // The other buffers are rewritten next stage: every warpgroup's products end before the barrier.
+    wgmma_wait<0>(acc);
+    copy_async_wait();
+    wgmma_fence_shared_writes();
+    __syncthreads();
+  }
+
+  // Scatter into T (over the GEMM tiles: the loop's last barrier follows every product), in modconv_up2_3x3_f16's
+  // four phases: the taps with ky, kx < 2 store, then the kx = 2, the ky = 2 and the (2, 2) taps add.
+  const int quad = lane / 4, tig = lane % 4;
+#pragma unroll
+  for (int phase = 0; phase < 4; ++phase) {
+#pragma unroll
+    for (int t = 0; t < kTaps; ++t) {
+      const int ky = t / 3, kx = t % 3;
+      if ((ky == 2) * 2 + (kx == 2) != phase) continue;
+      const int ty = 2 * warp + ky;
+      if (ty >= TY) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int tx = 2 * (quad + 8 * h) + kx;
+        if (tx >= TX) continue;
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& dst = smem.t[(8 * half + 2 * tig + e) * kPlaneT + ty * TX + tx];
+            const float v = acc[4 * (9 * half + t) + 2 * h + e];
+            dst = phase == 0 ? v : dst + v;
+          }
+      }
+    }
+    __syncthreads();
+  }
+  static_assert(kBlurItems <= kThreads, "one blur item per thread");
+  blur_epilogue(p, smem.t, tid, b, o0, oy0, ox0);
+}
+
+}  // namespace up2_wgmma
+
 KERNEL_BOUNDED(modconv_3x3_wgmma_f16, ModconvParams, 256, 2) { modconv_wgmma::conv3x3<modconv_wgmma::F16>(p); }
 KERNEL_BOUNDED(modconv_3x3_wgmma_bf16, ModconvParams, 256, 2) { modconv_wgmma::conv3x3<modconv_wgmma::Bf16>(p); }
+KERNEL_BOUNDED(modconv_up2_3x3_wgmma_f16, ModconvParams, 256, 2) { up2_wgmma::up2<modconv_wgmma::F16>(p); }
+KERNEL_BOUNDED(modconv_up2_3x3_wgmma_bf16, ModconvParams, 256, 2) { up2_wgmma::up2<modconv_wgmma::Bf16>(p); }
 
 // One m64n128k16 f16 product on operands laid out as the host says, so a test can check the instruction (on a GPU)
 // and its twin (in the emulation) against wgmma.cuh's reading of the PTX ISA: element (r, k) of A (64 x 16,
@@ -229,8 +411,8 @@ KERNEL_BOUNDED(wgmma_probe, WgmmaProbeParams, 128) {
   wgmma_fence_shared_writes();
   __syncthreads();
   wgmma_fence();
-  wgmma_m64n128k16_f16(d, wgmma_descriptor(operands, p.a_offset, p.a_lbo, p.a_sbo),
-                       wgmma_descriptor(operands, p.b_offset, p.b_lbo, p.b_sbo));
+  wgmma_m64k16<128, false>(d, wgmma_descriptor(operands, p.a_offset, p.a_lbo, p.a_sbo),
+                           wgmma_descriptor(operands, p.b_offset, p.b_lbo, p.b_sbo));
   wgmma_commit();
   wgmma_wait<0>(d);
   for (int j = 0; j < 16; ++j)

@@ -12,7 +12,7 @@
 // where the descriptor holds start, LBO ("leading dimension byte offset": between core matrices adjacent along K)
 // and SBO ("stride dimension byte offset": along M or N), each in units of 16 bytes in 14-bit fields.
 //
-// Accumulators of m64nNk16 with f32 D: warp w of the warpgroup holds rows 16 w .. 16 w + 15, laid out per n8 column
+// Accumulators of m64nNk16 with f32 D (N / 2 per thread): warp w of the warpgroup holds rows 16 w .. 16 w + 15, laid out per n8 column
 // block like mma.sync's C fragment (mma.cuh): d[4 j + i] is D(16 w + groupID + 8 (i >> 1), 8 j + 2 tig + (i & 1)).
 //
 // Ordering: shared memory written by ordinary stores or cp.async must be made visible to the tensor cores' "async
@@ -39,8 +39,9 @@ inline thread_local const unsigned char* window = nullptr;
 struct Issued {
   emu_mma::Input type;
   unsigned long long a_desc, b_desc;
+  unsigned n;
   unsigned group;
-  std::vector<float> operands;  // what it read: this thread's 2 rows of A, then its 32 columns of B
+  std::vector<float> operands;  // what it read (read_operands)
 };
 inline thread_local std::vector<Issued> in_flight;
 inline thread_local unsigned committed = 0;
@@ -58,25 +59,28 @@ inline float element(emu_mma::Input type, unsigned long long desc, unsigned r, u
   return emu_mma::decode(type, bits, 0);
 }
 
-// The operands this thread's accumulators depend on, in the order the product reads them.
-inline std::vector<float> read_operands(emu_mma::Input type, unsigned long long a_desc, unsigned long long b_desc) {
+// The operands this thread's accumulators depend on, in the order the product reads them: its 2 rows of A, then
+// its 2 columns of B in each of the n / 8 column tiles.
+inline std::vector<float> read_operands(emu_mma::Input type, unsigned long long a_desc, unsigned long long b_desc,
+                                        unsigned n) {
   const unsigned warp = (emu::current.linear_tid / 32) % 4, group = emu::lane() / 4, tig = emu::lane() % 4;
   std::vector<float> v;
-  v.reserve(2 * 16 + 32 * 16);
+  v.reserve((2 + n / 4) * 16);
   for (unsigned h = 0; h < 2; ++h)
     for (unsigned k = 0; k < 16; ++k) v.push_back(element(type, a_desc, 16 * warp + group + 8 * h, k));
-  for (unsigned j = 0; j < 16; ++j)
+  for (unsigned j = 0; j < n / 8; ++j)
     for (unsigned e = 0; e < 2; ++e)
       for (unsigned k = 0; k < 16; ++k) v.push_back(element(type, b_desc, 8 * j + 2 * tig + e, k));
   return v;
 }
 
-// D (+)= A B for m64n128k16: this thread's 64 accumulators, each an f32 sum in K order.
-inline void mma_m64n128k16(emu_mma::Input type, float d[64], unsigned long long a_desc, unsigned long long b_desc) {
-  Issued issued{type, a_desc, b_desc, committed, read_operands(type, a_desc, b_desc)};
+// D (+)= A B for m64nNk16: this thread's N / 2 accumulators, each an f32 sum in K order.
+template <int N>
+inline void mma_m64k16(emu_mma::Input type, float (&d)[N / 2], unsigned long long a_desc, unsigned long long b_desc) {
+  Issued issued{type, a_desc, b_desc, N, committed, read_operands(type, a_desc, b_desc, N)};
   const float* a = issued.operands.data();
   const float* b = a + 2 * 16;
-  for (unsigned j = 0; j < 16; ++j)
+  for (unsigned j = 0; j < N / 8; ++j)
     for (unsigned i = 0; i < 4; ++i) {
       const float* row = a + 16 * (i >> 1);
       const float* col = b + 16 * (2 * j + (i & 1));
@@ -97,7 +101,7 @@ inline void wait(unsigned pending) {
       still.push_back(std::move(op));
       continue;
     }
-    if (read_operands(op.type, op.a_desc, op.b_desc) != op.operands) {
+    if (read_operands(op.type, op.a_desc, op.b_desc, op.n) != op.operands) {
       std::fprintf(stderr, "emulated wgmma: an operand in shared memory changed before the product finished\n");
       std::abort();
     }
@@ -148,8 +152,8 @@ __device__ __forceinline__ void wgmma_commit() {
 }
 
 // Waits until at most `Pending` committed groups are still running. Warpgroup-collective.
-template <int Pending>
-__device__ __forceinline__ void wgmma_wait(float (&acc)[64]) {
+template <int Pending, int R>
+__device__ __forceinline__ void wgmma_wait(float (&acc)[R]) {
 #ifdef MMENGINE_EMU
   (void)acc;
   emu_wgmma::wait(Pending);
@@ -157,46 +161,67 @@ __device__ __forceinline__ void wgmma_wait(float (&acc)[64]) {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(Pending) : "memory");
   // The accumulators count as written here, so the compiler reads them only after the wait.
 #pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(acc[i])::"memory");
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(acc[i])::"memory");
 #endif
 }
 
 #ifndef MMENGINE_EMU
-#define WGMMA_M64N128K16_ASM(TYPE)                                                                                  \
-  asm volatile(                                                                                                     \
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                                                 \
-      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
-      "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "    \
-      "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "        \
-      "%64, %65, 1, 1, 1, 0, 0;\n"                                                                               \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),           \
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),     \
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),   \
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),   \
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),   \
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),   \
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),   \
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])    \
+#define WGMMA_M64N128K16_ASM(TYPE)                                                                              \
+  asm volatile(                                                                                                 \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE " {"                                         \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                                  \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                        \
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                        \
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"                          \
+      "}, %64, %65, 1, 1, 1, 0, 0;\n"                                                                           \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),   \
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])  \
+      : "l"(a_desc), "l"(b_desc))
+
+#define WGMMA_M64N144K16_ASM(TYPE)                                                                              \
+  asm volatile(                                                                                                 \
+      "wgmma.mma_async.sync.aligned.m64n144k16.f32." TYPE "." TYPE " {"                                         \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                                  \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                        \
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                        \
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "                        \
+      "%64, %65, %66, %67, %68, %69, %70, %71"                                                                  \
+      "}, %72, %73, 1, 1, 1, 0, 0;\n"                                                                           \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),   \
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71])  \
       : "l"(a_desc), "l"(b_desc))
 #endif
 
-// D += A B, m64n128k16, A (64 x 16) and B (128 x 16) f16 in shared memory, K-major; D f32 in the accumulators.
-// Asynchronous and warpgroup-collective: see the ordering notes above.
-__device__ __forceinline__ void wgmma_m64n128k16_f16(float (&d)[64], unsigned long long a_desc,
-                                                     unsigned long long b_desc) {
+// D += A B, m64nNk16 with N = 128 or 144: A (64 x 16) and B (N x 16) in shared memory, K-major, f16 (or bf16 with
+// BF16); D f32 in the accumulators. Asynchronous and warpgroup-collective: see the ordering notes above.
+template <int N, bool BF16>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], unsigned long long a_desc,
+                                             unsigned long long b_desc) {
+  static_assert(N == 128 || N == 144, "the shapes our kernels use");
 #ifdef MMENGINE_EMU
-  emu_wgmma::mma_m64n128k16(emu_mma::Input::F16, d, a_desc, b_desc);
+  emu_wgmma::mma_m64k16<N>(BF16 ? emu_mma::Input::Bf16 : emu_mma::Input::F16, d, a_desc, b_desc);
 #else
-  WGMMA_M64N128K16_ASM("f16");
-#endif
-}
-
-// The same with bf16 A and B.
-__device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], unsigned long long a_desc,
-                                                      unsigned long long b_desc) {
-#ifdef MMENGINE_EMU
-  emu_wgmma::mma_m64n128k16(emu_mma::Input::Bf16, d, a_desc, b_desc);
-#else
-  WGMMA_M64N128K16_ASM("bf16");
+  if constexpr (N == 128 && BF16) {
+    WGMMA_M64N128K16_ASM("bf16");
+  } else if constexpr (N == 128) {
+    WGMMA_M64N128K16_ASM("f16");
+  } else if constexpr (BF16) {
+    WGMMA_M64N144K16_ASM("bf16");
+  } else {
+    WGMMA_M64N144K16_ASM("f16");
+  }
 #endif
 }

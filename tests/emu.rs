@@ -804,7 +804,7 @@ mod tensor_core_conv {
     use mmengine::cuda::conv::{
         skip_upsample_plus, DeviceConvLayer, DeviceNoise, Finish, FusedToRgb,
     };
-    use mmengine::cuda::device::{DType, DeviceTensor};
+    use mmengine::cuda::device::{DType, Device, DeviceTensor};
     use mmengine::cuda::emu::EmuDevice;
     use mmengine::cuda::gemm::Precision;
     use mmengine::cuda::kernels::Kernel;
@@ -877,13 +877,20 @@ mod tensor_core_conv {
     /// at most 3 T additions, then 1 product and 3 additions per blur axis, 11 roundings, so 2 x 11 x 2^-24 S.
     fn check_layer(l: &Layer, seed: u64) {
         check_layer_on(&EmuDevice::new(), l, seed);
-        if l.k == 3 && l.up == 1 && l.o > 64 {
-            // An sm_90 device takes the wgmma kernels for such layers in fp16 and bf16.
-            let sm90 = EmuDevice::sm90();
-            check_layer_on(&sm90, l, seed);
-            for kernel in [Kernel::Modconv3x3WgmmaF16, Kernel::Modconv3x3WgmmaBf16] {
-                assert_eq!(sm90.launches(kernel), 1, "{kernel:?}");
-            }
+        // An sm_90 device takes the wgmma kernels for up-sampling layers, and same-resolution 3x3 layers with
+        // more than 64 outputs, in fp16 and bf16.
+        let wgmma = match (l.k, l.up) {
+            (3, 2) => [
+                Kernel::ModconvUp23x3WgmmaF16,
+                Kernel::ModconvUp23x3WgmmaBf16,
+            ],
+            (3, 1) if l.o > 64 => [Kernel::Modconv3x3WgmmaF16, Kernel::Modconv3x3WgmmaBf16],
+            _ => return,
+        };
+        let sm90 = EmuDevice::sm90();
+        check_layer_on(&sm90, l, seed);
+        for kernel in wgmma {
+            assert_eq!(sm90.launches(kernel), 1, "{kernel:?}");
         }
     }
 
@@ -1726,7 +1733,11 @@ mod tensor_core_conv {
             })
             .unwrap();
         assert!(dev.launches(Kernel::SkipUpsample) > 0);
-        let untraced_dev = EmuDevice::new();
+        let untraced_dev = if dev.wgmma() {
+            EmuDevice::sm90()
+        } else {
+            EmuDevice::new()
+        };
         let untraced = synth
             .synthesize(&untraced_dev, &net, &ws, NoiseMode::Const)
             .unwrap();
@@ -1796,6 +1807,28 @@ mod tensor_core_conv {
             println!(
                 "emu nvlabs_tiny {precision} img_const max error {err:.3e} (tolerance {tol:.3e})"
             );
+        }
+    }
+
+    /// On an sm_90 device: the up-sampling convs and the 128-channel conv1 layers (b4, b8) on the wgmma kernels.
+    #[test]
+    fn nvlabs_tiny_case_a_on_sm90() {
+        for precision in [Precision::Fp16, Precision::Bf16] {
+            let dev = EmuDevice::sm90();
+            let (img, golden_img, _) = render_on(&dev, "nvlabs_tiny", precision);
+            let wgmma = match precision {
+                Precision::Fp16 => [Kernel::Modconv3x3WgmmaF16, Kernel::ModconvUp23x3WgmmaF16],
+                _ => [Kernel::Modconv3x3WgmmaBf16, Kernel::ModconvUp23x3WgmmaBf16],
+            };
+            for kernel in wgmma {
+                assert!(
+                    dev.launches(kernel) > 0,
+                    "{precision}: {kernel:?} not launched"
+                );
+            }
+            let tol = selftest::image_tolerance(precision, &golden_img);
+            let err = assert_close(precision.name(), &img.data, &golden_img.data, tol, 0.0);
+            println!("emu sm90 nvlabs_tiny {precision} img_const max error {err:.3e} (tolerance {tol:.3e})");
         }
     }
 

@@ -21,7 +21,12 @@ fn tensor_core_family(name: &str) -> &'static str {
 }
 
 /// The sm_90 convolutions on wgmma (`kernels/modconv_wgmma.cu`), built for sm_90a alone.
-const WGMMA_CONVS: [&str; 2] = ["modconv_3x3_wgmma_f16", "modconv_3x3_wgmma_bf16"];
+const WGMMA_CONVS: [&str; 4] = [
+    "modconv_3x3_wgmma_f16",
+    "modconv_3x3_wgmma_bf16",
+    "modconv_up2_3x3_wgmma_f16",
+    "modconv_up2_3x3_wgmma_bf16",
+];
 
 /// The tensor-core convolutions the engine selects (`cuda::conv`); each must be in the table, so a renamed kernel
 /// cannot drop out of the checks below unnoticed.
@@ -182,6 +187,31 @@ fn tensor_core_3x3_main_loops_issue_few_instructions_per_mma() {
         assert!(
             per_mma <= 10.0,
             "kernel {name}: {per_mma:.1} instructions per mma in its main loop"
+        );
+    }
+}
+
+/// The wgmma kernels' main loops, per m16n8k16's worth of a warp's work (an m64nNk16 wgmma is N / 8 of those per
+/// warp: N = 144 for the up-sampling kernels, 128 otherwise), so they compare with the mma.sync kernels' figure
+/// above: about 3 (same resolution: a tap is a descriptor offset) and 6 (up-sampling: each A element is gathered,
+/// scaled and rounded for 144 columns, and its loads and conversions dominate the loop).
+#[test]
+fn wgmma_main_loops_issue_few_instructions_per_unit_of_work() {
+    if KERNEL_TABLE.is_empty() || !SASS_CHECKED {
+        eprintln!("no compiled kernels or no SASS figures: nothing to check");
+        return;
+    }
+    for name in WGMMA_CONVS {
+        let k = kernel(name);
+        let n = if name.contains("up2") { 144.0 } else { 128.0 };
+        let per_wgmma = k
+            .main_loop_instructions_per_mma()
+            .unwrap_or_else(|| panic!("kernel {name}: no main loop with wgmma"));
+        let per_unit = per_wgmma / (n / 8.0);
+        eprintln!("{name}: {per_wgmma:.1} instructions per wgmma, {per_unit:.1} per m16n8k16 of work");
+        assert!(
+            per_unit <= 8.0,
+            "kernel {name}: {per_unit:.1} instructions per m16n8k16 of work in its main loop"
         );
     }
 }

@@ -257,11 +257,18 @@ impl<D: Device> DeviceConvLayer<D> {
             );
         }
         let conv_kernel = if up2_3x3 {
-            let (kernel, channels, threads) = match precision {
-                Precision::Fp32 => (Kernel::ModconvUp23x3, UP2_CH, UP2_THREADS),
-                Precision::Tf32 => (Kernel::ModconvUp23x3Tf32, UP2_TC_CH, UP2_TC_THREADS),
-                Precision::Fp16 => (Kernel::ModconvUp23x3F16, UP2_TC_CH, UP2_TC_THREADS),
-                Precision::Bf16 => (Kernel::ModconvUp23x3Bf16, UP2_TC_CH, UP2_TC_THREADS),
+            // On an sm_90 device, fp16 and bf16 take the wgmma twins (same block, tile and threads).
+            let (kernel, channels, threads) = match (precision, dev.wgmma()) {
+                (Precision::Fp32, _) => (Kernel::ModconvUp23x3, UP2_CH, UP2_THREADS),
+                (Precision::Tf32, _) => (Kernel::ModconvUp23x3Tf32, UP2_TC_CH, UP2_TC_THREADS),
+                (Precision::Fp16, false) => (Kernel::ModconvUp23x3F16, UP2_TC_CH, UP2_TC_THREADS),
+                (Precision::Bf16, false) => (Kernel::ModconvUp23x3Bf16, UP2_TC_CH, UP2_TC_THREADS),
+                (Precision::Fp16, true) => {
+                    (Kernel::ModconvUp23x3WgmmaF16, UP2_TC_CH, UP2_TC_THREADS)
+                }
+                (Precision::Bf16, true) => {
+                    (Kernel::ModconvUp23x3WgmmaBf16, UP2_TC_CH, UP2_TC_THREADS)
+                }
             };
             ConvKernel::Up2 {
                 kernel,
@@ -348,6 +355,13 @@ impl<D: Device> DeviceConvLayer<D> {
             .map(|scale| weight.data.iter().map(|v| v * scale).collect::<Vec<_>>());
         let weight_data = scaled.as_deref().unwrap_or(&weight.data);
         let (packed, weight_stride) = match conv_kernel {
+            ConvKernel::Up2 {
+                kernel: Kernel::ModconvUp23x3WgmmaF16 | Kernel::ModconvUp23x3WgmmaBf16,
+                ..
+            } => {
+                let (words, cols) = pack_up2_words(weight_data, o, i, precision);
+                (wgmma_groups(&words, cols), cols)
+            }
             ConvKernel::Up2 { .. } if precision.uses_tensor_cores() => {
                 pack_up2_words(weight_data, o, i, precision)
             }
@@ -355,7 +369,11 @@ impl<D: Device> DeviceConvLayer<D> {
             ConvKernel::Same {
                 kernel: Kernel::Modconv3x3WgmmaF16 | Kernel::Modconv3x3WgmmaBf16,
                 ..
-            } => pack_same_wgmma(weight_data, o, i, precision),
+            } => {
+                let (words, cols) =
+                    pack_same_words(weight_data, o, i, 9, TC_WGMMA.channels, precision);
+                (wgmma_groups(&words, cols), cols)
+            }
             ConvKernel::Same {
                 tiling: SameTiling::Rect(shape),
                 ..
@@ -972,11 +990,12 @@ fn pack_same_words(
     (packed, cols)
 }
 
-/// The packing of `kernels/modconv_wgmma.cu`: [`pack_same_words`]'s stages for 3x3 with 128-channel blocks, each
-/// stage's 16 words per channel regrouped channel-group-major, `[stages][4][cols][4]`, so that a block's weight
-/// tile is wgmma's core matrices (8 output channels x 4 words each) as they lie in memory.
-fn pack_same_wgmma(w: &[f32], o: usize, i: usize, precision: Precision) -> (Vec<f32>, usize) {
-    let (words, cols) = pack_same_words(w, o, i, 9, TC_WGMMA.channels, precision);
+/// The packings of `kernels/modconv_wgmma.cu`: [`pack_same_words`] (3x3, 128-channel blocks) or
+/// [`pack_up2_words`], `words [stages][cols][16]`, with each stage's 16 words per column regrouped
+/// channel-group-major, `[stages][4][cols][4]`, so that a block's weight tile is wgmma's core matrices (8 columns x
+/// 4 words each) as they lie in memory.
+fn wgmma_groups(words: &[f32], cols: usize) -> Vec<f32> {
+    const _: () = assert!(UP2_TC_STAGE_WORDS == TC_STAGE_WORDS);
     let groups = TC_STAGE_WORDS / WGMMA_GROUP_WORDS;
     let mut packed = vec![0.0f32; words.len()];
     for (row, stage_words) in words.chunks(TC_STAGE_WORDS).enumerate() {
@@ -986,7 +1005,7 @@ fn pack_same_wgmma(w: &[f32], o: usize, i: usize, precision: Precision) -> (Vec<
             packed[at..at + WGMMA_GROUP_WORDS].copy_from_slice(group);
         }
     }
-    (packed, cols)
+    packed
 }
 
 /// The packing of `kernels/modconv_tc.cu`'s up-sampling kernels, one K stage of 16 words after another, n-major
