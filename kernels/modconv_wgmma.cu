@@ -1,24 +1,26 @@
 // The same-resolution 3x3 modulated convolution on sm_90's warpgroup tensor-core instructions (wgmma.cuh, compiled
-// for sm_90a only; conv.rs launches it on compute capability 9.0 for fp16 and bf16 layers with more than 64
-// outputs, and modconv_tc.cu's mma.sync kernels everywhere else). Same parameters, semantics and epilogue order as
-// modconv_3x3_f16 / _bf16: an implicit GEMM with M = pixels, N = output channels, K = input channels x 9 taps.
+// for sm_90a only; conv.rs launches these on compute capability 9.0 for fp16 and bf16, and modconv_tc.cu's mma.sync
+// kernels everywhere else). Same parameters, semantics and epilogue order as modconv_3x3_f16 / _bf16 (and with
+// _torgb, the ToRGB after the layer fused into the epilogue as there): an implicit GEMM with M = pixels, N = output
+// channels, K = input channels x 9 taps.
 //
 // A block (two warpgroups, 256 threads) computes an 8 x 16 rectangle of one sample's output pixels (blockIdx.x) for
-// 128 output channels (blockIdx.y); warpgroup g takes the rectangle's columns 8 g .. 8 g + 7, an m64n128 product.
-// K runs in chunks of 32 input channels. A chunk's input rectangle with its 1-pixel halo (10 x 18 pixels) is
-// gathered from x once, scaled by the styles and rounded, into shared memory as wgmma's core matrices want it:
-// cells of 16 bytes (8 channels of one pixel), [channel group][halo pixel]. Then the 8 consecutive pixels of a
-// rectangle row are one core matrix's 8 rows, rectangle rows are SBO = 18 cells apart, channel groups LBO = 180
-// cells apart, and tap (dy, dx) of a warpgroup's A is that layout started dy * 18 + dx cells further: each tap is
-// one K stage whose A the tensor cores read in place, with no im2col and no fragment in registers. B is a stage's
-// weight tile, [channel group][output channel] cells (SBO 8 cells, LBO 128), copied per stage with cp.async.
-// Both are double-buffered: the next chunk's rectangle is gathered a slot at a time during the taps, the next
-// stage's B during each stage, while the wgmma of the current stage run.
+// N output channels (blockIdx.y): 128, or 64 (the _n64 kernels) for layers with at most 64, so no mma work is
+// spent on channels they do not have. Warpgroup g takes the rectangle's columns 8 g .. 8 g + 7, an
+// m64nN product. K runs in chunks of 32 input channels. A chunk's input rectangle with its 1-pixel halo (10 x 18
+// pixels) is gathered from x once, scaled by the styles and rounded, into shared memory as wgmma's core matrices
+// want it: cells of 16 bytes (8 channels of one pixel), [channel group][halo pixel]. Then the 8 consecutive pixels
+// of a rectangle row are one core matrix's 8 rows, rectangle rows are SBO = 18 cells apart, channel groups LBO =
+// 180 cells apart, and tap (dy, dx) of a warpgroup's A is that layout started dy * 18 + dx cells further: each tap
+// is one K stage whose A the tensor cores read in place, with no im2col and no fragment in registers. B is a stage's
+// weight tile, [channel group][output channel] cells (SBO 8 cells, LBO N), copied per stage with cp.async. Both are
+// double-buffered: the next chunk's rectangle is gathered a slot at a time during the taps, the next stage's B
+// during each stage, while the wgmma of the current stage run.
 //
-// Weight packing (conv.rs, pack_same_wgmma): 32-bit words [chunks * 9][4 channel groups][out_channels rounded up to
-// 128 (weight_stride)][4]; word w of channel group g and output channel o in stage chunk * 9 + tap holds the pair
-// W[o, c, tap], W[o, c + 1, tap] for c = 32 chunk + 8 g + 2 w (low half first), zeros past the ends. The fp16 weight
-// prescale of modconv_tc.cu applies.
+// Weight packing (conv.rs, wgmma_groups of pack_same_words): 32-bit words [chunks * 9][4 channel groups]
+// [out_channels rounded up to N (weight_stride)][4]; word w of channel group g and output channel o in stage
+// chunk * 9 + tap holds the pair W[o, c, tap], W[o, c + 1, tap] for c = 32 chunk + 8 g + 2 w (low half first), zeros
+// past the ends. The fp16 weight prescale of modconv_tc.cu applies.
 #include "act.cuh"
 #include "common.cuh"
 #include "up2_tile.cuh"
@@ -27,16 +29,17 @@
 namespace modconv_wgmma {
 
 constexpr int kThreads = 256;  // two warpgroups
-constexpr int kTileY = 8, kTileX = 16, kBlockN = 128;
-constexpr int kGroups = 4;                                          // channel groups (8 channels, 16 bytes) per chunk
-constexpr int kChunkK = 8 * kGroups;                                // input channels per chunk
+constexpr int kTileY = 8, kTileX = 16;
+constexpr int kGroups = 4;                           // channel groups (8 channels, 16 bytes) per chunk
+constexpr int kChunkK = 8 * kGroups;                 // input channels per chunk
 constexpr int kHaloY = kTileY + 2, kHaloX = kTileX + 2, kHaloPixels = kHaloY * kHaloX;
-constexpr int kSlots = (kHaloPixels + 63) / 64;                     // halo pixels per lane (64 lanes per group)
-constexpr int kCopiesB = kGroups * kBlockN / kThreads;              // 16-byte B copies per thread and stage
+constexpr int kSlots = (kHaloPixels + 63) / 64;      // halo pixels per lane (64 lanes per group)
+constexpr int kMaxRgb = 4;  // the fused ToRGB's cap on its output channels, as modconv_tc's (conv.rs checks)
 
+template <int N>
 struct Smem {
   uint4 halo[2][kGroups][kHaloPixels];
-  uint4 b[2][kGroups][kBlockN];
+  uint4 b[2][kGroups][N];
 };
 
 struct F16 {
@@ -50,9 +53,12 @@ struct Bf16 {
   __device__ static unsigned word(float lo, float hi) { return pack_bfloat162(lo, hi); }
 };
 
-template <class Mode>
+// RGB: also the ToRGB after the layer (ModconvParams::rgb; N >= out_channels, so a warp holds all of a pixel's
+// channels), from y as stored.
+template <class Mode, int N, bool RGB = false>
 __device__ void conv3x3(const ModconvParams& p) {
-  __align__(128) __shared__ Smem smem;
+  constexpr int kCopiesB = (kGroups * N + kThreads - 1) / kThreads;  // 16-byte B copies per thread and stage
+  __align__(128) __shared__ Smem<N> smem;
   using X = typename Mode::Act;
   using T = typename X::T;
 
@@ -60,7 +66,7 @@ __device__ void conv3x3(const ModconvParams& p) {
   const int hw = p.height * p.width;
   const int tiles_x = (p.width + kTileX - 1) / kTileX;
   const int b = blockIdx.z, y0 = (blockIdx.x / tiles_x) * kTileY, x0 = (blockIdx.x % tiles_x) * kTileX;
-  const int n0 = blockIdx.y * kBlockN;
+  const int n0 = blockIdx.y * N;
   const int chunks = (p.in_channels + kChunkK - 1) / kChunkK;
   const int stages = chunks * 9;
 
@@ -104,12 +110,14 @@ __device__ void conv3x3(const ModconvParams& p) {
 #pragma unroll
   for (int j = 0; j < kCopiesB; ++j) {
     const int cell = tid + j * kThreads;
-    b_src[j] = weight + (cell / kBlockN) * p.weight_stride + cell % kBlockN;
+    b_src[j] = weight + (cell / N) * p.weight_stride + cell % N;
   }
   auto copy_b = [&](int stage, int buf) {
     const long long stage_cells = (long long)stage * kGroups * p.weight_stride;
 #pragma unroll
-    for (int j = 0; j < kCopiesB; ++j) copy16_async(&smem.b[buf][0][0] + tid + j * kThreads, b_src[j] + stage_cells);
+    for (int j = 0; j < kCopiesB; ++j)
+      if ((j + 1) * kThreads <= kGroups * N || tid + j * kThreads < kGroups * N)
+        copy16_async(&smem.b[buf][0][0] + tid + j * kThreads, b_src[j] + stage_cells);
   };
 
   // Descriptors, moved by adding offsets in 16-byte cells: A of warpgroup g starts at its 8 columns of the
@@ -117,16 +125,15 @@ __device__ void conv3x3(const ModconvParams& p) {
   const int wg = warp / 4;
   const unsigned long long a_base =
       wgmma_descriptor(&smem, 16 * 8 * wg, 16 * kHaloPixels, 16 * kHaloX);
-  const unsigned long long b_base =
-      wgmma_descriptor(&smem, sizeof(smem.halo), 16 * kBlockN, 16 * 8);
+  const unsigned long long b_base = wgmma_descriptor(&smem, sizeof(smem.halo), 16 * N, 16 * 8);
   auto a_desc = [&](int buf, int tap, int ks) {
     return a_base + (buf * kGroups + 2 * ks) * kHaloPixels + (tap / 3) * kHaloX + tap % 3;
   };
-  auto b_desc = [&](int buf, int ks) { return b_base + (buf * kGroups + 2 * ks) * kBlockN; };
+  auto b_desc = [&](int buf, int ks) { return b_base + (buf * kGroups + 2 * ks) * N; };
 
-  float acc[64];
+  float acc[N / 2];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < N / 2; ++i) acc[i] = 0.0f;
 
   {
     T first[kSlots][8];
@@ -154,8 +161,8 @@ __device__ void conv3x3(const ModconvParams& p) {
           if (slot_tap(j) == tap) load_slot(chunk + 1, j, part[j]);
       }
       wgmma_fence();
-      wgmma_m64k16<kBlockN, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 0), b_desc(b_cur, 0));
-      wgmma_m64k16<kBlockN, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 1), b_desc(b_cur, 1));
+      wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 0), b_desc(b_cur, 0));
+      wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 1), b_desc(b_cur, 1));
       wgmma_commit();
       if (next_chunk) {
 #pragma unroll
@@ -183,23 +190,60 @@ __device__ void conv3x3(const ModconvParams& p) {
     pix[h] = y < p.height && x < p.width ? y * p.width + x : -1;
     noise[h] = p.noise && pix[h] >= 0 ? p.noise[(long long)b * p.noise_sample_stride + pix[h]] : 0.0f;
   }
+  float rgb[2][kMaxRgb] = {};  // RGB: this thread's ToRGB partial sums per row and rgb channel
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
-    for (int j = 0; j < 16; ++j)
+    for (int j = 0; j < N / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int o = n0 + 8 * j + 2 * tig + e;
         if (o >= p.out_channels) continue;
         const float dcoef = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
         const float bias = p.bias ? p.bias[o] : 0.0f;
+        [[maybe_unused]] float rgb_style = 0.0f, rgb_weight[kMaxRgb] = {};
+        if constexpr (RGB) {
+          rgb_style = p.rgb_styles[b * p.out_channels + o];
+#pragma unroll
+          for (int c = 0; c < kMaxRgb; ++c)
+            if (c < p.rgb_channels) rgb_weight[c] = p.rgb_weight[c * p.out_channels + o];
+        }
         const long long y_channel = ((long long)b * p.out_channels + o) * hw;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           if (pix[h] < 0) continue;
-          store(p.y, y_channel + pix[h], modconv_finish(p, acc[4 * j + 2 * h + e], dcoef, noise[h], bias));
+          const float v = modconv_finish(p, acc[4 * j + 2 * h + e], dcoef, noise[h], bias);
+          if constexpr (RGB) {
+            const float a = store.rounded(v) * rgb_style;
+#pragma unroll
+            for (int c = 0; c < kMaxRgb; ++c)
+              if (c < p.rgb_channels) rgb[h][c] += a * rgb_weight[c];
+          }
+          store(p.y, y_channel + pix[h], v);
         }
       }
   });
+  if constexpr (RGB) {
+    // A row's channels are spread over the 4 lanes that share its groupID (one tig each), all in this warp.
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int c = 0; c < kMaxRgb; ++c) {
+        rgb[h][c] += __shfl_xor_sync(0xffffffffu, rgb[h][c], 1);
+        rgb[h][c] += __shfl_xor_sync(0xffffffffu, rgb[h][c], 2);
+      }
+    if (tig == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (pix[h] < 0) continue;
+#pragma unroll
+        for (int c = 0; c < kMaxRgb; ++c)
+          if (c < p.rgb_channels) {
+            const float v = activate(rgb[h][c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
+            p.rgb[((long long)b * p.rgb_channels + c) * hw + pix[h]] = add_skip(p, v, b, p.rgb_channels, c, pix[h]);
+          }
+      }
+    }
+  }
 }
 
 }  // namespace modconv_wgmma
@@ -297,7 +341,7 @@ __device__ void up2(const ModconvParams& p) {
     const long long stage_cells = (long long)stage * kGroups * p.weight_stride;
 #pragma unroll
     for (int j = 0; j < kCopiesB; ++j)
-      if (tid + j * kThreads < kGroups * kBlockN)
+      if ((j + 1) * kThreads <= kGroups * kBlockN || tid + j * kThreads < kGroups * kBlockN)
         copy16_async(&smem.gemm.b[buf][0][0] + tid + j * kThreads, b_src[j] + stage_cells);
   };
 
@@ -382,10 +426,19 @@ __device__ void up2(const ModconvParams& p) {
 
 }  // namespace up2_wgmma
 
-KERNEL_BOUNDED(modconv_3x3_wgmma_f16, ModconvParams, 256, 2) { modconv_wgmma::conv3x3<modconv_wgmma::F16>(p); }
-KERNEL_BOUNDED(modconv_3x3_wgmma_bf16, ModconvParams, 256, 2) { modconv_wgmma::conv3x3<modconv_wgmma::Bf16>(p); }
-KERNEL_BOUNDED(modconv_up2_3x3_wgmma_f16, ModconvParams, 256, 2) { up2_wgmma::up2<modconv_wgmma::F16>(p); }
-KERNEL_BOUNDED(modconv_up2_3x3_wgmma_bf16, ModconvParams, 256, 2) { up2_wgmma::up2<modconv_wgmma::Bf16>(p); }
+// Grid: (rectangles per sample, ceil(out_channels / N), batch); 256 threads, two blocks per SM. The plain names
+// take N = 128, _n64 the narrower block; the _torgb kernels also compute the ToRGB after the layer (one block
+// column). Layers with at most 32 outputs keep modconv_tc's _n32 kernels: with N = 32 the per-stage gather and
+// barrier of 8 warps would cost more instructions than mma.sync's 4 warps spend on the same tile.
+namespace wg = modconv_wgmma;
+KERNEL_BOUNDED(modconv_3x3_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 128>(p); }
+KERNEL_BOUNDED(modconv_3x3_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 128>(p); }
+KERNEL_BOUNDED(modconv_3x3_n64_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 64>(p); }
+KERNEL_BOUNDED(modconv_3x3_n64_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 64>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n64_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 64, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n64_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 64, true>(p); }
+KERNEL_BOUNDED(modconv_up2_3x3_wgmma_f16, ModconvParams, 256, 2) { up2_wgmma::up2<wg::F16>(p); }
+KERNEL_BOUNDED(modconv_up2_3x3_wgmma_bf16, ModconvParams, 256, 2) { up2_wgmma::up2<wg::Bf16>(p); }
 
 // One m64n128k16 f16 product on operands laid out as the host says, so a test can check the instruction (on a GPU)
 // and its twin (in the emulation) against wgmma.cuh's reading of the PTX ISA: element (r, k) of A (64 x 16,

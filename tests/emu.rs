@@ -878,13 +878,17 @@ mod tensor_core_conv {
     fn check_layer(l: &Layer, seed: u64) {
         check_layer_on(&EmuDevice::new(), l, seed);
         // An sm_90 device takes the wgmma kernels for up-sampling layers, and same-resolution 3x3 layers with
-        // more than 64 outputs, in fp16 and bf16.
+        // more than 32 outputs, in fp16 and bf16.
         let wgmma = match (l.k, l.up) {
             (3, 2) => [
                 Kernel::ModconvUp23x3WgmmaF16,
                 Kernel::ModconvUp23x3WgmmaBf16,
             ],
             (3, 1) if l.o > 64 => [Kernel::Modconv3x3WgmmaF16, Kernel::Modconv3x3WgmmaBf16],
+            (3, 1) if l.o > 32 => [
+                Kernel::Modconv3x3N64WgmmaF16,
+                Kernel::Modconv3x3N64WgmmaBf16,
+            ],
             _ => return,
         };
         let sm90 = EmuDevice::sm90();
@@ -1219,6 +1223,22 @@ mod tensor_core_conv {
             },
             0x7c04,
         );
+        // 40 outputs: the 64-channel wgmma block; 70 input channels, the last chunk partial.
+        check_layer(
+            &Layer {
+                n: 1,
+                i: 70,
+                o: 40,
+                h: 8,
+                w: 16,
+                k: 3,
+                up: 1,
+                demodulate: true,
+                per_sample_noise: true,
+                clamp: None,
+            },
+            0x7c07,
+        );
     }
 
     #[test]
@@ -1352,7 +1372,21 @@ mod tensor_core_conv {
     ///   (2u + u^2 + 2 K 2^-23 (1 + u)^2) S + 2 eta (A + W) + 2^-20 (S + |bias_c|)
     /// (the last term: each kernel's f32 rounding of the bias addition); the clamp is 1-Lipschitz.
     fn check_fused_torgb(l: &Pair, seed: u64) {
-        let dev = EmuDevice::new();
+        check_fused_torgb_on(&EmuDevice::new(), l, seed);
+        if l.o > 32 {
+            // An sm_90 device fuses the ToRGB into the 64-channel wgmma kernel in fp16 and bf16.
+            let sm90 = EmuDevice::sm90();
+            check_fused_torgb_on(&sm90, l, seed);
+            for kernel in [
+                Kernel::Modconv3x3TorgbN64WgmmaF16,
+                Kernel::Modconv3x3TorgbN64WgmmaBf16,
+            ] {
+                assert_eq!(sm90.launches(kernel), 1, "{kernel:?}");
+            }
+        }
+    }
+
+    fn check_fused_torgb_on(dev: &EmuDevice, l: &Pair, seed: u64) {
         let mut rng = Rng(seed);
         let x = scaled(rng.tensor(vec![l.n, l.i, l.h, l.w]), 256.0);
         let styles = scaled(rng.tensor(vec![l.n, l.i]), 10.0);
@@ -1361,19 +1395,19 @@ mod tensor_core_conv {
             1.0 / ((9 * l.i) as f32).sqrt(),
         );
         let bias = rng.tensor(vec![l.o]).data;
-        let noise = DeviceTensor::upload(&dev, &rng.tensor(vec![l.h, l.w])).unwrap();
+        let noise = DeviceTensor::upload(dev, &rng.tensor(vec![l.h, l.w])).unwrap();
         let rgb_styles = scaled(rng.tensor(vec![l.n, l.o]), 10.0);
         let rgb_weight = scaled(rng.tensor(vec![3, l.o, 1, 1]), 1.0 / (l.o as f32).sqrt());
         let rgb_bias = rng.tensor(vec![3]).data;
-        let sd = DeviceTensor::upload(&dev, &styles).unwrap();
-        let rgb_sd = DeviceTensor::upload(&dev, &rgb_styles).unwrap();
+        let sd = DeviceTensor::upload(dev, &styles).unwrap();
+        let rgb_sd = DeviceTensor::upload(dev, &rgb_styles).unwrap();
         let hw = l.h * l.w;
         let mut clamp_hits = 0;
         for precision in TENSOR_CORE_MODES {
             let activations = precision.activation_dtype();
-            let conv = synthesis_conv(&dev, &weight, &bias, Some(256.0), precision);
+            let conv = synthesis_conv(dev, &weight, &bias, Some(256.0), precision);
             let torgb = DeviceConvLayer::with_precision(
-                &dev,
+                dev,
                 &rgb_weight,
                 false,
                 1,
@@ -1389,8 +1423,8 @@ mod tensor_core_conv {
             )
             .unwrap();
             assert!(conv.can_fuse_torgb(&torgb), "{precision}: not fusable");
-            let xd = DeviceTensor::upload_as(&dev, &x, activations).unwrap();
-            let dcoefs = conv.demod(&dev, &sd).unwrap();
+            let xd = DeviceTensor::upload_as(dev, &x, activations).unwrap();
+            let dcoefs = conv.demod(dev, &sd).unwrap();
             let layer_noise = || {
                 Some(DeviceNoise::Shared {
                     plane: &noise,
@@ -1399,7 +1433,7 @@ mod tensor_core_conv {
             };
             let y_ref = conv
                 .forward(
-                    &dev,
+                    dev,
                     &xd,
                     &sd,
                     dcoefs.as_ref(),
@@ -1408,13 +1442,13 @@ mod tensor_core_conv {
                 )
                 .unwrap();
             let rgb_ref = torgb
-                .forward(&dev, &y_ref, &rgb_sd, None, None, ConvPath::Fast)
+                .forward(dev, &y_ref, &rgb_sd, None, None, ConvPath::Fast)
                 .unwrap()
-                .download(&dev)
+                .download(dev)
                 .unwrap();
             let (y, rgb) = conv
                 .forward_with_torgb(
-                    &dev,
+                    dev,
                     &xd,
                     &sd,
                     dcoefs.as_ref(),
@@ -1426,9 +1460,9 @@ mod tensor_core_conv {
                     },
                 )
                 .unwrap();
-            let (y, y_ref) = (y.download(&dev).unwrap(), y_ref.download(&dev).unwrap());
+            let (y, y_ref) = (y.download(dev).unwrap(), y_ref.download(dev).unwrap());
             assert_same_bits(&format!("{precision}: fused y"), &y, &y_ref);
-            let rgb = rgb.download(&dev).unwrap();
+            let rgb = rgb.download(dev).unwrap();
             assert_eq!(rgb.shape, rgb_ref.shape);
             let (u, eta) = input_rounding(precision);
             let k = l.o as f64;
@@ -1810,15 +1844,24 @@ mod tensor_core_conv {
         }
     }
 
-    /// On an sm_90 device: the up-sampling convs and the 128-channel conv1 layers (b4, b8) on the wgmma kernels.
+    /// On an sm_90 device: the up-sampling convs, the 128-channel conv1 layers (b4, b8) and b16's 64-channel conv1
+    /// with its fused ToRGB on the wgmma kernels.
     #[test]
     fn nvlabs_tiny_case_a_on_sm90() {
         for precision in [Precision::Fp16, Precision::Bf16] {
             let dev = EmuDevice::sm90();
             let (img, golden_img, _) = render_on(&dev, "nvlabs_tiny", precision);
             let wgmma = match precision {
-                Precision::Fp16 => [Kernel::Modconv3x3WgmmaF16, Kernel::ModconvUp23x3WgmmaF16],
-                _ => [Kernel::Modconv3x3WgmmaBf16, Kernel::ModconvUp23x3WgmmaBf16],
+                Precision::Fp16 => [
+                    Kernel::Modconv3x3WgmmaF16,
+                    Kernel::Modconv3x3TorgbN64WgmmaF16,
+                    Kernel::ModconvUp23x3WgmmaF16,
+                ],
+                _ => [
+                    Kernel::Modconv3x3WgmmaBf16,
+                    Kernel::Modconv3x3TorgbN64WgmmaBf16,
+                    Kernel::ModconvUp23x3WgmmaBf16,
+                ],
             };
             for kernel in wgmma {
                 assert!(

@@ -21,9 +21,13 @@ fn tensor_core_family(name: &str) -> &'static str {
 }
 
 /// The sm_90 convolutions on wgmma (`kernels/modconv_wgmma.cu`), built for sm_90a alone.
-const WGMMA_CONVS: [&str; 4] = [
+const WGMMA_CONVS: [&str; 8] = [
     "modconv_3x3_wgmma_f16",
     "modconv_3x3_wgmma_bf16",
+    "modconv_3x3_n64_wgmma_f16",
+    "modconv_3x3_n64_wgmma_bf16",
+    "modconv_3x3_torgb_n64_wgmma_f16",
+    "modconv_3x3_torgb_n64_wgmma_bf16",
     "modconv_up2_3x3_wgmma_f16",
     "modconv_up2_3x3_wgmma_bf16",
 ];
@@ -192,9 +196,10 @@ fn tensor_core_3x3_main_loops_issue_few_instructions_per_mma() {
 }
 
 /// The wgmma kernels' main loops, per m16n8k16's worth of a warp's work (an m64nNk16 wgmma is N / 8 of those per
-/// warp: N = 144 for the up-sampling kernels, 128 otherwise), so they compare with the mma.sync kernels' figure
-/// above: about 3 (same resolution: a tap is a descriptor offset) and 6 (up-sampling: each A element is gathered,
-/// scaled and rounded for 144 columns, and its loads and conversions dominate the loop).
+/// warp: N = 144 for the up-sampling kernels, 64 for _n64, 128 otherwise), so they compare with the mma.sync
+/// kernels' figure above: about 3 (same resolution: a tap is a descriptor offset), 5.5 (_n64: the same gather and
+/// barrier per stage for half the work) and 6 (up-sampling: each A element is gathered, scaled and rounded for 144
+/// columns, and its loads and conversions dominate the loop).
 #[test]
 fn wgmma_main_loops_issue_few_instructions_per_unit_of_work() {
     if KERNEL_TABLE.is_empty() || !SASS_CHECKED {
@@ -203,12 +208,20 @@ fn wgmma_main_loops_issue_few_instructions_per_unit_of_work() {
     }
     for name in WGMMA_CONVS {
         let k = kernel(name);
-        let n = if name.contains("up2") { 144.0 } else { 128.0 };
+        let n = if name.contains("up2") {
+            144.0
+        } else if name.contains("n64") {
+            64.0
+        } else {
+            128.0
+        };
         let per_wgmma = k
             .main_loop_instructions_per_mma()
             .unwrap_or_else(|| panic!("kernel {name}: no main loop with wgmma"));
         let per_unit = per_wgmma / (n / 8.0);
-        eprintln!("{name}: {per_wgmma:.1} instructions per wgmma, {per_unit:.1} per m16n8k16 of work");
+        eprintln!(
+            "{name}: {per_wgmma:.1} instructions per wgmma, {per_unit:.1} per m16n8k16 of work"
+        );
         assert!(
             per_unit <= 8.0,
             "kernel {name}: {per_unit:.1} instructions per m16n8k16 of work in its main loop"

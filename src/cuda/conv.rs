@@ -55,12 +55,17 @@ const TC_WIDE: TcShape = TcShape {
     channels: 32,
     threads: 128,
 };
-/// The sm_90 3x3 kernels (`kernels/modconv_wgmma.cu`, fp16 and bf16, layers with more than `TC_SQUARE.channels`
+/// The sm_90 3x3 kernels (`kernels/modconv_wgmma.cu`, fp16 and bf16 layers with more than `TC_WIDE.channels`
 /// outputs on a device with [`Device::wgmma`]): two warpgroups, each an m64n128 product.
 const TC_WGMMA: TcShape = TcShape {
     rect: [8, 16],
     channels: 128,
     threads: 256,
+};
+/// The same for layers with 33-64 outputs (and their fused ToRGB): 64-channel blocks.
+const TC_WGMMA64: TcShape = TcShape {
+    channels: 64,
+    ..TC_WGMMA
 };
 /// Its K words per channel group (a 16-byte cell of wgmma's core matrices) and groups per stage.
 const WGMMA_GROUP_WORDS: usize = 4;
@@ -291,14 +296,19 @@ impl<D: Device> DeviceConvLayer<D> {
                     (Kernel::Modconv1x1Narrow, SameTiling::Flat(NARROW_TILE))
                 }
                 (_, Precision::Fp32, _) => (Kernel::Modconv1x1, SameTiling::Flat(WIDE_TILE)),
-                (3, Precision::Fp16 | Precision::Bf16, _)
-                    if o > TC_SQUARE.channels && dev.wgmma() =>
-                {
-                    let kernel = match precision {
-                        Precision::Fp16 => Kernel::Modconv3x3WgmmaF16,
-                        _ => Kernel::Modconv3x3WgmmaBf16,
+                (3, Precision::Fp16 | Precision::Bf16, false) if dev.wgmma() => {
+                    let kernel = match (precision, o > TC_WGMMA64.channels) {
+                        (Precision::Fp16, true) => Kernel::Modconv3x3WgmmaF16,
+                        (_, true) => Kernel::Modconv3x3WgmmaBf16,
+                        (Precision::Fp16, false) => Kernel::Modconv3x3N64WgmmaF16,
+                        (_, false) => Kernel::Modconv3x3N64WgmmaBf16,
                     };
-                    (kernel, SameTiling::Rect(TC_WGMMA))
+                    let shape = if o > TC_WGMMA64.channels {
+                        TC_WGMMA
+                    } else {
+                        TC_WGMMA64
+                    };
+                    (kernel, SameTiling::Rect(shape))
                 }
                 _ => {
                     let kernel = match (kh, precision, wide) {
@@ -321,13 +331,15 @@ impl<D: Device> DeviceConvLayer<D> {
                 }
             };
             // The shape's channel block holds all of a pixel's channels (o <= 64), as the fused ToRGB's sums need.
-            let torgb = match (kh, precision, wide) {
-                (3, Precision::Tf32, false) => Some(Kernel::Modconv3x3TorgbTf32),
-                (3, Precision::Tf32, true) => Some(Kernel::Modconv3x3TorgbN32Tf32),
-                (3, Precision::Fp16, false) => Some(Kernel::Modconv3x3TorgbF16),
-                (3, Precision::Fp16, true) => Some(Kernel::Modconv3x3TorgbN32F16),
-                (3, Precision::Bf16, false) => Some(Kernel::Modconv3x3TorgbBf16),
-                (3, Precision::Bf16, true) => Some(Kernel::Modconv3x3TorgbN32Bf16),
+            let torgb = match (kernel, kh, precision, wide) {
+                (Kernel::Modconv3x3N64WgmmaF16, ..) => Some(Kernel::Modconv3x3TorgbN64WgmmaF16),
+                (Kernel::Modconv3x3N64WgmmaBf16, ..) => Some(Kernel::Modconv3x3TorgbN64WgmmaBf16),
+                (_, 3, Precision::Tf32, false) => Some(Kernel::Modconv3x3TorgbTf32),
+                (_, 3, Precision::Tf32, true) => Some(Kernel::Modconv3x3TorgbN32Tf32),
+                (_, 3, Precision::Fp16, false) => Some(Kernel::Modconv3x3TorgbF16),
+                (_, 3, Precision::Fp16, true) => Some(Kernel::Modconv3x3TorgbN32F16),
+                (_, 3, Precision::Bf16, false) => Some(Kernel::Modconv3x3TorgbBf16),
+                (_, 3, Precision::Bf16, true) => Some(Kernel::Modconv3x3TorgbN32Bf16),
                 _ => None,
             }
             .filter(|_| o <= TC_SQUARE.channels);
@@ -367,11 +379,16 @@ impl<D: Device> DeviceConvLayer<D> {
             }
             ConvKernel::Up2 { .. } => pack_up2(weight_data, o, i),
             ConvKernel::Same {
-                kernel: Kernel::Modconv3x3WgmmaF16 | Kernel::Modconv3x3WgmmaBf16,
+                kernel:
+                    Kernel::Modconv3x3WgmmaF16
+                    | Kernel::Modconv3x3WgmmaBf16
+                    | Kernel::Modconv3x3N64WgmmaF16
+                    | Kernel::Modconv3x3N64WgmmaBf16,
+                tiling: SameTiling::Rect(shape),
                 ..
             } => {
                 let (words, cols) =
-                    pack_same_words(weight_data, o, i, 9, TC_WGMMA.channels, precision);
+                    pack_same_words(weight_data, o, i, 9, shape.channels, precision);
                 (wgmma_groups(&words, cols), cols)
             }
             ConvKernel::Same {
