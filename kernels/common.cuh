@@ -51,6 +51,33 @@ __device__ __forceinline__ float modconv_finish(const ModconvParams& p, float v,
   return activate(v, p.act, p.alpha, p.gain, p.clamp);
 }
 
+// The fused ToRGB's cap on its output channels (conv.rs rejects more): its partial sums live in registers.
+constexpr int kMaxFusedRgb = 4;
+
+// What the tensor-core convs' epilogues load once per output channel o of sample b and keep in registers over
+// their pixels: its demodulation coefficient and bias, and with RGB (a fused ToRGB) its ToRGB style and weights.
+template <bool RGB>
+struct ChannelValues {
+  float dcoef, bias, rgb_style = 0.0f, rgb_weight[kMaxFusedRgb] = {};
+
+  __device__ ChannelValues(const ModconvParams& p, int b, int o)
+      : dcoef(p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f), bias(p.bias ? p.bias[o] : 0.0f) {
+    if constexpr (RGB) {
+      rgb_style = p.rgb_styles[b * p.out_channels + o];
+#pragma unroll
+      for (int c = 0; c < kMaxFusedRgb; ++c)
+        if (c < p.rgb_channels) rgb_weight[c] = p.rgb_weight[c * p.out_channels + o];
+    }
+  }
+  // Adds this channel's output at a pixel, as stored, to the pixel's ToRGB partial sums.
+  __device__ void add_rgb(const ModconvParams& p, float stored, float (&rgb)[kMaxFusedRgb]) const {
+    const float a = stored * rgb_style;
+#pragma unroll
+    for (int c = 0; c < kMaxFusedRgb; ++c)
+      if (c < p.rgb_channels) rgb[c] += a * rgb_weight[c];
+  }
+};
+
 // modconv_finish for sample b, output channel o, flat output pixel `pix`, loading each value it needs.
 __device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float v, int b, int o, int pix) {
   return modconv_finish(p, v, p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f,

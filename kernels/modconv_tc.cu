@@ -83,8 +83,6 @@ struct Bf16 {
   }
 };
 
-// The fused ToRGB's cap on its output channels (conv.rs rejects more): its partial sums live in registers.
-constexpr int kMaxRgb = 4;
 
 // RGB: the kernel also computes the ToRGB after this layer (ModconvParams::rgb; 3x3 with out_channels <= kBlockN,
 // so one block holds all of a pixel's channels), from y as stored (the value the unfused ToRGB would read).
@@ -102,7 +100,7 @@ __device__ void same_impl(const ModconvParams& p) {
   __align__(16) __shared__ unsigned halo[2][kHaloPixels * kRow];
   __align__(16) __shared__ unsigned b_tile[2][S::kBlockN * kRow];  // n-major: a row of K words per channel
   static_assert(kCopiesB * 4 * kThreads == kChunkWords * S::kBlockN, "B stages split evenly");
-  static_assert(S::kWarpsN == 1 || S::kBlockM * kMaxRgb <= 2 * kHaloPixels * kRow,
+  static_assert(S::kWarpsN == 1 || S::kBlockM * kMaxFusedRgb <= 2 * kHaloPixels * kRow,
                 "the ToRGB partials fit in the halo buffers");
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -282,7 +280,7 @@ __device__ void same_impl(const ModconvParams& p) {
                       ? p.noise[(long long)b * p.noise_sample_stride + pix[mi][h]] * p.noise_strength
                       : 0.0f;
     }
-  float rgb[2][2][kMaxRgb] = {};  // RGB: this thread's ToRGB partial sums per row [mi][h] and rgb channel
+  float rgb[2][2][kMaxFusedRgb] = {};  // RGB: this thread's ToRGB partial sums per row [mi][h] and rgb channel
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
@@ -290,15 +288,7 @@ __device__ void same_impl(const ModconvParams& p) {
       for (int e = 0; e < 2; ++e) {
         const int o = n0 + warp_n + ni * 8 + 2 * tig + e;
         if (o >= p.out_channels) continue;
-        const float dcoef = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
-        const float bias = p.bias ? p.bias[o] : 0.0f;
-        [[maybe_unused]] float rgb_style = 0.0f, rgb_weight[kMaxRgb] = {};
-        if constexpr (RGB) {
-          rgb_style = p.rgb_styles[b * p.out_channels + o];
-#pragma unroll
-          for (int c = 0; c < kMaxRgb; ++c)
-            if (c < p.rgb_channels) rgb_weight[c] = p.rgb_weight[c * p.out_channels + o];
-        }
+        const ChannelValues<RGB> ch(p, b, o);
         const long long y_channel = ((long long)b * p.out_channels + o) * hw;
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi)
@@ -306,16 +296,13 @@ __device__ void same_impl(const ModconvParams& p) {
           for (int h = 0; h < 2; ++h) {
             if (pix[mi][h] < 0) continue;
             float v = acc[mi][ni][2 * h + e];
-            if (p.dcoefs) v *= dcoef;
+            if (p.dcoefs) v *= ch.dcoef;
             if (p.noise) v += nz[mi][h];
-            if (p.bias) v += bias;
+            if (p.bias) v += ch.bias;
             v = activate(v, p.act, p.alpha, p.gain, p.clamp);
             if constexpr (RGB) {
               v = store.rounded(v);
-              const float a = v * rgb_style;
-#pragma unroll
-              for (int c = 0; c < kMaxRgb; ++c)
-                if (c < p.rgb_channels) rgb[mi][h][c] += a * rgb_weight[c];
+              ch.add_rgb(p, v, rgb[mi][h]);
             }
             if constexpr (KS == 1) v = add_skip(p, v, b, p.out_channels, o, pix[mi][h]);  // ToRGB: the skip image
             store(p.y, y_channel + pix[mi][h], v);
@@ -325,18 +312,18 @@ __device__ void same_impl(const ModconvParams& p) {
   if constexpr (RGB) {
     // Sum a row's partials over the 4 lanes that share it (one tig each), then, with two warps along N, over
     // those through shared memory. The tiles are free: the main loop's last barrier follows its last read of them.
-    float* const partial = reinterpret_cast<float*>(halo);  // [kBlockM rows][kMaxRgb], from the warp_n 32 warps
+    float* const partial = reinterpret_cast<float*>(halo);  // [kBlockM rows][kMaxFusedRgb], from the warp_n 32 warps
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
 #pragma unroll
-        for (int c = 0; c < kMaxRgb; ++c) {
+        for (int c = 0; c < kMaxFusedRgb; ++c) {
           float& r = rgb[mi][h][c];
           r += __shfl_xor_sync(0xffffffffu, r, 1);
           r += __shfl_xor_sync(0xffffffffu, r, 2);
           if (S::kWarpsN == 2 && warp_n != 0 && tig == 0)
-            partial[(warp_m + mi * 16 + group + 8 * h) * kMaxRgb + c] = r;
+            partial[(warp_m + mi * 16 + group + 8 * h) * kMaxFusedRgb + c] = r;
         }
     if constexpr (S::kWarpsN == 2) __syncthreads();
     if (warp_n == 0 && tig == 0) {
@@ -347,9 +334,9 @@ __device__ void same_impl(const ModconvParams& p) {
           const int row = warp_m + mi * 16 + group + 8 * h;
           if (pix[mi][h] < 0) continue;
 #pragma unroll
-          for (int c = 0; c < kMaxRgb; ++c)
+          for (int c = 0; c < kMaxFusedRgb; ++c)
             if (c < p.rgb_channels) {
-              const float sum = S::kWarpsN == 2 ? rgb[mi][h][c] + partial[row * kMaxRgb + c] : rgb[mi][h][c];
+              const float sum = S::kWarpsN == 2 ? rgb[mi][h][c] + partial[row * kMaxFusedRgb + c] : rgb[mi][h][c];
               const float v = activate(sum + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
               p.rgb[((long long)b * p.rgb_channels + c) * hw + pix[mi][h]] =
                   add_skip(p, v, b, p.rgb_channels, c, pix[mi][h]);

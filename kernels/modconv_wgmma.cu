@@ -34,12 +34,37 @@ constexpr int kGroups = 4;                           // channel groups (8 channe
 constexpr int kChunkK = 8 * kGroups;                 // input channels per chunk
 constexpr int kHaloY = kTileY + 2, kHaloX = kTileX + 2, kHaloPixels = kHaloY * kHaloX;
 constexpr int kSlots = (kHaloPixels + 63) / 64;      // halo pixels per lane (64 lanes per group)
-constexpr int kMaxRgb = 4;  // the fused ToRGB's cap on its output channels, as modconv_tc's (conv.rs checks)
 
 template <int N>
 struct Smem {
   uint4 halo[2][kGroups][kHaloPixels];
   uint4 b[2][kGroups][N];
+};
+
+// The B stages of both kernels: a stage's tile is [channel group][column] cells, the block's columns col0 ..
+// col0 + Cols - 1 of the packed weight, copied with cp.async. This thread's copies are cells tid + j kThreads.
+template <int Cols>
+struct BStages {
+  static constexpr int kCells = kGroups * Cols, kCopies = (kCells + kThreads - 1) / kThreads;
+  const uint4* src[kCopies];  // this thread's cells in stage 0
+  int stride;                 // cells per channel group of a stage (ModconvParams::weight_stride)
+
+  __device__ BStages(const ModconvParams& p, int col0) : stride(p.weight_stride) {
+    const uint4* const weight = reinterpret_cast<const uint4*>(p.weight) + col0;
+#pragma unroll
+    for (int j = 0; j < kCopies; ++j) {
+      const int cell = threadIdx.x + j * kThreads;
+      src[j] = weight + (cell / Cols) * stride + cell % Cols;
+    }
+  }
+  __device__ void copy(uint4* tile, int stage) const {
+    const long long stage_cells = (long long)stage * kGroups * stride;
+#pragma unroll
+    for (int j = 0; j < kCopies; ++j) {
+      const int cell = threadIdx.x + j * kThreads;
+      if ((j + 1) * kThreads <= kCells || cell < kCells) copy16_async(tile + cell, src[j] + stage_cells);
+    }
+  }
 };
 
 struct F16 {
@@ -57,7 +82,6 @@ struct Bf16 {
 // channels), from y as stored.
 template <class Mode, int N, bool RGB = false>
 __device__ void conv3x3(const ModconvParams& p) {
-  constexpr int kCopiesB = (kGroups * N + kThreads - 1) / kThreads;  // 16-byte B copies per thread and stage
   __align__(128) __shared__ Smem<N> smem;
   using X = typename Mode::Act;
   using T = typename X::T;
@@ -104,21 +128,8 @@ __device__ void conv3x3(const ModconvParams& p) {
   // The tap at which the next chunk's slot j is gathered: spread over the taps, so few loads are in flight.
   auto slot_tap = [](int j) { return j * 9 / kSlots; };
 
-  // B copy j of a stage: cell tid + j kThreads of the [channel group][channel] tile; its source in stage 0.
-  const uint4* const weight = reinterpret_cast<const uint4*>(p.weight) + n0;
-  const uint4* b_src[kCopiesB];
-#pragma unroll
-  for (int j = 0; j < kCopiesB; ++j) {
-    const int cell = tid + j * kThreads;
-    b_src[j] = weight + (cell / N) * p.weight_stride + cell % N;
-  }
-  auto copy_b = [&](int stage, int buf) {
-    const long long stage_cells = (long long)stage * kGroups * p.weight_stride;
-#pragma unroll
-    for (int j = 0; j < kCopiesB; ++j)
-      if ((j + 1) * kThreads <= kGroups * N || tid + j * kThreads < kGroups * N)
-        copy16_async(&smem.b[buf][0][0] + tid + j * kThreads, b_src[j] + stage_cells);
-  };
+  const BStages<N> b_stages(p, n0);
+  auto copy_b = [&](int stage, int buf) { b_stages.copy(&smem.b[buf][0][0], stage); };
 
   // Descriptors, moved by adding offsets in 16-byte cells: A of warpgroup g starts at its 8 columns of the
   // rectangle; a K step of 16 channels is two channel groups.
@@ -190,7 +201,7 @@ __device__ void conv3x3(const ModconvParams& p) {
     pix[h] = y < p.height && x < p.width ? y * p.width + x : -1;
     noise[h] = p.noise && pix[h] >= 0 ? p.noise[(long long)b * p.noise_sample_stride + pix[h]] : 0.0f;
   }
-  float rgb[2][kMaxRgb] = {};  // RGB: this thread's ToRGB partial sums per row and rgb channel
+  float rgb[2][kMaxFusedRgb] = {};  // RGB: this thread's ToRGB partial sums per row and rgb channel
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
     for (int j = 0; j < N / 8; ++j)
@@ -198,26 +209,13 @@ __device__ void conv3x3(const ModconvParams& p) {
       for (int e = 0; e < 2; ++e) {
         const int o = n0 + 8 * j + 2 * tig + e;
         if (o >= p.out_channels) continue;
-        const float dcoef = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
-        const float bias = p.bias ? p.bias[o] : 0.0f;
-        [[maybe_unused]] float rgb_style = 0.0f, rgb_weight[kMaxRgb] = {};
-        if constexpr (RGB) {
-          rgb_style = p.rgb_styles[b * p.out_channels + o];
-#pragma unroll
-          for (int c = 0; c < kMaxRgb; ++c)
-            if (c < p.rgb_channels) rgb_weight[c] = p.rgb_weight[c * p.out_channels + o];
-        }
+        const ChannelValues<RGB> ch(p, b, o);
         const long long y_channel = ((long long)b * p.out_channels + o) * hw;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           if (pix[h] < 0) continue;
-          const float v = modconv_finish(p, acc[4 * j + 2 * h + e], dcoef, noise[h], bias);
-          if constexpr (RGB) {
-            const float a = store.rounded(v) * rgb_style;
-#pragma unroll
-            for (int c = 0; c < kMaxRgb; ++c)
-              if (c < p.rgb_channels) rgb[h][c] += a * rgb_weight[c];
-          }
+          const float v = modconv_finish(p, acc[4 * j + 2 * h + e], ch.dcoef, noise[h], ch.bias);
+          if constexpr (RGB) ch.add_rgb(p, store.rounded(v), rgb[h]);
           store(p.y, y_channel + pix[h], v);
         }
       }
@@ -227,7 +225,7 @@ __device__ void conv3x3(const ModconvParams& p) {
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int c = 0; c < kMaxRgb; ++c) {
+      for (int c = 0; c < kMaxFusedRgb; ++c) {
         rgb[h][c] += __shfl_xor_sync(0xffffffffu, rgb[h][c], 1);
         rgb[h][c] += __shfl_xor_sync(0xffffffffu, rgb[h][c], 2);
       }
@@ -236,7 +234,7 @@ __device__ void conv3x3(const ModconvParams& p) {
       for (int h = 0; h < 2; ++h) {
         if (pix[h] < 0) continue;
 #pragma unroll
-        for (int c = 0; c < kMaxRgb; ++c)
+        for (int c = 0; c < kMaxFusedRgb; ++c)
           if (c < p.rgb_channels) {
             const float v = activate(rgb[h][c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
             p.rgb[((long long)b * p.rgb_channels + c) * hw + pix[h]] = add_skip(p, v, b, p.rgb_channels, c, pix[h]);
@@ -263,11 +261,10 @@ __device__ void conv3x3(const ModconvParams& p) {
 namespace up2_wgmma {
 
 using namespace up2_tile;
-constexpr int kThreads = 256;
+using modconv_wgmma::kGroups, modconv_wgmma::kThreads;
 constexpr int kBlockM = PY * PX, kTaps = 9, kBlockN = kChannels * kTaps;
-constexpr int kGroups = 4, kStageK = 8 * kGroups;  // channel groups (8 channels) and channels per stage
+constexpr int kStageK = 8 * kGroups;                  // channels per stage
 constexpr int kCells = kBlockM * kGroups / kThreads;  // gather cells per thread and stage
-constexpr int kCopiesB = (kGroups * kBlockN + kThreads - 1) / kThreads;
 constexpr int kMaxInChannels = 1024;  // the sample's styles are staged in shared memory (conv.rs checks)
 static_assert(kThreads / 32 == PY && kBlockM == 2 * 64, "a warp per patch row; two m64 warpgroups");
 
@@ -329,21 +326,8 @@ __device__ void up2(const ModconvParams& p) {
     smem.gemm.a[buf][group][64 * (warp / kGroups) + lane + 32 * j] = u;
   };
 
-  // B copy j of a stage: cell tid + j kThreads of the [channel group][column] tile; its source in stage 0.
-  const uint4* const weight = reinterpret_cast<const uint4*>(p.weight) + blockIdx.y * kBlockN;
-  const uint4* b_src[kCopiesB];
-#pragma unroll
-  for (int j = 0; j < kCopiesB; ++j) {
-    const int cell = tid + j * kThreads;
-    b_src[j] = weight + (cell / kBlockN) * p.weight_stride + cell % kBlockN;
-  }
-  auto copy_b = [&](int stage, int buf) {
-    const long long stage_cells = (long long)stage * kGroups * p.weight_stride;
-#pragma unroll
-    for (int j = 0; j < kCopiesB; ++j)
-      if ((j + 1) * kThreads <= kGroups * kBlockN || tid + j * kThreads < kGroups * kBlockN)
-        copy16_async(&smem.gemm.b[buf][0][0] + tid + j * kThreads, b_src[j] + stage_cells);
-  };
+  const modconv_wgmma::BStages<kBlockN> b_stages(p, blockIdx.y * kBlockN);
+  auto copy_b = [&](int stage, int buf) { b_stages.copy(&smem.gemm.b[buf][0][0], stage); };
 
   // Descriptors in 16-byte cells: warpgroup g's A starts at position 64 g; a K step is two channel groups.
   const int wg = warp / 4;

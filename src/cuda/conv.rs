@@ -70,7 +70,7 @@ const TC_WGMMA64: TcShape = TcShape {
 /// Its K words per channel group (a 16-byte cell of wgmma's core matrices) and groups per stage.
 const WGMMA_GROUP_WORDS: usize = 4;
 const TC_STAGE_WORDS: usize = 16;
-/// The most output channels of a ToRGB fused into the 3x3 conv before it (`kMaxRgb` of `kernels/modconv_tc.cu`).
+/// The most output channels of a ToRGB fused into the 3x3 conv before it (`kMaxFusedRgb` of `kernels/common.cuh`).
 const FUSED_RGB_MAX_CHANNELS: usize = 4;
 /// The tensor-core up-sampling kernels (same file; the output tile is the f32 kernel's): channels per block, K
 /// words per stage, threads, and the most input channels (`kMaxInChannels`: a sample's styles are staged in shared
