@@ -141,15 +141,18 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
         "unknown: cuobjdump was missing"
     };
     println!(
-        "  (registers for sm_90; tensor-core ops, local memory and main-loop instructions per mma {sass})"
+        "  (registers for sm_90 or sm_90a; tensor-core ops, local memory and main-loop instructions per mma \
+         or wgmma {sass})"
     );
+    let name_width = KERNEL_TABLE.iter().map(|k| k.name.len()).max().unwrap_or(0);
+    let file_width = KERNEL_TABLE.iter().map(|k| k.file.len()).max().unwrap_or(0);
     println!(
-        "  {:27} {:10} {:>5} {:>7} {:>6} {:>6} {:12} {:>8} archs",
+        "  {:name_width$} {:file_width$} {:>5} {:>7} {:>6} {:>6} {:12} {:>8} archs",
         "name", "file", "regs", "shared", "spill", "local", "tensor-core", "per mma"
     );
     for k in KERNEL_TABLE {
         println!(
-            "  {:27} {:10} {:>5} {:>7} {:>6} {:>6} {:12} {:>8} {}",
+            "  {:name_width$} {:file_width$} {:>5} {:>7} {:>6} {:>6} {:12} {:>8} {}",
             k.name,
             k.file,
             k.registers,
