@@ -83,7 +83,6 @@ struct Bf16 {
   }
 };
 
-
 // RGB: the kernel also computes the ToRGB after this layer (ModconvParams::rgb; 3x3 with out_channels <= kBlockN,
 // so one block holds all of a pixel's channels), from y as stored (the value the unfused ToRGB would read).
 template <int KS, class Mode, class S, bool RGB = false>

@@ -263,17 +263,18 @@ impl<D: Device> DeviceConvLayer<D> {
         }
         let conv_kernel = if up2_3x3 {
             // On an sm_90 device, fp16 and bf16 take the wgmma twins (same block, tile and threads).
-            let (kernel, channels, threads) = match (precision, dev.wgmma()) {
-                (Precision::Fp32, _) => (Kernel::ModconvUp23x3, UP2_CH, UP2_THREADS),
-                (Precision::Tf32, _) => (Kernel::ModconvUp23x3Tf32, UP2_TC_CH, UP2_TC_THREADS),
-                (Precision::Fp16, false) => (Kernel::ModconvUp23x3F16, UP2_TC_CH, UP2_TC_THREADS),
-                (Precision::Bf16, false) => (Kernel::ModconvUp23x3Bf16, UP2_TC_CH, UP2_TC_THREADS),
-                (Precision::Fp16, true) => {
-                    (Kernel::ModconvUp23x3WgmmaF16, UP2_TC_CH, UP2_TC_THREADS)
-                }
-                (Precision::Bf16, true) => {
-                    (Kernel::ModconvUp23x3WgmmaBf16, UP2_TC_CH, UP2_TC_THREADS)
-                }
+            let kernel = match (precision, dev.wgmma()) {
+                (Precision::Fp32, _) => Kernel::ModconvUp23x3,
+                (Precision::Tf32, _) => Kernel::ModconvUp23x3Tf32,
+                (Precision::Fp16, false) => Kernel::ModconvUp23x3F16,
+                (Precision::Bf16, false) => Kernel::ModconvUp23x3Bf16,
+                (Precision::Fp16, true) => Kernel::ModconvUp23x3WgmmaF16,
+                (Precision::Bf16, true) => Kernel::ModconvUp23x3WgmmaBf16,
+            };
+            let (channels, threads) = if precision.uses_tensor_cores() {
+                (UP2_TC_CH, UP2_TC_THREADS)
+            } else {
+                (UP2_CH, UP2_THREADS)
             };
             ConvKernel::Up2 {
                 kernel,
@@ -297,16 +298,11 @@ impl<D: Device> DeviceConvLayer<D> {
                 }
                 (_, Precision::Fp32, _) => (Kernel::Modconv1x1, SameTiling::Flat(WIDE_TILE)),
                 (3, Precision::Fp16 | Precision::Bf16, false) if dev.wgmma() => {
-                    let kernel = match (precision, o > TC_WGMMA64.channels) {
-                        (Precision::Fp16, true) => Kernel::Modconv3x3WgmmaF16,
-                        (_, true) => Kernel::Modconv3x3WgmmaBf16,
-                        (Precision::Fp16, false) => Kernel::Modconv3x3N64WgmmaF16,
-                        (_, false) => Kernel::Modconv3x3N64WgmmaBf16,
-                    };
-                    let shape = if o > TC_WGMMA64.channels {
-                        TC_WGMMA
-                    } else {
-                        TC_WGMMA64
+                    let (kernel, shape) = match (precision, o > TC_WGMMA64.channels) {
+                        (Precision::Fp16, true) => (Kernel::Modconv3x3WgmmaF16, TC_WGMMA),
+                        (_, true) => (Kernel::Modconv3x3WgmmaBf16, TC_WGMMA),
+                        (Precision::Fp16, false) => (Kernel::Modconv3x3N64WgmmaF16, TC_WGMMA64),
+                        (_, false) => (Kernel::Modconv3x3N64WgmmaBf16, TC_WGMMA64),
                     };
                     (kernel, SameTiling::Rect(shape))
                 }

@@ -161,7 +161,7 @@ impl CudaDevice {
             .map_err(driver_error("compute capability"))?;
         let wgmma = capability == (9, 0);
         let (modules, kernel_origin) = if FATBINS.is_empty() {
-            (compile_with_nvrtc(&ctx, wgmma)?, "NVRTC")
+            (compile_with_nvrtc(&ctx, capability)?, "NVRTC")
         } else {
             let modules = FATBINS
                 .iter()
@@ -238,7 +238,7 @@ impl CudaDevice {
 /// The fallback when the build had no nvcc: compile the embedded sources at run time with NVRTC, for this GPU.
 fn compile_with_nvrtc(
     ctx: &Arc<CudaContext>,
-    wgmma: bool,
+    (major, minor): (i32, i32),
 ) -> Result<HashMap<&'static str, Arc<cudarc::driver::CudaModule>>> {
     // SAFETY: only tries to dlopen the library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -248,9 +248,6 @@ fn compile_with_nvrtc(
                 .to_string(),
         ));
     }
-    let (major, minor) = ctx
-        .compute_capability()
-        .map_err(driver_error("compute capability"))?;
     let include_dir = tempfile_dir()?;
     for (name, text) in HEADERS {
         let path = include_dir.join(name);
@@ -260,7 +257,7 @@ fn compile_with_nvrtc(
     let mut modules = HashMap::new();
     for (file, source) in SOURCES {
         let sm90a = SM90A_FILES.contains(file);
-        if sm90a && !wgmma {
+        if sm90a && (major, minor) != (9, 0) {
             continue;
         }
         let arch = if sm90a {
