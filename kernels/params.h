@@ -225,6 +225,17 @@ struct SkipUpsampleParams {
   int width;
 };
 
+// Images a person can look at (twin: io::image::Images8::from_tensor): x [images, channels, plane] f32 in the
+// generator's range -> y [images, plane, channels] bytes, interleaved as a PNG holds them, by NVlabs'
+// gen_images.py rule: x * 127.5 + 128, clamped to [0, 255], truncated (NaN -> 0). pixels = images * plane.
+struct ImagesU8Params {
+  unsigned char* y;
+  const float* x;
+  long long pixels;
+  int plane;
+  int channels;
+};
+
 // Robust PCA of every W+ layer at once (kernels/rpca.cu, the device fit). Matrices are [layers, rows, cols]
 // row-major float64 and per-layer values are arrays indexed by layer; active[l] is 1 while layer l iterates.
 // w = m - sparse + mu_inv * y for each active layer: the input of the iteration's SVD.

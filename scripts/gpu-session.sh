@@ -164,6 +164,11 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
                 step "bench-ffhq1024-$p" 90 "$mm" bench --device cuda --config ffhq1024 --batch 512 \
                     --precision "$p" --iters 3 --profile --json
             done
+            # The images as 8-bit pixels (what a render to PNG downloads) instead of f32.
+            for p in fp16 bf16; do
+                step "bench-ffhq1024-$p-u8" 60 "$mm" bench --device cuda --config ffhq1024 --batch 512 \
+                    --precision "$p" --iters 3 --images u8 --json
+            done
             for p in fp16 fp32; do
                 step "bench-ffhq256-$p" 50 "$mm" bench --device cuda --config ffhq256 --batch 512 --precision "$p" \
                     --iters 3 --json
@@ -177,13 +182,15 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             rm -rf "$base" && mkdir -p "$base" && tar -C "$base" -xzf device-carry/baseline.tar.gz
             echo "=== compare: baseline built from sources $(cat "$base/bin/SOURCE_HASH")" >>"$OUT/log.txt"
             # Alternating, so that a drift of the machine (clocks, temperature) shows as a spread, not a speed-up.
+            # 'new-u8' is this build handing back 8-bit images (bench --images u8; older builds lack the option).
             for p in fp16 tf32; do
                 for round in 1 2; do
-                    for build in base new; do
-                        local bin=$mm
+                    for build in base new new-u8; do
+                        local bin=$mm images=()
                         [ "$build" = base ] && bin=$base/bin/mmengine
+                        [ "$build" = new-u8 ] && images=(--images u8)
                         step "compare-$p-$build-$round" 60 "$bin" bench --device cuda --config ffhq1024 --batch 512 \
-                            --precision "$p" --iters 3 --json
+                            --precision "$p" --iters 3 "${images[@]}" --json
                     done
                 done
             done
@@ -215,15 +222,18 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
         ncu)
             command -v ncu >/dev/null || { echo "=== ncu: not on this machine" >>"$OUT/log.txt"; return 0; }
             # ffhq1024 launches each kernel once per block in resolution order: skip to b128.conv1 (256 -> 256
-            # channels) and b128.conv0; b1024.conv1 (32 channels, with its ToRGB) is the _n32 kernel's only launch.
+            # channels) and b128.conv0, and to b1024.conv0 (64 -> 32 channels, the slowest up-sampling conv);
+            # b512.conv1 and b1024.conv1 (64 and 32 channels, with their ToRGB) are the fused kernels' only launches.
+            # On an sm_90 GPU the wgmma kernels take those layers but b1024.conv1's; MMENGINE_WGMMA=0 profiles the
+            # mma.sync ones.
             local kernel skip kernel_skip
-            # On an sm_90 GPU the wgmma kernel takes those conv1 layers; MMENGINE_WGMMA=0 profiles the mma.sync one.
-            for kernel_skip in modconv_3x3_wgmma_f16:5 modconv_3x3_f16:5 modconv_up2_3x3_f16:4 \
-                modconv_3x3_torgb_n32_f16:0; do
+            for kernel_skip in modconv_up2_3x3_wgmma_f16:7 modconv_up2_3x3_wgmma_f16:4 \
+                modconv_3x3_torgb_n64_wgmma_f16:0 modconv_3x3_torgb_n32_f16:0 modconv_3x3_wgmma_f16:5 \
+                modconv_up2_3x3_f16:4; do
                 kernel=${kernel_skip%:*} skip=${kernel_skip#*:}
                 local wgmma=1
-                [ "$kernel" = modconv_3x3_f16 ] && wgmma=0
-                step "ncu-$kernel" 120 env MMENGINE_WGMMA=$wgmma ncu --set full -k "regex:^$kernel\$" \
+                [[ "$kernel" != *wgmma* && "$kernel" != *_n32_* ]] && wgmma=0
+                step "ncu-$kernel-$skip" 120 env MMENGINE_WGMMA=$wgmma ncu --set full -k "regex:^$kernel\$" \
                     --launch-skip "$skip" --launch-count 1 \
                     "$mm" bench --device cuda --config ffhq1024 --batch 8 --iters 1 --warmup 0 --precision fp16
             done

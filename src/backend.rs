@@ -1,6 +1,7 @@
 //! What every backend offers: map latents to ws, and synthesize images from ws, in batches.
 
 use crate::error::Result;
+use crate::io::image::Images8;
 use crate::model::Network;
 use crate::tensor::Tensor;
 
@@ -53,6 +54,11 @@ pub trait Backend {
     fn map(&self, z: &Tensor, truncation: Truncation) -> Result<Tensor>;
     /// ws `[N, num_ws, w_dim]` -> images `[N, C, H, W]` in the generator's raw range.
     fn synthesize(&self, ws: &Tensor, noise: NoiseMode) -> Result<Tensor>;
+    /// [`Self::synthesize`] as 8-bit images by NVlabs' rule ([`crate::io::image::to_u8`]), what a PNG holds. A
+    /// device backend converts before its download; this default converts on the host.
+    fn synthesize_u8(&self, ws: &Tensor, noise: NoiseMode) -> Result<Images8> {
+        Images8::from_tensor(&self.synthesize(ws, noise)?)
+    }
     /// The most device memory its buffers have held at once, for backends with a device of their own.
     fn peak_device_memory(&self) -> Option<usize> {
         None

@@ -118,6 +118,11 @@ fn device_ops_reject_bad_shapes() {
     assert!(err.contains("bias has 3 values"), "{err}");
 }
 
+#[test]
+fn images_to_u8_kernel_matches_the_host_conversion() {
+    common::images_u8::kernel_matches_the_host_conversion(&EmuDevice::new());
+}
+
 const WS_TOL: f32 = 1e-5;
 
 fn device_mapping(case: &str, file: &str) -> DeviceMapping<EmuDevice> {
@@ -753,6 +758,24 @@ mod passes {
         assert!(
             used <= limit && used < peak,
             "peak {used} with a limit of {limit}"
+        );
+    }
+
+    #[test]
+    fn eight_bit_images_in_passes_are_the_host_conversion_of_the_f32_ones() {
+        let (expected, weights, peak) = one_pass();
+        let limit = weights + (peak - weights) / 3;
+        let backend = limited(limit, true);
+        let (ws, noise) = job();
+        let images = backend.synthesize_u8(&ws, noise).unwrap();
+        let used = backend.device().memory_meter().peak();
+        assert!(
+            used <= limit,
+            "peak {used} with a limit of {limit}: not in passes"
+        );
+        assert_eq!(
+            images,
+            mmengine::io::image::Images8::from_tensor(&expected).unwrap()
         );
     }
 

@@ -13,6 +13,7 @@ use mmengine::cuda::conv::{DeviceConvLayer, Finish};
 use mmengine::cuda::device::{Device, DeviceTensor};
 use mmengine::cuda::driver::CudaDevice;
 use mmengine::cuda::{CudaBackend, Precision};
+use mmengine::io::image::Images8;
 use mmengine::selftest::{self, Check, DeviceOps};
 use mmengine::Tensor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -160,7 +161,8 @@ fn golden_generator_tensor_cores(_dev: CudaDevice) -> Ran {
 }
 
 /// A batch in passes of 2 images, each pass's download overlapping the next pass's kernels on another stream,
-/// gives exactly the images of one pass (a download ordered before its kernels finish would not).
+/// gives exactly the images of one pass (a download ordered before its kernels finish would not), in f32 and as
+/// bytes.
 fn pipelined_passes(dev: CudaDevice) -> Ran {
     let net = common::golden_nets::nvlabs_network("nvlabs_tiny");
     let ws = common::golden_nets::cases("nvlabs_tiny")
@@ -181,6 +183,16 @@ fn pipelined_passes(dev: CudaDevice) -> Ran {
             "pipelined passes changed the images"
         );
     }
+    // The same passes converted to bytes on the device.
+    let bytes = backend.synthesize_u8(&ws, noise).unwrap();
+    assert!(bytes == Images8::from_tensor(&whole).unwrap());
+    Ran::Checked
+}
+
+/// The device's conversion to 8-bit pixels gives the host's bytes, NaN, infinities and rounding boundaries
+/// included.
+fn images_to_u8(dev: CudaDevice) -> Ran {
+    common::images_u8::kernel_matches_the_host_conversion(&dev);
     Ran::Checked
 }
 
@@ -210,6 +222,7 @@ const TESTS: &[GpuTest] = &[
         golden_generator_tensor_cores,
     ),
     ("pipelined_passes", pipelined_passes),
+    ("images_to_u8", images_to_u8),
     ("golden_fit", golden_fit),
 ];
 

@@ -1,5 +1,6 @@
 use mmengine::io::image::{
-    grid_shape, to_rgb8, to_rgb8_with, to_u8, write_grid_png, write_png, Normalize,
+    grid_shape, to_rgb8, to_rgb8_with, to_u8, write_grid_png, write_image_png, write_png, Images8,
+    Normalize,
 };
 use mmengine::Tensor;
 use std::path::Path;
@@ -117,7 +118,7 @@ fn grid_layout() {
     let (h, w) = (2, 3);
     for (n, c) in [(1, 3), (3, 3), (4, 1), (5, 3)] {
         let path = dir.path().join(format!("grid{n}.png"));
-        write_grid_png(&path, &batch(n, c, h, w)).unwrap();
+        write_grid_png(&path, &Images8::from_tensor(&batch(n, c, h, w)).unwrap()).unwrap();
         let (cols, rows) = grid_shape(n);
         let (gw, gh, color, px) = decode(&path);
         assert_eq!((gw as usize, gh as usize), (cols * w, rows * h), "n={n}");
@@ -141,7 +142,8 @@ fn grid_layout() {
             }
         }
     }
-    let e = write_grid_png(dir.path().join("none.png"), &batch(0, 3, 2, 2))
+    let none = Images8::from_tensor(&batch(0, 3, 2, 2)).unwrap();
+    let e = write_grid_png(dir.path().join("none.png"), &none)
         .unwrap_err()
         .to_string();
     assert!(e.contains("none.png") && e.contains("zero images"), "{e}");
@@ -151,7 +153,7 @@ fn grid_layout() {
 fn unwritable_path_names_it_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no_such_dir").join("out.png");
-    let e = write_grid_png(&path, &batch(1, 3, 2, 2))
+    let e = write_grid_png(&path, &Images8::from_tensor(&batch(1, 3, 2, 2)).unwrap())
         .unwrap_err()
         .to_string();
     assert!(e.contains("no_such_dir") && e.contains("out.png"), "{e}");
@@ -190,4 +192,59 @@ fn minmax_stretches_each_image_over_all_channels() {
         to_rgb8_with(&images, 0, Normalize::Clamp).unwrap(),
         to_rgb8(&images, 0).unwrap()
     );
+}
+
+#[test]
+fn images8_hold_each_image_as_to_rgb8_gives_it() {
+    // Values around the byte boundaries, both clamps, NaN and the infinities, different in every image.
+    let (n, c, h, w) = (3, 3, 4, 5);
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -1.0, 1.0, 0.0];
+    let data: Vec<f32> = (0..n * c * h * w)
+        .map(|i| match i % 7 {
+            0 => specials[(i / 7) % specials.len()],
+            k => (i as f32 * 0.37).sin() * 1.1 + k as f32 * 1e-3,
+        })
+        .collect();
+    let t = Tensor::new(vec![n, c, h, w], data).unwrap();
+    let images = Images8::from_tensor(&t).unwrap();
+    assert_eq!(
+        (images.count, images.height, images.width, images.channels),
+        (n, h, w, c)
+    );
+    for i in 0..n {
+        assert_eq!(
+            images.image(i),
+            to_rgb8(&t, i).unwrap().as_slice(),
+            "image {i}"
+        );
+    }
+    // Joined batches keep their order; PNGs of an image hold its bytes.
+    let joined = Images8::cat(vec![images.clone(), images.clone()]).unwrap();
+    assert_eq!(joined.count, 2 * n);
+    assert_eq!(joined.image(n + 1), images.image(1));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.png");
+    write_image_png(&path, &images, 2).unwrap();
+    assert_eq!(decode(&path).3, images.image(2));
+    let e = write_image_png(dir.path().join("past.png"), &images, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("past.png") && e.contains("out of range"), "{e}");
+}
+
+#[test]
+fn images8_reject_inconsistent_batches() {
+    let e = Images8::new(2, 2, 2, 3, vec![0; 23])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("need 24 bytes, got 23"), "{e}");
+    let e = Images8::new(1, 2, 2, 2, vec![0; 8])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1 (grayscale) or 3 (RGB)"), "{e}");
+    let a = Images8::new(1, 2, 2, 3, vec![0; 12]).unwrap();
+    let b = Images8::new(1, 2, 3, 3, vec![0; 18]).unwrap();
+    let e = Images8::cat(vec![a, b]).unwrap_err().to_string();
+    assert!(e.contains("cannot join 2x2x3 images with 3x2x3"), "{e}");
+    assert!(Images8::cat(Vec::new()).is_err());
 }

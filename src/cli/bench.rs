@@ -42,9 +42,35 @@ pub struct BenchArgs {
     /// FLOPs and bytes, and, on a GPU with known peak rates (H100, H200), the roofline.
     #[arg(long)]
     profile: bool,
+    /// The images each batch hands back: f32 (the raw tensor a pipeline reads) or u8 (8-bit pixels by NVlabs'
+    /// rule, what `render` to PNG downloads from a GPU: a quarter of the bytes).
+    #[arg(long, value_enum, default_value_t = ImageValues::F32)]
+    images: ImageValues,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageValues {
+    F32,
+    U8,
+}
+
+impl ImageValues {
+    fn bytes(self) -> usize {
+        match self {
+            ImageValues::F32 => 4,
+            ImageValues::U8 => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ImageValues::F32 => "f32",
+            ImageValues::U8 => "u8",
+        }
+    }
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -61,8 +87,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     };
     let gflop_per_image = 2.0 * random::conv_macs(&net) / 1e9;
     let (res, z_dim) = (net.resolution, net.z_dim);
-    // The f32 images a batch hands back (on a GPU: what crosses the host link).
-    let image_bytes = (net.img_channels * res * res * 4) as f64;
+    // The images a batch hands back (on a GPU: what crosses the host link).
+    let image_bytes = (net.img_channels * res * res * args.images.bytes()) as f64;
     let backend = open_backend(args.device, net, args.precision)?;
     let mut z = Vec::with_capacity(args.batch * z_dim);
     for i in 0..args.batch {
@@ -75,7 +101,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let run = || -> Result<f64> {
         let start = Instant::now();
         let ws = backend.map(&z, Truncation::default())?;
-        backend.synthesize(&ws, NoiseMode::Const)?;
+        match args.images {
+            ImageValues::F32 => drop(backend.synthesize(&ws, NoiseMode::Const)?),
+            ImageValues::U8 => drop(backend.synthesize_u8(&ws, NoiseMode::Const)?),
+        }
         Ok(start.elapsed().as_secs_f64())
     };
     for _ in 0..args.warmup {
@@ -107,6 +136,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "resolution": res,
             "batch": args.batch,
             "iters": args.iters,
+            "images": args.images.name(),
             "ms_per_batch": mean * 1e3,
             "ms_per_batch_best": best * 1e3,
             "images_per_s": images_per_s,
@@ -132,7 +162,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             gflops / 1e3
         );
         println!(
-            "images out:   {output_gbytes:.3} GB/s of f32 pixels (on a GPU, over the host link)"
+            "images out:   {output_gbytes:.3} GB/s of {} pixels (on a GPU, over the host link)",
+            args.images.name()
         );
         match peak {
             Some(b) => println!(

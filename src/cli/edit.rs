@@ -228,11 +228,9 @@ pub fn clip(args: ClipArgs) -> Result<()> {
     let mut cells: Vec<Vec<u8>> = Vec::with_capacity(n);
     let backend = super::device::open_backend(args.run.device, net, args.run.precision)?;
     let result = render_batches(
-        backend.as_ref(),
         n * frames,
         &args.run,
         "clip",
-        |_| NoiseMode::Const,
         |range| {
             let mut data = Vec::with_capacity(range.len() * row);
             for k in range.clone() {
@@ -242,7 +240,8 @@ pub fn clip(args: ClipArgs) -> Result<()> {
             }
             Tensor::new(vec![range.len(), l, wd], data)
         },
-        |first, images| {
+        |first, ws| {
+            let images = backend.synthesize(ws, NoiseMode::Const)?;
             for i in 0..images.shape[0] {
                 let (face, frame) = locate(first + i);
                 let pixels = image::to_rgb8_with(&images, i, norm)?;

@@ -355,7 +355,10 @@ pub(super) enum Sink {
     /// Raw float32 NCHW, streamed to a temporary file and renamed at the end.
     Npy(npy::NpyStream),
     /// One grid PNG, written once all images are in.
-    Grid { path: PathBuf, images: Vec<Tensor> },
+    Grid {
+        path: PathBuf,
+        images: Vec<image::Images8>,
+    },
     /// One PNG per image.
     Dir { dir: PathBuf, names: Vec<String> },
 }
@@ -388,17 +391,28 @@ impl Sink {
         }
     }
 
-    pub(super) fn write(&mut self, first: usize, images: Tensor) -> Result<()> {
+    /// Synthesizes a batch (`first`: the index of its first image) and writes it: f32 for a `.npy`, 8-bit images
+    /// for PNGs, which the backend converts before they leave the device.
+    pub(super) fn render(
+        &mut self,
+        backend: &dyn Backend,
+        first: usize,
+        ws: &Tensor,
+        noise: NoiseMode,
+    ) -> Result<()> {
         match self {
-            Sink::Npy(stream) => stream.write(&images.data),
-            Sink::Grid { images: all, .. } => {
-                all.push(images);
+            Sink::Npy(stream) => stream.write(&backend.synthesize(ws, noise)?.data),
+            Sink::Grid { images, .. } => {
+                images.push(backend.synthesize_u8(ws, noise)?);
                 Ok(())
             }
             // PNG encoding costs far more than a GPU's synthesis of the image: encode the batch on every core.
-            Sink::Dir { dir, names } => (0..images.shape[0])
-                .into_par_iter()
-                .try_for_each(|i| image::write_image_png(dir.join(&names[first + i]), &images, i)),
+            Sink::Dir { dir, names } => {
+                let images = backend.synthesize_u8(ws, noise)?;
+                (0..images.count).into_par_iter().try_for_each(|i| {
+                    image::write_image_png(dir.join(&names[first + i]), &images, i)
+                })
+            }
         }
     }
 
@@ -406,8 +420,7 @@ impl Sink {
         match self {
             Sink::Npy(stream) => stream.finish().map(|p| p.display().to_string()),
             Sink::Grid { path, images } => {
-                let all = Tensor::cat_rows(&images)?;
-                image::write_grid_png(&path, &all)?;
+                image::write_grid_png(&path, &image::Images8::cat(images)?)?;
                 Ok(path.display().to_string())
             }
             Sink::Dir { dir, names } => Ok(format!("{} ({} images)", dir.display(), names.len())),
@@ -429,22 +442,19 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Synthesize `n` images in batches of `run.batch`, with the progress bar: `ws_of` gives the ws of a range of
-/// images, `out` takes each batch of images with the index of its first.
+/// Render `n` images in batches of `run.batch`, with the progress bar: `ws_of` gives the ws of a range of images,
+/// `render` synthesizes and stores each batch given the index of its first image.
 pub(super) fn render_batches(
-    backend: &dyn Backend,
     n: usize,
     run: &RunArgs,
     what: &str,
-    noise: impl Fn(usize) -> NoiseMode,
     mut ws_of: impl FnMut(std::ops::Range<usize>) -> Result<Tensor>,
-    mut out: impl FnMut(usize, Tensor) -> Result<()>,
+    mut render: impl FnMut(usize, &Tensor) -> Result<()>,
 ) -> Result<()> {
     let bar = progress::bar(n, n.div_ceil(run.batch), run.quiet, what);
     for start in (0..n).step_by(run.batch) {
         let end = (start + run.batch).min(n);
-        let ws = ws_of(start..end)?;
-        out(start, backend.synthesize(&ws, noise(start))?)?;
+        render(start, &ws_of(start..end)?)?;
         bar.inc((end - start) as u64);
     }
     bar.finish_and_clear();
@@ -466,8 +476,8 @@ pub(super) fn render_to_output(
     let n = names.len();
     let shape = [n, net.img_channels, net.resolution, net.resolution];
     let mut sink = Sink::create(output, &shape, names)?;
-    render_batches(backend, n, run, what, noise, ws_of, |first, images| {
-        sink.write(first, images)
+    render_batches(n, run, what, ws_of, |first, ws| {
+        sink.render(backend, first, ws, noise(first))
     })?;
     let written = sink.finish()?;
     if !run.quiet {

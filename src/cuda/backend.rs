@@ -6,10 +6,12 @@
 use super::device::{Device, DeviceTensor};
 use super::gemm::Precision;
 use super::mapping::DeviceMapping;
+use super::ops::images_to_u8_on;
 use super::synthesis::{check_ws, DeviceSynthesis};
 use crate::backend::{Backend, LayerProfile, NoiseMode, Truncation};
 use crate::cpu::ConvPath;
 use crate::error::{Error, Result};
+use crate::io::image::Images8;
 use crate::model::Network;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -27,7 +29,7 @@ const HOST_COPY_BYTES: usize = 1 << 22;
 /// A pass whose download is in flight: its device images (kept alive until the copy has read them), the staging
 /// buffer it goes to, and its place in the batch.
 struct InFlight<D: Device> {
-    images: DeviceTensor<D>,
+    images: D::Buffer,
     slot: usize,
     first: usize,
     count: usize,
@@ -113,14 +115,14 @@ impl<D: Device> CudaBackend<D> {
         self.chunk_limit.store(images.max(1), Ordering::Relaxed);
     }
 
-    /// Queues the download of a finished pass into staging buffer `slot` (grown when too small).
+    /// Queues the download of a finished pass's first `bytes` into staging buffer `slot` (grown when too small).
     fn start_download(
         &self,
         staging: &mut [Option<D::Staging>; 2],
         slot: usize,
-        images: &DeviceTensor<D>,
+        images: &D::Buffer,
+        bytes: usize,
     ) -> Result<()> {
-        let bytes = images.bytes();
         let slot = &mut staging[slot];
         if slot
             .as_ref()
@@ -131,27 +133,85 @@ impl<D: Device> CudaBackend<D> {
             *slot = Some(self.dev.alloc_staging(bytes)?);
         }
         let buffer = slot.as_mut().expect("allocated above");
-        self.dev.download_async(&images.buf, buffer, bytes)
+        self.dev.download_async(images, buffer, bytes)
     }
 
-    /// Waits for a pass's download and moves its images into their rows of `out`.
+    /// Waits for a pass's download and moves its images (`image_bytes` each) into their place in `out`.
     fn finish_download(
         &self,
         staging: &[Option<D::Staging>; 2],
         pass: InFlight<D>,
-        image_len: usize,
-        out: &mut [f32],
+        image_bytes: usize,
+        out: &mut [u8],
     ) -> Result<()> {
-        let bytes = pass.count * image_len * 4;
+        let bytes = pass.count * image_bytes;
         let buffer = staging[pass.slot].as_ref().expect("a download went there");
         let src = &self.dev.staged(buffer)?[..bytes];
-        let dst: &mut [u8] = bytemuck::cast_slice_mut(
-            &mut out[pass.first * image_len..(pass.first + pass.count) * image_len],
-        );
+        let dst = &mut out[pass.first * image_bytes..(pass.first + pass.count) * image_bytes];
         dst.par_chunks_mut(HOST_COPY_BYTES)
             .zip(src.par_chunks(HOST_COPY_BYTES))
             .for_each(|(d, s)| d.copy_from_slice(s));
         drop(pass.images);
+        Ok(())
+    }
+
+    /// Synthesizes `ws` in passes, each pass's images turned by `finish` into the device buffer that is
+    /// downloaded (`value_bytes` per image value) into its rows of `out`.
+    fn run_passes(
+        &self,
+        ws: &Tensor,
+        noise: NoiseMode,
+        out: &mut [u8],
+        value_bytes: usize,
+        finish: impl Fn(DeviceTensor<D>) -> Result<D::Buffer>,
+    ) -> Result<()> {
+        let net = &self.net;
+        let n = ws.shape[0];
+        let image_bytes = net.img_channels * net.resolution * net.resolution * value_bytes;
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_flight: Option<InFlight<D>> = None;
+        let (mut start, mut slot) = (0, 0);
+        while start < n {
+            let chunk = self.plan_chunk(n - start);
+            let part_noise = match noise {
+                NoiseMode::Random { seed, first_image } => NoiseMode::Random {
+                    seed,
+                    first_image: first_image + start,
+                },
+                other => other,
+            };
+            let part_ws = ws.slice_rows(start, start + chunk);
+            let images = match self
+                .synthesis
+                .synthesize_on_device(&self.dev, net, &part_ws, part_noise)
+                .and_then(&finish)
+            {
+                Ok(images) => images,
+                // Out of memory: halve the pass (for this call and the next) and retry, down to one image.
+                Err(Error::DeviceMemory(_)) if chunk > 1 => {
+                    self.chunk_limit.store(chunk / 2, Ordering::Relaxed);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // The previous pass's staging buffer is the other one, so this download can start at once; the host
+            // then empties the previous pass while the device works on this one.
+            self.start_download(&mut staging, slot, &images, chunk * image_bytes)?;
+            if let Some(pass) = in_flight.take() {
+                self.finish_download(&staging, pass, image_bytes, out)?;
+            }
+            in_flight = Some(InFlight {
+                images,
+                slot,
+                first: start,
+                count: chunk,
+            });
+            slot ^= 1;
+            start += chunk;
+        }
+        if let Some(pass) = in_flight.take() {
+            self.finish_download(&staging, pass, image_bytes, out)?;
+        }
         Ok(())
     }
 }
@@ -184,55 +244,27 @@ impl<D: Device> Backend for CudaBackend<D> {
     fn synthesize(&self, ws: &Tensor, noise: NoiseMode) -> Result<Tensor> {
         let net = &self.net;
         check_ws(net, ws)?;
-        let n = ws.shape[0];
-        let image_shape = [net.img_channels, net.resolution, net.resolution];
-        let image_len: usize = image_shape.iter().product();
-        let mut out = vec![0f32; n * image_len];
-        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
-        let mut in_flight: Option<InFlight<D>> = None;
-        let (mut start, mut slot) = (0, 0);
-        while start < n {
-            let chunk = self.plan_chunk(n - start);
-            let part_noise = match noise {
-                NoiseMode::Random { seed, first_image } => NoiseMode::Random {
-                    seed,
-                    first_image: first_image + start,
-                },
-                other => other,
-            };
-            let part_ws = ws.slice_rows(start, start + chunk);
-            let images = match self
-                .synthesis
-                .synthesize_on_device(&self.dev, net, &part_ws, part_noise)
-            {
-                Ok(images) => images,
-                // Out of memory: halve the pass (for this call and the next) and retry, down to one image.
-                Err(Error::DeviceMemory(_)) if chunk > 1 => {
-                    self.chunk_limit.store(chunk / 2, Ordering::Relaxed);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            // The previous pass's staging buffer is the other one, so this download can start at once; the host
-            // then empties the previous pass while the device works on this one.
-            self.start_download(&mut staging, slot, &images)?;
-            if let Some(pass) = in_flight.take() {
-                self.finish_download(&staging, pass, image_len, &mut out)?;
-            }
-            in_flight = Some(InFlight {
-                images,
-                slot,
-                first: start,
-                count: chunk,
-            });
-            slot ^= 1;
-            start += chunk;
-        }
-        if let Some(pass) = in_flight.take() {
-            self.finish_download(&staging, pass, image_len, &mut out)?;
-        }
-        let mut shape = vec![n];
-        shape.extend(image_shape);
-        Tensor::new(shape, out)
+        let shape = [
+            ws.shape[0],
+            net.img_channels,
+            net.resolution,
+            net.resolution,
+        ];
+        let mut out = vec![0f32; shape.iter().product()];
+        self.run_passes(ws, noise, bytemuck::cast_slice_mut(&mut out), 4, |images| {
+            Ok(images.buf)
+        })?;
+        Tensor::new(shape.to_vec(), out)
+    }
+
+    fn synthesize_u8(&self, ws: &Tensor, noise: NoiseMode) -> Result<Images8> {
+        let net = &self.net;
+        check_ws(net, ws)?;
+        let (n, c, res) = (ws.shape[0], net.img_channels, net.resolution);
+        let mut out = vec![0u8; n * c * res * res];
+        self.run_passes(ws, noise, &mut out, 1, |images| {
+            images_to_u8_on(&self.dev, &images)
+        })?;
+        Images8::new(n, res, res, c, out)
     }
 }

@@ -8,6 +8,7 @@ use crate::bail;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 use std::path::Path;
 
 /// One generator value to a byte, as NVlabs does it. `as u8` truncates toward zero and maps NaN to 0.
@@ -68,8 +69,20 @@ pub fn to_rgb8_with(images: &Tensor, index: usize, norm: Normalize) -> Result<Ve
     if index >= n {
         bail!("image index {index} is out of range for a batch of {n}");
     }
-    let plane = h * w;
-    let image = &images.data[index * c * plane..(index + 1) * c * plane];
+    let len = c * h * w;
+    let mut out = vec![0u8; len];
+    interleave(
+        &images.data[index * len..(index + 1) * len],
+        c,
+        norm,
+        &mut out,
+    );
+    Ok(out)
+}
+
+/// One image's `c` planes to interleaved bytes in `out`.
+fn interleave(image: &[f32], c: usize, norm: Normalize, out: &mut [u8]) {
+    let plane = image.len() / c;
     let byte: Box<dyn Fn(f32) -> u8> = match norm {
         Normalize::Clamp => Box::new(to_u8),
         Normalize::MinMax => {
@@ -86,20 +99,119 @@ pub fn to_rgb8_with(images: &Tensor, index: usize, norm: Normalize) -> Result<Ve
             })
         }
     };
-    let mut out = vec![0u8; c * plane];
-    // NCHW planes to HWC pixels.
     for ch in 0..c {
         for (p, &v) in image[ch * plane..(ch + 1) * plane].iter().enumerate() {
             out[p * c + ch] = byte(v);
         }
     }
-    Ok(out)
 }
 
-/// Image `index` of an `[N, C, H, W]` batch as its own PNG.
-pub fn write_image_png(path: impl AsRef<Path>, images: &Tensor, index: usize) -> Result<()> {
-    let (_, c, h, w) = image_dims(images)?;
-    write_png(path, w, h, c, &to_rgb8(images, index)?)
+/// A batch of 8-bit images, interleaved `[N, H, W, C]` (C = 1 gray or 3 RGB) as PNGs hold them: generator output
+/// converted by NVlabs' rule ([`to_u8`]). A render to PNG asks the backend for these, so a GPU downloads a byte per
+/// value instead of four.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Images8 {
+    pub count: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub data: Vec<u8>,
+}
+
+impl Images8 {
+    pub fn new(
+        count: usize,
+        height: usize,
+        width: usize,
+        channels: usize,
+        data: Vec<u8>,
+    ) -> Result<Self> {
+        if channels != 1 && channels != 3 {
+            bail!("images must have 1 (grayscale) or 3 (RGB) channels, got {channels}");
+        }
+        if [count, height, width, channels]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            != Some(data.len())
+        {
+            bail!(
+                "{count} images of {width}x{height}x{channels} need {} bytes, got {}",
+                count
+                    .saturating_mul(height)
+                    .saturating_mul(width)
+                    .saturating_mul(channels),
+                data.len()
+            );
+        }
+        Ok(Images8 {
+            count,
+            height,
+            width,
+            channels,
+            data,
+        })
+    }
+
+    /// `[N, C, H, W]` generator output converted by [`to_u8`], image by image on every core (the host twin of the
+    /// device's `images_to_u8` kernel).
+    pub fn from_tensor(images: &Tensor) -> Result<Self> {
+        let (n, c, h, w) = image_dims(images)?;
+        let len = c * h * w;
+        let mut data = vec![0u8; n * len];
+        data.par_chunks_mut(len.max(1))
+            .zip(images.data.par_chunks(len.max(1)))
+            .for_each(|(out, image)| interleave(image, c, Normalize::Clamp, out));
+        Images8::new(n, h, w, c, data)
+    }
+
+    /// Image `index`'s pixels, row by row.
+    pub fn image(&self, index: usize) -> &[u8] {
+        let len = self.height * self.width * self.channels;
+        &self.data[index * len..(index + 1) * len]
+    }
+
+    /// The images of `parts` in order, in one batch (all of one size).
+    pub fn cat(parts: Vec<Images8>) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            bail!("no images to join");
+        };
+        let (h, w, c) = (first.height, first.width, first.channels);
+        if let Some(odd) = parts
+            .iter()
+            .find(|p| (p.height, p.width, p.channels) != (h, w, c))
+        {
+            bail!(
+                "cannot join {w}x{h}x{c} images with {}x{}x{} ones",
+                odd.width,
+                odd.height,
+                odd.channels
+            );
+        }
+        let count = parts.iter().map(|p| p.count).sum();
+        let data = parts.into_iter().flat_map(|p| p.data).collect();
+        Images8::new(count, h, w, c, data)
+    }
+}
+
+/// Image `index` of a batch as its own PNG.
+pub fn write_image_png(path: impl AsRef<Path>, images: &Images8, index: usize) -> Result<()> {
+    let path = path.as_ref();
+    if index >= images.count {
+        return Err(bad_output(
+            path,
+            format!(
+                "image index {index} is out of range for a batch of {}",
+                images.count
+            ),
+        ));
+    }
+    write_png(
+        path,
+        images.width,
+        images.height,
+        images.channels,
+        images.image(index),
+    )
 }
 
 /// Write 8-bit pixels (`channels` = 1 gray, 3 RGB, 4 RGBA; rows top to bottom) as a PNG, atomically.
@@ -173,30 +285,28 @@ pub fn grid_shape(n: usize) -> (usize, usize) {
     (cols, n.div_ceil(cols))
 }
 
-/// Write every image of an `[N, C, H, W]` batch into one PNG grid (see [`grid_shape`]); empty cells are black.
-pub fn write_grid_png(path: impl AsRef<Path>, images: &Tensor) -> Result<()> {
+/// Write every image of a batch into one PNG grid (see [`grid_shape`]); empty cells are black.
+pub fn write_grid_png(path: impl AsRef<Path>, images: &Images8) -> Result<()> {
     let path = path.as_ref();
-    let (n, c, h, w) = image_dims(images).map_err(|e| bad_output(path, e.to_string()))?;
-    if n == 0 {
+    if images.count == 0 {
         return Err(bad_output(
             path,
             "cannot write a grid of zero images".into(),
         ));
     }
-    let cells = (0..n)
-        .map(|i| to_rgb8(images, i))
-        .collect::<Result<Vec<_>>>()?;
-    let (grid, grid_w, grid_h) = tile(&cells, w, h, c);
-    write_png(path, grid_w, grid_h, c, &grid)
+    let cells: Vec<&[u8]> = (0..images.count).map(|i| images.image(i)).collect();
+    let (grid, grid_w, grid_h) = tile(&cells, images.width, images.height, images.channels);
+    write_png(path, grid_w, grid_h, images.channels, &grid)
 }
 
 /// Lay out `w x h x c` pixel images in a grid (see [`grid_shape`]); empty cells are black. Returns the pixels and
 /// the grid's width and height.
-pub fn tile(cells: &[Vec<u8>], w: usize, h: usize, c: usize) -> (Vec<u8>, usize, usize) {
+pub fn tile<P: AsRef<[u8]>>(cells: &[P], w: usize, h: usize, c: usize) -> (Vec<u8>, usize, usize) {
     let (cols, rows) = grid_shape(cells.len());
     let (grid_w, grid_h) = (cols * w, rows * h);
     let mut grid = vec![0u8; grid_w * grid_h * c];
     for (i, image) in cells.iter().enumerate() {
+        let image = image.as_ref();
         let (x0, y0) = ((i % cols) * w, (i / cols) * h);
         for y in 0..h {
             let dst = ((y0 + y) * grid_w + x0) * c;

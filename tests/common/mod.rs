@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 pub mod fit_case;
 pub mod golden_nets;
+pub mod images_u8;
 pub mod ops_cases;
 pub mod tensor_cores;
 
