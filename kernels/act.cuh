@@ -59,19 +59,35 @@ struct ActBf16 {
 // choice (one kernel serves layers whose output stays f32, ToRGB, and those whose output is the next layer's 16-bit
 // input): with_output_type branches once and runs the whole epilogue with the store fixed.
 // rounded(v): the value a store of v leaves in memory.
+// quad(y, i, v): v[0..3] into elements i..i + 3 with one store (i a multiple of 4, y 16-byte aligned).
 struct StoreF32 {
   __device__ void operator()(void* y, long long i, float v) const { static_cast<float*>(y)[i] = v; }
+  __device__ void quad(void* y, long long i, const float (&v)[4]) const {
+    *reinterpret_cast<float4*>(static_cast<float*>(y) + i) = make_float4(v[0], v[1], v[2], v[3]);
+  }
   __device__ static float rounded(float v) { return v; }
 };
 struct StoreF16 {
   __device__ void operator()(void* y, long long i, float v) const {
     static_cast<unsigned short*>(y)[i] = float_to_f16_bits(v);
   }
+  __device__ void quad(void* y, long long i, const float (&v)[4]) const {
+    uint2 u;
+    u.x = float_to_f16_bits(v[0]) | (unsigned)float_to_f16_bits(v[1]) << 16;
+    u.y = float_to_f16_bits(v[2]) | (unsigned)float_to_f16_bits(v[3]) << 16;
+    *reinterpret_cast<uint2*>(static_cast<unsigned short*>(y) + i) = u;
+  }
   __device__ static float rounded(float v) { return f16_bits_to_float(float_to_f16_bits(v)); }
 };
 struct StoreBf16 {
   __device__ void operator()(void* y, long long i, float v) const {
     static_cast<unsigned short*>(y)[i] = float_to_bf16_bits(v);
+  }
+  __device__ void quad(void* y, long long i, const float (&v)[4]) const {
+    uint2 u;
+    u.x = float_to_bf16_bits(v[0]) | (unsigned)float_to_bf16_bits(v[1]) << 16;
+    u.y = float_to_bf16_bits(v[2]) | (unsigned)float_to_bf16_bits(v[3]) << 16;
+    *reinterpret_cast<uint2*>(static_cast<unsigned short*>(y) + i) = u;
   }
   __device__ static float rounded(float v) { return bf16_bits_to_float(float_to_bf16_bits(v)); }
 };

@@ -49,19 +49,39 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
   const float bias = p.bias ? p.bias[o] : 0.0f;
   const float* const noise = p.noise ? p.noise + (long long)b * p.noise_sample_stride : nullptr;
   const long long yc = ((long long)b * p.out_channels + o) * oh * ow;
+  // A row's 4 outputs go out in one store, their noise comes in one load, where rows are a multiple of 4 values
+  // (x0 is) and the quad is inside the image: consecutive threads then write consecutive 8 or 16 bytes, where
+  // single-value stores spread each warp's store over 2-4 times the sectors.
+  const bool quads = ow % 4 == 0 && x0 + 4 <= ow &&
+                     ((reinterpret_cast<unsigned long long>(p.y) | reinterpret_cast<unsigned long long>(noise)) & 15) == 0;
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
     for (int i = 0; i < kRowsY; ++i) {
       const int y = y0 + i;
       if (y >= oh) break;
+      float v[4];
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        const int x = x0 + k;
-        if (x >= ow) break;
-        float v = 0.0f;
+        v[k] = 0.0f;
 #pragma unroll
-        for (int a = 0; a < 4; ++a) v += up2_blur_tap(a) * hr[i + a][k];
-        store(p.y, yc + y * ow + x, modconv_finish(p, v, dcoef, p.noise ? noise[y * ow + x] : 0.0f, bias));
+        for (int a = 0; a < 4; ++a) v[k] += up2_blur_tap(a) * hr[i + a][k];
+      }
+      if (quads) {
+        float nz[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (noise) {
+          const float4 n4 = *reinterpret_cast<const float4*>(noise + y * ow + x0);
+          nz[0] = n4.x, nz[1] = n4.y, nz[2] = n4.z, nz[3] = n4.w;
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) v[k] = modconv_finish(p, v[k], dcoef, nz[k], bias);
+        store.quad(p.y, yc + y * ow + x0, v);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int x = x0 + k;
+          if (x >= ow) break;
+          store(p.y, yc + y * ow + x, modconv_finish(p, v[k], dcoef, noise ? noise[y * ow + x] : 0.0f, bias));
+        }
       }
     }
   });

@@ -1354,6 +1354,23 @@ mod tensor_core_conv {
             },
             0x7c06,
         );
+        // Output 12 x 36, rows a multiple of 4 values: the epilogue's 4-value stores and noise loads, and the second
+        // tile column cut after two of its seven quads.
+        check_layer(
+            &Layer {
+                n: 2,
+                i: 40,
+                o: 16,
+                h: 6,
+                w: 18,
+                k: 3,
+                up: 2,
+                demodulate: true,
+                per_sample_noise: true,
+                clamp: Some(256.0),
+            },
+            0x7c07,
+        );
     }
 
     /// A block's conv1 (3x3, demodulated, lrelu, noise, bias, clamp 256, output in the mode's activation type) and
