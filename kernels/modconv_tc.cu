@@ -85,7 +85,8 @@ struct Bf16 {
 
 // RGB: the kernel also computes the ToRGB after this layer (ModconvParams::rgb; 3x3 with out_channels <= kBlockN,
 // so one block holds all of a pixel's channels), from y as stored (the value the unfused ToRGB would read).
-template <int KS, class Mode, class S, bool RGB = false>
+// FirstSlots: halo slots whose loads are in flight at once in the first gather (each costs registers).
+template <int KS, class Mode, class S, bool RGB = false, int FirstSlots = 2>
 __device__ void same_impl(const ModconvParams& p) {
   constexpr int TAPS = KS * KS, PAD = KS / 2;
   constexpr int kPerWord = Mode::kPerWord;
@@ -94,7 +95,7 @@ __device__ void same_impl(const ModconvParams& p) {
   constexpr int kHaloY = S::kTileY + KS - 1, kHaloX = S::kTileX + KS - 1;  // the input rectangle with its halo
   constexpr int kHaloPixels = kHaloY * kHaloX;
   constexpr int kSlots = (kHaloPixels + 31) / 32;  // halo pixels per lane
-  constexpr int kFirstSlots = 2;                    // slots in flight at once in the first gather (registers)
+  constexpr int kFirstSlots = FirstSlots;
   constexpr int kCopiesB = kChunkWords * S::kBlockN / 4 / kThreads;  // 16-byte B copies per thread and stage
   __align__(16) __shared__ unsigned halo[2][kHaloPixels * kRow];
   __align__(16) __shared__ unsigned b_tile[2][S::kBlockN * kRow];  // n-major: a row of K words per channel
@@ -601,9 +602,18 @@ KERNEL_BOUNDED(modconv_3x3_n32_bf16, ModconvParams, 128, 3) { tc::same_impl<3, t
 KERNEL_BOUNDED(modconv_3x3_torgb_tf32, ModconvParams, 128, 3) { tc::same_impl<3, tc::Tf32, tc::Square, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_f16, ModconvParams, 128, 3) { tc::same_impl<3, tc::F16, tc::Square, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_bf16, ModconvParams, 128, 3) { tc::same_impl<3, tc::Bf16, tc::Square, true>(p); }
-KERNEL_BOUNDED(modconv_3x3_torgb_n32_tf32, ModconvParams, 128, 3) { tc::same_impl<3, tc::Tf32, tc::Wide, true>(p); }
-KERNEL_BOUNDED(modconv_3x3_torgb_n32_f16, ModconvParams, 128, 3) { tc::same_impl<3, tc::F16, tc::Wide, true>(p); }
-KERNEL_BOUNDED(modconv_3x3_torgb_n32_bf16, ModconvParams, 128, 3) { tc::same_impl<3, tc::Bf16, tc::Wide, true>(p); }
+// The 1024 px conv1 with its ToRGB: 32 input channels are a single chunk, so its first gather is all of its gather
+// and nothing overlaps its loads; at 3 blocks per SM it stalls on them (Nsight Compute on an H200: 0.67 eligible
+// warps per scheduler, 33 instructions per mma). 4 blocks per SM, in 128 registers with one slot in flight; sm_80's
+// code would spill there, so it keeps 3.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 800
+#define TORGB_N32_BLOCKS 3
+#else
+#define TORGB_N32_BLOCKS 4
+#endif
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_tf32, ModconvParams, 128, TORGB_N32_BLOCKS) { tc::same_impl<3, tc::Tf32, tc::Wide, true, 1>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_f16, ModconvParams, 128, TORGB_N32_BLOCKS) { tc::same_impl<3, tc::F16, tc::Wide, true, 1>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_bf16, ModconvParams, 128, TORGB_N32_BLOCKS) { tc::same_impl<3, tc::Bf16, tc::Wide, true, 1>(p); }
 KERNEL_BOUNDED(modconv_1x1_tf32, ModconvParams, 128, 3) { tc::same_impl<1, tc::Tf32, tc::Square>(p); }
 KERNEL_BOUNDED(modconv_1x1_f16, ModconvParams, 128, 3) { tc::same_impl<1, tc::F16, tc::Square>(p); }
 KERNEL_BOUNDED(modconv_1x1_bf16, ModconvParams, 128, 3) { tc::same_impl<1, tc::Bf16, tc::Square>(p); }
