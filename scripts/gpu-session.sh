@@ -14,14 +14,16 @@
 #             tests  nvidia-smi, the binaries' libraries, doctor, the GPU tests, selftest in every precision,
 #                    the micromotion fit on the GPU and on the CPU, the demo model rendered on both (the GPU's
 #                    grid comes back as demo-cuda.png), and one small fp16 bench
-#             bench  bench --config ffhq1024 --batch 512 in every precision, ffhq256 in fp32 and fp16
-#             compare  the baseline's and this build's bench, ffhq1024 batch 512 in fp16 and tf32, alternating
+#             bench  bench --config ffhq1024 --batch 512 in every precision (fp16 and bf16 also with --images u8),
+#                    ffhq256 in fp32 and fp16
+#             compare  the baseline's and this build's bench, ffhq1024 batch 512 in fp16 and tf32, alternating, and
+#                    this build's with --images u8
 #             wgmma  this build with its sm_90 (wgmma) kernels and without (MMENGINE_WGMMA=0), fp16 and bf16,
 #                    alternating, with the per-layer profile
 #             fit    golden case E's anchors plus one row (12 x 18 x 512): mmengine fit on the GPU and the CPU beside
 #                    benches/rpca_torch.py (the same algorithm in PyTorch) on both, checked against mmengine's output
-#             ncu    Nsight Compute's full report of one launch of each f16 convolution kernel (same resolution,
-#                    up-sampling, fused ToRGB), if the machine has ncu: where their time goes
+#             ncu    Nsight Compute's full report of one launch of each f16 convolution kernel (up-sampling at 1024
+#                    and 128 px, the fused ToRGB ones, same resolution; wgmma and mma.sync), if the machine has ncu
 #             memcheck  compute-sanitizer memcheck over selftest, if the machine has it
 #           Unpacks to /tmp (refusing a bundle built from other sources than this tree's) and appends to two
 #           files in $OUT (default ./gpu-out): log.txt, every step's output under a header with its exit status
@@ -29,9 +31,9 @@
 #           line {"step": ..., "exit": ..., "result": ...} per JSON-printing step.
 #
 # Each step has its own time limit, so a step that hangs costs at most that, and a call cut off at its own limit still
-# returns log.txt up to the step it was in. On an H200 (2026-11-26) the phases took about: tests 20 s, compare 80 s,
-# fit 20 s, memcheck 5 s, bench 70 s, ncu 30 s; a call's start and transfers added about 30 s. So
-# `run tests compare fit memcheck bench` fits one call of 15 minutes' device time with room for two more.
+# returns log.txt up to the step it was in. On an H200 (2026-11-26) the phases took about: tests 20 s, compare 100 s,
+# wgmma 60 s, fit 20 s, memcheck 5 s, bench 80 s, ncu 50 s; a call's start and transfers added 30-60 s. So
+# `run tests compare bench ncu` fits one call of 15 minutes' device time with room for another.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
