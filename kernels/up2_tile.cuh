@@ -52,8 +52,9 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
   // A row's 4 outputs go out in one store, their noise comes in one load, where rows are a multiple of 4 values
   // (x0 is) and the quad is inside the image: consecutive threads then write consecutive 8 or 16 bytes, where
   // single-value stores spread each warp's store over 2-4 times the sectors.
-  const bool quads = ow % 4 == 0 && x0 + 4 <= ow &&
-                     ((reinterpret_cast<unsigned long long>(p.y) | reinterpret_cast<unsigned long long>(noise)) & 15) == 0;
+  const unsigned long long addresses = reinterpret_cast<unsigned long long>(p.y) |
+                                      reinterpret_cast<unsigned long long>(noise);
+  const bool quads = ow % 4 == 0 && x0 + 4 <= ow && (addresses & 15) == 0;
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
     for (int i = 0; i < kRowsY; ++i) {

@@ -10,7 +10,7 @@ use crate::bail;
 use crate::cpu::ops::{filter_1331, Act, BiasAct, ModConv, Upfirdn};
 use crate::cpu::ConvPath;
 use crate::error::Result;
-use crate::io::image::Images8;
+use crate::io::image::{batch_dims, Images8};
 use crate::tensor::Tensor;
 
 /// Twin of [`crate::cpu::ops::bias_act`] on device tensors: `b` (if any) is a 1-D device tensor of
@@ -61,11 +61,10 @@ pub fn bias_act<D: Device>(dev: &D, x: &Tensor, b: Option<&[f32]>, p: &BiasAct) 
     bias_act_on(dev, &xd, bd.as_ref(), p)?.download(dev)
 }
 
-/// The kernels' activation code and slope.
 /// Twin of [`Images8::from_tensor`] on device tensors: `[N, C, H, W]` f32 images to interleaved bytes `[N, H, W,
 /// C]`, in a new buffer of one byte per value.
 pub fn images_to_u8_on<D: Device>(dev: &D, images: &DeviceTensor<D>) -> Result<D::Buffer> {
-    let (n, c, h, w) = image_batch_dims(&images.shape)?;
+    let (n, c, h, w) = batch_dims(&images.shape)?;
     if images.dtype() != DType::F32 {
         bail!("images_to_u8: images must be f32, got {:?}", images.dtype());
     }
@@ -90,23 +89,14 @@ pub fn images_to_u8_on<D: Device>(dev: &D, images: &DeviceTensor<D>) -> Result<D
 
 /// Twin of [`Images8::from_tensor`].
 pub fn images_to_u8<D: Device>(dev: &D, images: &Tensor) -> Result<Images8> {
-    let (n, c, h, w) = image_batch_dims(&images.shape)?;
+    let (n, c, h, w) = batch_dims(&images.shape)?;
     let buf = images_to_u8_on(dev, &DeviceTensor::upload(dev, images)?)?;
     let mut data = vec![0u8; images.data.len()];
     dev.download(&buf, &mut data)?;
     Images8::new(n, h, w, c, data)
 }
 
-/// `[N, C, H, W]` with 1 or 3 channels, as (N, C, H, W).
-fn image_batch_dims(shape: &[usize]) -> Result<(usize, usize, usize, usize)> {
-    match *shape {
-        [n, c, h, w] if c == 1 || c == 3 => Ok((n, c, h, w)),
-        _ => bail!(
-            "images_to_u8: images must be [N, C, H, W] with 1 or 3 channels, got shape {shape:?}"
-        ),
-    }
-}
-
+/// The kernels' activation code and slope.
 fn act_params(act: Act) -> (i32, f32) {
     match act {
         Act::Linear => (ACT_LINEAR, 0.0),

@@ -21,30 +21,34 @@ fn bad_output(path: &Path, msg: String) -> Error {
     Error::invalid(format!("{}: {msg}", path.display()))
 }
 
-/// Check an image batch: `[N, C, H, W]` with C = 1 (grayscale) or 3 (RGB). Returns (n, c, h, w).
-fn image_dims(images: &Tensor) -> Result<(usize, usize, usize, usize)> {
-    let &[n, c, h, w] = images.shape.as_slice() else {
-        bail!(
-            "images must be a [N, C, H, W] tensor, got shape {:?}",
-            images.shape
-        );
+/// The dimensions of an image batch `[N, C, H, W]` with C = 1 (grayscale) or 3 (RGB), as (n, c, h, w).
+pub fn batch_dims(shape: &[usize]) -> Result<(usize, usize, usize, usize)> {
+    let &[n, c, h, w] = shape else {
+        bail!("images must be a [N, C, H, W] tensor, got shape {shape:?}");
     };
     if c != 1 && c != 3 {
         bail!("images must have 1 (grayscale) or 3 (RGB) channels, got {c}");
     }
+    Ok((n, c, h, w))
+}
+
+/// The number of values `dims` hold, `None` where it overflows.
+fn values(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
+/// Check an image batch tensor ([`batch_dims`], and data that fills its shape). Returns (n, c, h, w).
+fn image_dims(images: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    let dims = batch_dims(&images.shape)?;
     // The fields are public, so do not trust that data and shape agree.
-    if [n, c, h, w]
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        != Some(images.data.len())
-    {
+    if values(&images.shape) != Some(images.data.len()) {
         bail!(
             "image tensor of shape {:?} holds {} values",
             images.shape,
             images.data.len()
         );
     }
-    Ok((n, c, h, w))
+    Ok(dims)
 }
 
 /// How generator values become bytes.
@@ -126,14 +130,8 @@ impl Images8 {
         channels: usize,
         data: Vec<u8>,
     ) -> Result<Self> {
-        if channels != 1 && channels != 3 {
-            bail!("images must have 1 (grayscale) or 3 (RGB) channels, got {channels}");
-        }
-        if [count, height, width, channels]
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            != Some(data.len())
-        {
+        batch_dims(&[count, channels, height, width])?;
+        if values(&[count, height, width, channels]) != Some(data.len()) {
             bail!(
                 "{count} images of {width}x{height}x{channels} need {} bytes, got {}",
                 count

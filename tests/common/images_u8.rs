@@ -53,5 +53,5 @@ pub fn kernel_matches_the_host_conversion(dev: &impl Device) {
     let err = ops::images_to_u8(dev, &Tensor::zeros(vec![1, 2, 4, 4]))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("1 or 3 channels"), "{err}");
+    assert!(err.contains("1 (grayscale) or 3 (RGB) channels"), "{err}");
 }
