@@ -41,11 +41,12 @@ __device__ __forceinline__ float activate(float x, int act, float alpha, float g
 }
 
 // The modulated convolutions' fused epilogue (modconv.cu, modconv_tc.cu) on one conv result `v`, given its output
-// channel's demodulation coefficient and bias and its pixel's noise value, each used only where the layer has it:
-// demodulation, noise times its strength, bias, then activate's act, gain and clamp. Kernels that keep a channel's
-// values in registers across many outputs call this; the others modconv_epilogue.
+// channel's demodulation coefficient (1 where the layer has none: v * 1 is v exactly, so no test per value) and
+// bias and its pixel's noise value, the last two used only where the layer has them: demodulation, noise times its
+// strength, bias, then activate's act, gain and clamp. Kernels that keep a channel's values in registers across
+// many outputs call this; the others modconv_epilogue.
 __device__ __forceinline__ float modconv_finish(const ModconvParams& p, float v, float dcoef, float noise, float bias) {
-  if (p.dcoefs) v *= dcoef;
+  v *= dcoef;
   if (p.noise) v += noise * p.noise_strength;
   if (p.bias) v += bias;
   return activate(v, p.act, p.alpha, p.gain, p.clamp);
@@ -69,14 +70,43 @@ struct ChannelValues {
         if (c < p.rgb_channels) rgb_weight[c] = p.rgb_weight[c * p.out_channels + o];
     }
   }
-  // Adds this channel's output at a pixel, as stored, to the pixel's ToRGB partial sums.
-  __device__ void add_rgb(const ModconvParams& p, float stored, float (&rgb)[kMaxFusedRgb]) const {
+  // Adds this channel's output at a pixel, as stored, to the pixel's ToRGB partial sums. Sums past rgb_channels
+  // (zero weights) are never read, so they take no select per value.
+  __device__ void add_rgb(float stored, float (&rgb)[kMaxFusedRgb]) const {
     const float a = stored * rgb_style;
 #pragma unroll
-    for (int c = 0; c < kMaxFusedRgb; ++c)
-      if (c < p.rgb_channels) rgb[c] += a * rgb_weight[c];
+    for (int c = 0; c < kMaxFusedRgb; ++c) rgb[c] += a * rgb_weight[c];
   }
 };
+
+// The fused ToRGB's row sums: the 4 lanes of a quad (one groupID, tig 0..3) hold partial sums of the same Rows
+// rows (2 or 4) over different channels. Sums them over the quad, leaving lane tig the sums of row tig % Rows:
+// a butterfly that halves the rows each lane carries at each step, so fewer shuffles and live values than summing
+// every row in every lane. Each sum comes out as the xor reduction's (own + lane ^ 1's) + (lane ^ 2's pair), bit
+// for bit.
+template <int Rows>
+__device__ __forceinline__ void quad_row_sums(const float (&rows)[Rows][kMaxFusedRgb], int tig,
+                                              float (&sum)[kMaxFusedRgb]) {
+  static_assert(Rows == 2 || Rows == 4, "one or two butterfly steps over rows");
+  const bool odd = tig & 1, upper = tig & 2;
+  float pair[Rows / 2][kMaxFusedRgb];  // rows 2 r + (tig & 1), summed over lanes tig and tig ^ 1
+#pragma unroll
+  for (int r = 0; r < Rows / 2; ++r)
+#pragma unroll
+    for (int c = 0; c < kMaxFusedRgb; ++c) {
+      const float keep = odd ? rows[2 * r + 1][c] : rows[2 * r][c], give = odd ? rows[2 * r][c] : rows[2 * r + 1][c];
+      pair[r][c] = keep + __shfl_xor_sync(0xffffffffu, give, 1);
+    }
+#pragma unroll
+  for (int c = 0; c < kMaxFusedRgb; ++c) {
+    if constexpr (Rows == 4) {
+      const float keep = upper ? pair[1][c] : pair[0][c], give = upper ? pair[0][c] : pair[1][c];
+      sum[c] = keep + __shfl_xor_sync(0xffffffffu, give, 2);
+    } else {
+      sum[c] = pair[0][c] + __shfl_xor_sync(0xffffffffu, pair[0][c], 2);
+    }
+  }
+}
 
 // modconv_finish for sample b, output channel o, flat output pixel `pix`, loading each value it needs.
 __device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float v, int b, int o, int pix) {
@@ -99,35 +129,69 @@ __device__ __forceinline__ void skip_taps(int out, int n, int (&idx)[2], float (
   }
 }
 
+// The up-sampled skip image's taps at output pixel (y, x), for a plane [h, w]: found once per pixel and applied
+// to each channel's plane, where a kernel writes several channels of a pixel.
+struct SkipTaps {
+  int iy[2], ix[2], w;
+  float wy[2], wx[2];
+
+  __device__ SkipTaps(int h, int w_, int y, int x) : w(w_) {
+    skip_taps(y, h, iy, wy);
+    skip_taps(x, w, ix, wx);
+  }
+  // The up-sampled value of `plane` at the pixel.
+  __device__ float operator()(const float* plane) const {
+    float v = 0.0f;
+    for (int a = 0; a < 2; ++a) {
+      if (wy[a] == 0.0f) continue;  // a tap outside the image: skipped, not multiplied by 0 (an inf stays local)
+      float row = 0.0f;
+      for (int c = 0; c < 2; ++c) {
+        if (wx[c] != 0.0f) row += wx[c] * plane[iy[a] * w + ix[c]];
+      }
+      v += wy[a] * row;
+    }
+    return v;
+  }
+};
+
 // Output pixel (y, x) of the up-sampled `plane` [h, w].
 __device__ __forceinline__ float skip_upsampled(const float* plane, int h, int w, int y, int x) {
-  int iy[2], ix[2];
-  float wy[2], wx[2];
-  skip_taps(y, h, iy, wy);
-  skip_taps(x, w, ix, wx);
-  float v = 0.0f;
-  for (int a = 0; a < 2; ++a) {
-    if (wy[a] == 0.0f) continue;  // a tap outside the image: skipped, not multiplied by 0 (an inf stays local)
-    float row = 0.0f;
-    for (int c = 0; c < 2; ++c) {
-      if (wx[c] != 0.0f) row += wx[c] * plane[iy[a] * w + ix[c]];
-    }
-    v += wy[a] * row;
-  }
-  return v;
+  return SkipTaps(h, w, y, x)(plane);
 }
 
-// ModconvParams::skip added to the value v a kernel writes at (sample b, channel c of `channels`, flat pixel pix
-// of the height x width output); the sum in skip_upsample's order, so both give the same bits.
+// ModconvParams::skip added to the value v a kernel writes at (sample b, channel c of `channels`) of the height x
+// width output, at the pixel of `taps` (skip_taps_at); the sum in skip_upsample's order, so both give the same bits.
+__device__ __forceinline__ float add_skip(const ModconvParams& p, const SkipTaps& taps, float v, int b, int channels,
+                                          int c) {
+  if (!p.skip) return v;
+  return taps(p.skip + ((long long)b * channels + c) * (p.height / 2) * (p.width / 2)) + v;
+}
+
+// The skip image's taps at output pixel (y, x) of ModconvParams' height x width output.
+__device__ __forceinline__ SkipTaps skip_taps_at(const ModconvParams& p, int y, int x) {
+  return SkipTaps(p.height / 2, p.width / 2, y, x);
+}
+
+// add_skip at flat output pixel pix, for a single channel.
 __device__ __forceinline__ float add_skip(const ModconvParams& p, float v, int b, int channels, int c, int pix) {
   if (!p.skip) return v;
-  const int h = p.height / 2, w = p.width / 2;
-  const float* plane = p.skip + ((long long)b * channels + c) * h * w;
-  return skip_upsampled(plane, h, w, pix / p.width, pix % p.width) + v;
+  return add_skip(p, skip_taps_at(p, pix / p.width, pix % p.width), v, b, channels, c);
 }
 
 // Tap t (0..3) of the up-sampling convs' blur: [1,3,3,1]/8 per axis with gain 2 per axis (gain 4 overall).
 __device__ __forceinline__ float up2_blur_tap(int t) { return (t == 0 || t == 3) ? 0.25f : 0.75f; }
+
+// blockIdx.x read afresh (a volatile read the compiler cannot merge with an earlier one): for values an epilogue
+// derives from it, which would otherwise hold registers across a main loop that needs them all.
+__device__ __forceinline__ int block_x_again() {
+#ifdef MMENGINE_EMU
+  return blockIdx.x;
+#else
+  unsigned x;
+  asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(x));
+  return x;
+#endif
+}
 
 // 16-byte copy global -> shared that bypasses the registers (cp.async, sm_80+): weight tiles need no prologue, so
 // they stream in while the block computes. Both addresses 16-byte aligned. The emulation lands the data only at

@@ -231,11 +231,12 @@ __device__ void modconv_1x1_few_impl(const ModconvParams& p) {
     const float4 w = *reinterpret_cast<const float4*>(p.weight + i * kFewOutputs);
     acc[0] += v * w.x, acc[1] += v * w.y, acc[2] += v * w.z, acc[3] += v * w.w;
   }
+  const SkipTaps taps = skip_taps_at(p, pix / p.width, pix % p.width);
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
     for (int o = 0; o < kFewOutputs; ++o) {
       if (o >= p.out_channels) break;
-      const float v = add_skip(p, modconv_epilogue(p, acc[o], b, o, pix), b, p.out_channels, o, pix);
+      const float v = add_skip(p, taps, modconv_epilogue(p, acc[o], b, o, pix), b, p.out_channels, o);
       store(p.y, ((long long)b * p.out_channels + o) * hw + pix, v);
     }
   });

@@ -267,6 +267,8 @@ __device__ void same_impl(const ModconvParams& p) {
   // (channels): n0 + warp_n + 8 ni + 2 tig + e. Channel by channel, so that each channel's values are loaded once
   // and live briefly (the compiler cannot keep them across the stores, which could alias them as far as it
   // knows). Lanes with one tig store 8 consecutive pixels of a channel.
+  // The block's origin again: kept across the main loop, it would cost that loop registers.
+  const int ey0 = (block_x_again() / tiles_x) * S::kTileY, ex0 = (block_x_again() % tiles_x) * S::kTileX;
   int pix[2][2];   // the flat output pixel of row [mi][h], or -1 outside the image
   float nz[2][2];  // its noise
 #pragma unroll
@@ -274,13 +276,15 @@ __device__ void same_impl(const ModconvParams& p) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = mi * 16 + 8 * h;
-      const int y = y0 + warp_m / S::kTileX + row / S::kTileX, x = x0 + row % S::kTileX + group;
+      const int y = ey0 + warp_m / S::kTileX + row / S::kTileX, x = ex0 + row % S::kTileX + group;
       pix[mi][h] = y < p.height && x < p.width ? y * p.width + x : -1;
       nz[mi][h] = p.noise && pix[mi][h] >= 0
                       ? p.noise[(long long)b * p.noise_sample_stride + pix[mi][h]] * p.noise_strength
                       : 0.0f;
     }
-  float rgb[2][2][kMaxFusedRgb] = {};  // RGB: this thread's ToRGB partial sums per row [mi][h] and rgb channel
+  float rgb[4][kMaxFusedRgb] = {};  // RGB: this thread's ToRGB partial sums per row [2 mi + h] and rgb channel
+  // With RGB, y may be null: the layer's output is then read by nothing but the fused ToRGB (the last block).
+  const bool store_y = !RGB || p.y != nullptr;
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
@@ -295,54 +299,45 @@ __device__ void same_impl(const ModconvParams& p) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             if (pix[mi][h] < 0) continue;
-            float v = acc[mi][ni][2 * h + e];
-            if (p.dcoefs) v *= ch.dcoef;
+            float v = acc[mi][ni][2 * h + e] * ch.dcoef;  // 1 without demodulation
             if (p.noise) v += nz[mi][h];
             if (p.bias) v += ch.bias;
             v = activate(v, p.act, p.alpha, p.gain, p.clamp);
             if constexpr (RGB) {
               v = store.rounded(v);
-              ch.add_rgb(p, v, rgb[mi][h]);
+              ch.add_rgb(v, rgb[2 * mi + h]);
             }
             if constexpr (KS == 1) v = add_skip(p, v, b, p.out_channels, o, pix[mi][h]);  // ToRGB: the skip image
-            store(p.y, y_channel + pix[mi][h], v);
+            if (store_y) store(p.y, y_channel + pix[mi][h], v);
           }
       }
   });
   if constexpr (RGB) {
-    // Sum a row's partials over the 4 lanes that share it (one tig each), then, with two warps along N, over
-    // those through shared memory. The tiles are free: the main loop's last barrier follows its last read of them.
-    float* const partial = reinterpret_cast<float*>(halo);  // [kBlockM rows][kMaxFusedRgb], from the warp_n 32 warps
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int c = 0; c < kMaxFusedRgb; ++c) {
-          float& r = rgb[mi][h][c];
-          r += __shfl_xor_sync(0xffffffffu, r, 1);
-          r += __shfl_xor_sync(0xffffffffu, r, 2);
-          if (S::kWarpsN == 2 && warp_n != 0 && tig == 0)
-            partial[(warp_m + mi * 16 + group + 8 * h) * kMaxFusedRgb + c] = r;
-        }
-    if constexpr (S::kWarpsN == 2) __syncthreads();
-    if (warp_n == 0 && tig == 0) {
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = warp_m + mi * 16 + group + 8 * h;
-          if (pix[mi][h] < 0) continue;
-#pragma unroll
-          for (int c = 0; c < kMaxFusedRgb; ++c)
-            if (c < p.rgb_channels) {
-              const float sum = S::kWarpsN == 2 ? rgb[mi][h][c] + partial[row * kMaxFusedRgb + c] : rgb[mi][h][c];
-              const float v = activate(sum + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
-              p.rgb[((long long)b * p.rgb_channels + c) * hw + pix[mi][h]] =
-                  add_skip(p, v, b, p.rgb_channels, c, pix[mi][h]);
-            }
-        }
+    // Sum a row's partials over the 4 lanes that share it (one tig each), leaving lane tig row [tig / 2][tig % 2]
+    // of the four, so the rows are finished side by side. With two warps along N, the warp_n 32 warps' sums join
+    // through shared memory, whose tiles are free: the main loop's last barrier follows its last read of them.
+    float sum[kMaxFusedRgb];
+    quad_row_sums(rgb, tig, sum);
+    const int row = warp_m + 16 * (tig / 2) + group + 8 * (tig % 2);  // the block row of lane tig's row
+    const int row_y = ey0 + row / S::kTileX, row_x = ex0 + row % S::kTileX;
+    const int row_pix = row_y < p.height && row_x < p.width ? row_y * p.width + row_x : -1;
+    if constexpr (S::kWarpsN == 2) {
+      static_assert(kMaxFusedRgb == 4, "a row's sums are one float4");
+      float4* const partial = reinterpret_cast<float4*>(halo);  // [kBlockM rows]
+      if (warp_n != 0) partial[row] = make_float4(sum[0], sum[1], sum[2], sum[3]);
+      __syncthreads();
+      if (warp_n != 0) return;
+      const float4 other = partial[row];
+      sum[0] += other.x, sum[1] += other.y, sum[2] += other.z, sum[3] += other.w;
     }
+    if (row_pix < 0) return;
+    const SkipTaps taps = skip_taps_at(p, row_y, row_x);
+#pragma unroll
+    for (int c = 0; c < kMaxFusedRgb; ++c)
+      if (c < p.rgb_channels) {
+        const float v = activate(sum[c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
+        p.rgb[((long long)b * p.rgb_channels + c) * hw + row_pix] = add_skip(p, taps, v, b, p.rgb_channels, c);
+      }
   }
 }
 
@@ -604,16 +599,17 @@ KERNEL_BOUNDED(modconv_3x3_torgb_f16, ModconvParams, 128, 3) { tc::same_impl<3, 
 KERNEL_BOUNDED(modconv_3x3_torgb_bf16, ModconvParams, 128, 3) { tc::same_impl<3, tc::Bf16, tc::Square, true>(p); }
 // The 1024 px conv1 with its ToRGB: 32 input channels are a single chunk, so its first gather is all of its gather
 // and nothing overlaps its loads; at 3 blocks per SM it stalls on them (Nsight Compute on an H200: 0.67 eligible
-// warps per scheduler, 33 instructions per mma). 4 blocks per SM, in 128 registers with one slot in flight; sm_80's
-// code would spill there, so it keeps 3.
+// warps per scheduler, 33 instructions per mma). 4 blocks per SM, in 128 registers; sm_80's code would spill there,
+// so it keeps 3. The 16-bit kernels gather their 6 halo slots 3 at a time (two rounds of loads in flight rather than
+// six); tf32, whose 32 channels are two chunks, one at a time. (2 at a time spills at 128: ptxas is at its edge.)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 800
 #define TORGB_N32_BLOCKS 3
 #else
 #define TORGB_N32_BLOCKS 4
 #endif
 KERNEL_BOUNDED(modconv_3x3_torgb_n32_tf32, ModconvParams, 128, TORGB_N32_BLOCKS) { tc::same_impl<3, tc::Tf32, tc::Wide, true, 1>(p); }
-KERNEL_BOUNDED(modconv_3x3_torgb_n32_f16, ModconvParams, 128, TORGB_N32_BLOCKS) { tc::same_impl<3, tc::F16, tc::Wide, true, 1>(p); }
-KERNEL_BOUNDED(modconv_3x3_torgb_n32_bf16, ModconvParams, 128, TORGB_N32_BLOCKS) { tc::same_impl<3, tc::Bf16, tc::Wide, true, 1>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_f16, ModconvParams, 128, TORGB_N32_BLOCKS) { tc::same_impl<3, tc::F16, tc::Wide, true, 3>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_bf16, ModconvParams, 128, TORGB_N32_BLOCKS) { tc::same_impl<3, tc::Bf16, tc::Wide, true, 3>(p); }
 KERNEL_BOUNDED(modconv_1x1_tf32, ModconvParams, 128, 3) { tc::same_impl<1, tc::Tf32, tc::Square>(p); }
 KERNEL_BOUNDED(modconv_1x1_f16, ModconvParams, 128, 3) { tc::same_impl<1, tc::F16, tc::Square>(p); }
 KERNEL_BOUNDED(modconv_1x1_bf16, ModconvParams, 128, 3) { tc::same_impl<1, tc::Bf16, tc::Square>(p); }

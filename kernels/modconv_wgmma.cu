@@ -202,6 +202,8 @@ __device__ void conv3x3(const ModconvParams& p) {
     noise[h] = p.noise && pix[h] >= 0 ? p.noise[(long long)b * p.noise_sample_stride + pix[h]] : 0.0f;
   }
   float rgb[2][kMaxFusedRgb] = {};  // RGB: this thread's ToRGB partial sums per row and rgb channel
+  // With RGB, y may be null: the layer's output is then read by nothing but the fused ToRGB (the last block).
+  const bool store_y = !RGB || p.y != nullptr;
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
     for (int j = 0; j < N / 8; ++j)
@@ -215,32 +217,25 @@ __device__ void conv3x3(const ModconvParams& p) {
         for (int h = 0; h < 2; ++h) {
           if (pix[h] < 0) continue;
           const float v = modconv_finish(p, acc[4 * j + 2 * h + e], ch.dcoef, noise[h], ch.bias);
-          if constexpr (RGB) ch.add_rgb(p, store.rounded(v), rgb[h]);
-          store(p.y, y_channel + pix[h], v);
+          if constexpr (RGB) ch.add_rgb(store.rounded(v), rgb[h]);
+          if (store_y) store(p.y, y_channel + pix[h], v);
         }
       }
   });
   if constexpr (RGB) {
-    // A row's channels are spread over the 4 lanes that share its groupID (one tig each), all in this warp.
+    // A row's channels are spread over the 4 lanes that share its groupID (one tig each), all in this warp; their
+    // sums leave lanes tig and tig + 2 with row h = tig % 2, and lanes 0 and 1 finish the two rows side by side.
+    float sum[kMaxFusedRgb];
+    quad_row_sums(rgb, tig, sum);
+    const int row_pix = tig == 0 ? pix[0] : tig == 1 ? pix[1] : -1;
+    if (row_pix < 0) return;
+    const SkipTaps taps = skip_taps_at(p, y0 + 2 * (warp % 4) + tig, x0 + 8 * wg + quad);
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int c = 0; c < kMaxFusedRgb; ++c) {
-        rgb[h][c] += __shfl_xor_sync(0xffffffffu, rgb[h][c], 1);
-        rgb[h][c] += __shfl_xor_sync(0xffffffffu, rgb[h][c], 2);
+    for (int c = 0; c < kMaxFusedRgb; ++c)
+      if (c < p.rgb_channels) {
+        const float v = activate(sum[c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
+        p.rgb[((long long)b * p.rgb_channels + c) * hw + row_pix] = add_skip(p, taps, v, b, p.rgb_channels, c);
       }
-    if (tig == 0) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (pix[h] < 0) continue;
-#pragma unroll
-        for (int c = 0; c < kMaxFusedRgb; ++c)
-          if (c < p.rgb_channels) {
-            const float v = activate(rgb[h][c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
-            p.rgb[((long long)b * p.rgb_channels + c) * hw + pix[h]] = add_skip(p, v, b, p.rgb_channels, c, pix[h]);
-          }
-      }
-    }
   }
 }
 

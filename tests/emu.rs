@@ -1402,14 +1402,15 @@ mod tensor_core_conv {
     fn check_fused_torgb(l: &Pair, seed: u64) {
         check_fused_torgb_on(&EmuDevice::new(), l, seed);
         if l.o > 32 {
-            // An sm_90 device fuses the ToRGB into the 64-channel wgmma kernel in fp16 and bf16.
+            // An sm_90 device fuses the ToRGB into the 64-channel wgmma kernel in fp16 and bf16 (launched with
+            // and without y).
             let sm90 = EmuDevice::sm90();
             check_fused_torgb_on(&sm90, l, seed);
             for kernel in [
                 Kernel::Modconv3x3TorgbN64WgmmaF16,
                 Kernel::Modconv3x3TorgbN64WgmmaBf16,
             ] {
-                assert_eq!(sm90.launches(kernel), 1, "{kernel:?}");
+                assert_eq!(sm90.launches(kernel), 2, "{kernel:?}");
             }
         }
     }
@@ -1474,8 +1475,8 @@ mod tensor_core_conv {
                 .unwrap()
                 .download(dev)
                 .unwrap();
-            let (y, rgb) = conv
-                .forward_with_torgb(
+            let fused = |keep_conv_output| {
+                conv.forward_with_torgb(
                     dev,
                     &xd,
                     &sd,
@@ -1485,12 +1486,26 @@ mod tensor_core_conv {
                         layer: &torgb,
                         styles: &rgb_sd,
                         skip: None,
+                        keep_conv_output,
                     },
                 )
-                .unwrap();
-            let (y, y_ref) = (y.download(dev).unwrap(), y_ref.download(dev).unwrap());
+                .unwrap()
+            };
+            let (y, rgb) = fused(true);
+            let (y, y_ref) = (
+                y.unwrap().download(dev).unwrap(),
+                y_ref.download(dev).unwrap(),
+            );
             assert_same_bits(&format!("{precision}: fused y"), &y, &y_ref);
             let rgb = rgb.download(dev).unwrap();
+            // Without the conv's output (the last block's), the kernel writes the same image and no y.
+            let (no_y, rgb_alone) = fused(false);
+            assert!(no_y.is_none(), "{precision}: a y nobody asked for");
+            assert_same_bits(
+                &format!("{precision}: rgb without y"),
+                &rgb_alone.download(dev).unwrap(),
+                &rgb,
+            );
             assert_eq!(rgb.shape, rgb_ref.shape);
             let (u, eta) = input_rounding(precision);
             let k = l.o as f64;
@@ -1644,6 +1659,7 @@ mod tensor_core_conv {
                     layer: &torgb,
                     styles: &rgb_styles,
                     skip: None,
+                    keep_conv_output: true,
                 },
             )
             .is_err());
@@ -1745,10 +1761,11 @@ mod tensor_core_conv {
                             layer: &torgb,
                             styles: &rgb_styles,
                             skip,
+                            keep_conv_output: true,
                         },
                     )
                     .unwrap();
-                (y.download(&dev).unwrap(), rgb)
+                (y.unwrap().download(&dev).unwrap(), rgb)
             };
             let (y_plain, rgb_plain) = fused(None);
             let (y_joined, rgb_joined) = fused(Some(&skip));

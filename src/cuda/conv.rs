@@ -94,12 +94,14 @@ pub enum DeviceNoise<'a, D: Device> {
     PerSample(&'a DeviceTensor<D>),
 }
 
-/// A ToRGB for [`DeviceConvLayer::forward_with_torgb`]: the layer, its styles `[N, I]` and optionally the
-/// previous block's image to up-sample and add.
+/// A ToRGB for [`DeviceConvLayer::forward_with_torgb`]: the layer, its styles `[N, I]`, optionally the previous
+/// block's image to up-sample and add, and whether the conv's own output is wanted too (`keep_conv_output`; the
+/// last block's is read by nothing but its ToRGB, so the kernel need not write it).
 pub struct FusedToRgb<'a, D: Device> {
     pub layer: &'a DeviceConvLayer<D>,
     pub styles: &'a DeviceTensor<D>,
     pub skip: Option<&'a DeviceTensor<D>>,
+    pub keep_conv_output: bool,
 }
 
 /// How a [`DeviceConvLayer`] finishes its output: `clamp(act(v + bias) * gain)`, stored as `output`.
@@ -679,9 +681,10 @@ impl<D: Device> DeviceConvLayer<D> {
 
     /// [`Self::forward`] (same resolution) that also computes `torgb.layer` on its output, with `torgb.styles
     /// [N, O]`, in the same kernel, from the output as stored: returns `(y, rgb)`, `rgb [N, torgb's outputs, H,
-    /// W]` f32, plus the up-sampled `torgb.skip` if given (see [`Self::forward_torgb`]). `y` is bit for bit
-    /// [`Self::forward`]'s; rgb differs from `torgb.forward(y)` by that one's rounding of its inputs to the mode's
-    /// type and by summation order. Needs [`Self::can_fuse_torgb`].
+    /// W]` f32, plus the up-sampled `torgb.skip` if given (see [`Self::forward_torgb`]). `y` (`None` unless
+    /// `torgb.keep_conv_output`) is bit for bit [`Self::forward`]'s; rgb, the same either way, differs from
+    /// `torgb.forward(y)` by that one's rounding of its inputs to the mode's type and by summation order. Needs
+    /// [`Self::can_fuse_torgb`].
     pub fn forward_with_torgb(
         &self,
         dev: &D,
@@ -690,7 +693,7 @@ impl<D: Device> DeviceConvLayer<D> {
         dcoefs: Option<&DeviceTensor<D>>,
         noise: Option<DeviceNoise<D>>,
         torgb: FusedToRgb<D>,
-    ) -> Result<(DeviceTensor<D>, DeviceTensor<D>)> {
+    ) -> Result<(Option<DeviceTensor<D>>, DeviceTensor<D>)> {
         let (Some(rgb_weight), true) = (&torgb.layer.rgb_weight, self.can_fuse_torgb(torgb.layer))
         else {
             bail!("modulated conv: this ToRGB cannot be fused into this layer");
@@ -705,9 +708,16 @@ impl<D: Device> DeviceConvLayer<D> {
             );
         }
         let c = torgb.layer.out_channels;
-        let y = DeviceTensor::alloc_as(dev, &[n, self.out_channels, h, w], self.output)?;
+        let y = match torgb.keep_conv_output {
+            true => Some(DeviceTensor::alloc_as(
+                dev,
+                &[n, self.out_channels, h, w],
+                self.output,
+            )?),
+            false => None,
+        };
         let rgb = DeviceTensor::alloc(dev, &[n, c, h, w])?;
-        params.y = y.ptr();
+        params.y = y.as_ref().map_or(0, |y| y.ptr());
         params.rgb = rgb.ptr();
         params.rgb_weight = rgb_weight.ptr();
         params.rgb_styles = torgb.styles.ptr();

@@ -24,7 +24,10 @@ pub fn layer_cost(
     let n = n as f64;
     let flop = 2.0 * n * (i * o * k * k * res_in * res_in) as f64;
     let bytes = match layer.kind {
-        LayerKind::Conv => n * ((i * res_in * res_in + o * res * res) * activation_bytes) as f64,
+        LayerKind::Conv => {
+            n * (i * res_in * res_in * activation_bytes) as f64
+                + conv_output_bytes(layer, n as usize, activation_bytes)
+        }
         LayerKind::ToRgb => {
             let input = if fused {
                 0
@@ -40,6 +43,12 @@ pub fn layer_cost(
         }
     };
     (flop, bytes)
+}
+
+/// The bytes a conv layer's output takes for `n` images: part of its [`layer_cost`], and what the last block's
+/// conv does not write when its ToRGB is fused (nothing else reads it).
+pub fn conv_output_bytes(layer: &SynthesisLayer, n: usize, activation_bytes: usize) -> f64 {
+    (n * layer.out_channels * layer.resolution * layer.resolution * activation_bytes) as f64
 }
 
 /// A GPU's dense peak arithmetic rate in a precision and its memory bandwidth.

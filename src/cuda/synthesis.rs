@@ -8,7 +8,7 @@ use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::gemm::Precision;
 use super::kernels::Kernel;
 use super::params::ModconvAffineParams;
-use super::profile::layer_cost;
+use super::profile::{conv_output_bytes, layer_cost};
 use crate::backend::{LayerProfile, NoiseMode};
 use crate::bail;
 use crate::cpu::ops::Act;
@@ -203,6 +203,10 @@ impl<D: Device> DeviceSynthesis<D> {
                     conv.seconds += seconds;
                     conv.flop += flop;
                     conv.bytes += bytes;
+                    if !self.conv_follows(index) {
+                        conv.bytes -=
+                            conv_output_bytes(&net.layers[index - 1], n, activation_bytes);
+                    }
                 }
                 _ => rows.push(LayerProfile {
                     name: layer.name.clone(),
@@ -216,6 +220,13 @@ impl<D: Device> DeviceSynthesis<D> {
         };
         self.forward(dev, net, ws, noise, Observe::LayerQueued(&mut layer_done))?;
         Ok(rows)
+    }
+
+    /// Whether a conv layer comes after layer `index`, so something reads the activation it leaves.
+    fn conv_follows(&self, index: usize) -> bool {
+        self.layers[index + 1..]
+            .iter()
+            .any(|layer| layer.kind == LayerKind::Conv)
     }
 
     fn forward(
@@ -254,6 +265,7 @@ impl<D: Device> DeviceSynthesis<D> {
         // The kernel that writes a ToRGB's output also adds the up-sampled skip image (ModconvParams::skip),
         // except when tracing: the trace reports the ToRGB's output alone.
         let join_skip = !matches!(observe, Observe::Trace(_));
+        let tracing = matches!(observe, Observe::Trace(_));
         // A ToRGB computed by the conv before it (forward_with_torgb): its styles, its output, and whether the
         // skip image is in it.
         let mut fused_rgb: Option<(DeviceTensor<D>, DeviceTensor<D>, bool)> = None;
@@ -279,7 +291,7 @@ impl<D: Device> DeviceSynthesis<D> {
             let skip = img.as_ref().filter(|_| join_skip);
             let computed_before = fused_rgb.is_some();
             let (styles, out, joined) = match fused_rgb.take() {
-                Some(done) => done,
+                Some((styles, rgb, joined)) => (styles, Some(rgb), joined),
                 None => {
                     let styles = affine(dev, net, &ws_d, layer, n)?;
                     let dcoefs = layer.conv.demod(dev, &styles)?;
@@ -296,6 +308,7 @@ impl<D: Device> DeviceSynthesis<D> {
                                     layer: &next.conv,
                                     styles: &rgb_styles,
                                     skip,
+                                    keep_conv_output: tracing || self.conv_follows(index + 1),
                                 },
                             )?;
                             fused_rgb = Some((rgb_styles, rgb, skip.is_some()));
@@ -307,7 +320,7 @@ impl<D: Device> DeviceSynthesis<D> {
                             && layer_noise.is_none() =>
                         {
                             let out = layer.conv.forward_torgb(dev, &x, &styles, skip)?;
-                            (out, skip.is_some())
+                            (Some(out), skip.is_some())
                         }
                         None => {
                             let out = layer.conv.forward(
@@ -318,7 +331,7 @@ impl<D: Device> DeviceSynthesis<D> {
                                 layer_noise,
                                 self.path,
                             )?;
-                            (out, false)
+                            (Some(out), false)
                         }
                     };
                     (styles, out, joined)
@@ -326,11 +339,16 @@ impl<D: Device> DeviceSynthesis<D> {
             };
             if let Observe::Trace(t) = &mut observe {
                 t(&format!("{}.styles", layer.name), &styles.download(dev)?);
-                t(&format!("{}.out", layer.name), &out.download(dev)?);
+                if let Some(out) = &out {
+                    t(&format!("{}.out", layer.name), &out.download(dev)?);
+                }
             }
-            match layer.kind {
-                LayerKind::Conv => x = out,
-                LayerKind::ToRgb => {
+            match (layer.kind, out) {
+                (LayerKind::Conv, Some(out)) => x = out,
+                // A conv whose output only its fused ToRGB reads (the last block's): not written.
+                (LayerKind::Conv, None) => {}
+                (LayerKind::ToRgb, None) => bail!("{}: the fused ToRGB left no image", layer.name),
+                (LayerKind::ToRgb, Some(out)) => {
                     let sum = match img.take() {
                         Some(prev) if !joined => skip_upsample_plus(dev, &prev, &out)?,
                         _ => out,
