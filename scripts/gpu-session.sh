@@ -6,9 +6,10 @@
 #           builds the release binary and the GPU test binary (with the pinned nvcc), strips them and packs them
 #           with the golden cases the GPU tests read into device-carry/bundle.tar.gz (about 35 MB; gitignored),
 #           stamped with a hash of the sources they were built from.
-#           scripts/gpu-session.sh baseline
+#           scripts/gpu-session.sh baseline [COMMIT]
 #           before packing a change: keeps the current bundle's mmengine as device-carry/baseline.tar.gz (about
-#           8 MB), so that the 'compare' phase can time both builds on one machine.
+#           8 MB), so that the 'compare' phase can time both builds on one machine; with COMMIT (a fresh clone has
+#           no bundle), builds that commit's mmengine in a temporary git worktree instead (target/baseline).
 #   there:  scripts/gpu-session.sh run PHASE...  (device tool: carry ["device-carry"])
 #           PHASEs, in order of importance; one call may run several, in the order given:
 #             tests  nvidia-smi, the binaries' libraries, doctor, the GPU tests, selftest in every precision,
@@ -73,7 +74,23 @@ pack() {
 baseline() {
     local stage
     stage=$(mktemp -d)
-    tar -C "$stage" -xzf device-carry/bundle.tar.gz bin/mmengine bin/SOURCE_HASH
+    if [ $# -ge 1 ]; then
+        set -e
+        scripts/cuda-toolchain.sh >/dev/null
+        local root tree
+        root=$(pwd)
+        tree="$stage/tree"
+        git worktree add --detach "$tree" "$1" >/dev/null
+        mkdir -p "$stage/bin"
+        (cd "$tree" && NVCC="$root/.cuda-toolchain/nvidia/cu13/bin/nvcc" MMENGINE_REQUIRE_NVCC=1 \
+            CARGO_TARGET_DIR="$root/target/baseline" cargo build --release &&
+            source_hash >"$stage/bin/SOURCE_HASH")
+        objcopy --strip-debug target/baseline/release/mmengine "$stage/bin/mmengine"
+        git worktree remove --force "$tree"
+    else
+        tar -C "$stage" -xzf device-carry/bundle.tar.gz bin/mmengine bin/SOURCE_HASH
+    fi
+    mkdir -p device-carry
     tar -C "$stage" -czf device-carry/baseline.tar.gz bin
     rm -rf "$stage"
     echo "baseline: the mmengine of sources $(cat device-carry/baseline.tar.gz | tar -xzO bin/SOURCE_HASH)"
@@ -257,7 +274,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
 
 case "${1:-}" in
     pack) pack ;;
-    baseline) baseline ;;
+    baseline) shift && baseline "$@" ;;
     run) shift && run "$@" ;;
-    *) echo "usage: scripts/gpu-session.sh pack | baseline | run tests|bench|compare|wgmma|fit|ncu|memcheck..." >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-session.sh pack | baseline [COMMIT] | run tests|bench|compare|wgmma|fit|ncu|memcheck..." >&2; exit 2 ;;
 esac

@@ -366,6 +366,19 @@ fn clip_files_grid_and_normalisation() {
         assert_eq!(*px.iter().max().unwrap(), 255, "{name}");
         assert_ne!(px, png(&cl.join(&name)).2);
     }
+    // Frame 0 is alpha 0, the faces themselves: clamped, the bytes `render` writes for them.
+    let rendered = p("faces.png");
+    ok(&[
+        "render",
+        "--model",
+        s(&t.model),
+        "--ws",
+        s(&t.faces_file),
+        "--quiet",
+        "-o",
+        s(&rendered),
+    ]);
+    assert_eq!(png(&cl.join("frame0000.png")), png(&rendered));
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

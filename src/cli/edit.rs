@@ -7,7 +7,7 @@ use super::render::{
 use crate::backend::NoiseMode;
 use crate::bail;
 use crate::error::{Error, Result};
-use crate::io::image::{self, Normalize};
+use crate::io::image::{self, Images8, Normalize};
 use crate::io::npy::NpyStream;
 use crate::io::video::{self, ClipKind, ClipWriter, FrameSize};
 use crate::micromotion::direction;
@@ -241,10 +241,17 @@ pub fn clip(args: ClipArgs) -> Result<()> {
             Tensor::new(vec![range.len(), l, wd], data)
         },
         |first, ws| {
-            let images = backend.synthesize(ws, NoiseMode::Const)?;
-            for i in 0..images.shape[0] {
+            // Clamped frames are converted where they are rendered (a GPU then downloads a byte per value);
+            // min-max needs each frame's floats.
+            let images = match norm {
+                Normalize::Clamp => backend.synthesize_u8(ws, NoiseMode::Const)?,
+                Normalize::MinMax => {
+                    Images8::from_tensor_with(&backend.synthesize(ws, NoiseMode::Const)?, norm)?
+                }
+            };
+            for i in 0..images.count {
                 let (face, frame) = locate(first + i);
-                let pixels = image::to_rgb8_with(&images, i, norm)?;
+                let pixels = images.image(i).to_vec();
                 let (clip, pixels) = if args.grid {
                     cells.push(pixels);
                     if cells.len() < n {

@@ -153,12 +153,17 @@ impl Images8 {
     /// `[N, C, H, W]` generator output converted by [`to_u8`], image by image on every core (the host twin of the
     /// device's `images_to_u8` kernel).
     pub fn from_tensor(images: &Tensor) -> Result<Self> {
+        Self::from_tensor_with(images, Normalize::Clamp)
+    }
+
+    /// [`Self::from_tensor`] with another normalisation.
+    pub fn from_tensor_with(images: &Tensor, norm: Normalize) -> Result<Self> {
         let (n, c, h, w) = image_dims(images)?;
         let len = c * h * w;
         let mut data = vec![0u8; n * len];
         data.par_chunks_mut(len.max(1))
             .zip(images.data.par_chunks(len.max(1)))
-            .for_each(|(out, image)| interleave(image, c, Normalize::Clamp, out));
+            .for_each(|(out, image)| interleave(image, c, norm, out));
         Images8::new(n, h, w, c, data)
     }
 
