@@ -262,10 +262,10 @@ impl<D: Device> DeviceSynthesis<D> {
         )?;
         let mut img: Option<DeviceTensor<D>> = None;
         let mut noise_layer = 0;
+        let tracing = matches!(observe, Observe::Trace(_));
         // The kernel that writes a ToRGB's output also adds the up-sampled skip image (ModconvParams::skip),
         // except when tracing: the trace reports the ToRGB's output alone.
-        let join_skip = !matches!(observe, Observe::Trace(_));
-        let tracing = matches!(observe, Observe::Trace(_));
+        let join_skip = !tracing;
         // A ToRGB computed by the conv before it (forward_with_torgb): its styles, its output, and whether the
         // skip image is in it.
         let mut fused_rgb: Option<(DeviceTensor<D>, DeviceTensor<D>, bool)> = None;
