@@ -708,13 +708,14 @@ impl<D: Device> DeviceConvLayer<D> {
             );
         }
         let c = torgb.layer.out_channels;
-        let y = match torgb.keep_conv_output {
-            true => Some(DeviceTensor::alloc_as(
+        let y = if torgb.keep_conv_output {
+            Some(DeviceTensor::alloc_as(
                 dev,
                 &[n, self.out_channels, h, w],
                 self.output,
-            )?),
-            false => None,
+            )?)
+        } else {
+            None
         };
         let rgb = DeviceTensor::alloc(dev, &[n, c, h, w])?;
         params.y = y.as_ref().map_or(0, |y| y.ptr());
