@@ -139,16 +139,22 @@ struct SkipTaps {
     skip_taps(y, h, iy, wy);
     skip_taps(x, w, ix, wx);
   }
-  // The up-sampled value of `plane` at the pixel.
+  // The up-sampled value of `plane` at the pixel. A tap outside the image is skipped, not multiplied by 0 (an inf
+  // stays local); its index is 0, so all four loads are made unconditionally and issue together.
   __device__ float operator()(const float* plane) const {
+    float s[2][2];
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) s[a][c] = plane[iy[a] * w + ix[c]];
     float v = 0.0f;
+#pragma unroll
     for (int a = 0; a < 2; ++a) {
-      if (wy[a] == 0.0f) continue;  // a tap outside the image: skipped, not multiplied by 0 (an inf stays local)
       float row = 0.0f;
-      for (int c = 0; c < 2; ++c) {
-        if (wx[c] != 0.0f) row += wx[c] * plane[iy[a] * w + ix[c]];
-      }
-      v += wy[a] * row;
+#pragma unroll
+      for (int c = 0; c < 2; ++c)
+        if (wx[c] != 0.0f) row += wx[c] * s[a][c];
+      if (wy[a] != 0.0f) v += wy[a] * row;
     }
     return v;
   }
@@ -171,6 +177,23 @@ __device__ __forceinline__ float add_skip(const ModconvParams& p, const SkipTaps
 __device__ __forceinline__ SkipTaps skip_taps_at(const ModconvParams& p, int y, int x) {
   return SkipTaps(p.height / 2, p.width / 2, y, x);
 }
+
+// The skip image at one pixel in every channel, for the kernels that finish all of a pixel's RGB channels (the
+// fused ToRGBs): loaded together, well before add() needs them, where a load just before each use stalled the
+// warp. Channels from `channels` up to kMaxFusedRgb repeat the last one (loads in bounds, values never used).
+// Threads that finish no pixel pass `needed` false and load nothing.
+struct SkipPixel {
+  float v[kMaxFusedRgb];
+
+  __device__ SkipPixel(const ModconvParams& p, const SkipTaps& taps, int b, int channels, bool needed) {
+    const long long plane = (long long)(p.height / 2) * (p.width / 2);
+#pragma unroll
+    for (int c = 0; c < kMaxFusedRgb; ++c)
+      v[c] = p.skip && needed ? taps(p.skip + ((long long)b * channels + (c < channels ? c : channels - 1)) * plane) : 0.0f;
+  }
+  // add_skip's sum for channel c.
+  __device__ float add(const ModconvParams& p, float x, int c) const { return p.skip ? v[c] + x : x; }
+};
 
 // add_skip at flat output pixel pix, for a single channel.
 __device__ __forceinline__ float add_skip(const ModconvParams& p, float v, int b, int channels, int c, int pix) {

@@ -316,11 +316,12 @@ __device__ void same_impl(const ModconvParams& p) {
     // Sum a row's partials over the 4 lanes that share it (one tig each), leaving lane tig row [tig / 2][tig % 2]
     // of the four, so the rows are finished side by side. With two warps along N, the warp_n 32 warps' sums join
     // through shared memory, whose tiles are free: the main loop's last barrier follows its last read of them.
-    float sum[kMaxFusedRgb];
-    quad_row_sums(rgb, tig, sum);
     const int row = warp_m + 16 * (tig / 2) + group + 8 * (tig % 2);  // the block row of lane tig's row
     const int row_y = ey0 + row / S::kTileX, row_x = ex0 + row % S::kTileX;
     const int row_pix = row_y < p.height && row_x < p.width ? row_y * p.width + row_x : -1;
+    const SkipPixel skip(p, skip_taps_at(p, row_y, row_x), b, p.rgb_channels, warp_n == 0);
+    float sum[kMaxFusedRgb];
+    quad_row_sums(rgb, tig, sum);
     if constexpr (S::kWarpsN == 2) {
       static_assert(kMaxFusedRgb == 4, "a row's sums are one float4");
       float4* const partial = reinterpret_cast<float4*>(halo);  // [kBlockM rows]
@@ -331,12 +332,11 @@ __device__ void same_impl(const ModconvParams& p) {
       sum[0] += other.x, sum[1] += other.y, sum[2] += other.z, sum[3] += other.w;
     }
     if (row_pix < 0) return;
-    const SkipTaps taps = skip_taps_at(p, row_y, row_x);
 #pragma unroll
     for (int c = 0; c < kMaxFusedRgb; ++c)
       if (c < p.rgb_channels) {
         const float v = activate(sum[c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
-        p.rgb[((long long)b * p.rgb_channels + c) * hw + row_pix] = add_skip(p, taps, v, b, p.rgb_channels, c);
+        p.rgb[((long long)b * p.rgb_channels + c) * hw + row_pix] = skip.add(p, v, c);
       }
   }
 }

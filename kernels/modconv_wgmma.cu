@@ -225,16 +225,17 @@ __device__ void conv3x3(const ModconvParams& p) {
   if constexpr (RGB) {
     // A row's channels are spread over the 4 lanes that share its groupID (one tig each), all in this warp; their
     // sums leave lanes tig and tig + 2 with row h = tig % 2, and lanes 0 and 1 finish the two rows side by side.
+    const SkipPixel skip(p, skip_taps_at(p, y0 + 2 * (warp % 4) + tig, x0 + 8 * wg + quad), b, p.rgb_channels,
+                         tig < 2);
     float sum[kMaxFusedRgb];
     quad_row_sums(rgb, tig, sum);
     const int row_pix = tig == 0 ? pix[0] : tig == 1 ? pix[1] : -1;
     if (row_pix < 0) return;
-    const SkipTaps taps = skip_taps_at(p, y0 + 2 * (warp % 4) + tig, x0 + 8 * wg + quad);
 #pragma unroll
     for (int c = 0; c < kMaxFusedRgb; ++c)
       if (c < p.rgb_channels) {
         const float v = activate(sum[c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
-        p.rgb[((long long)b * p.rgb_channels + c) * hw + row_pix] = add_skip(p, taps, v, b, p.rgb_channels, c);
+        p.rgb[((long long)b * p.rgb_channels + c) * hw + row_pix] = skip.add(p, v, c);
       }
   }
 }
@@ -289,8 +290,6 @@ __device__ void up2(const ModconvParams& p) {
   // K aligned to its end: stage s holds channels kStageK s - pad .., so only stage 0 can be partial (its channels
   // below 0 are zeros); the sample's styles wait in shared memory in that order, zero below channel 0.
   const int pad = stages * kStageK - p.in_channels;
-  for (int c = tid; c < stages * kStageK; c += kThreads)
-    style_k[c] = c >= pad ? p.styles[(long long)b * p.in_channels + c - pad] : 0.0f;
 
   // The gather: warp w stages channel group w % 4 of positions 64 (w / 4) + lane + 32 j (cell j), one 16-byte
   // store each; channels and styles are warp-uniform. Values load as stored in x (positions outside the image
@@ -335,11 +334,14 @@ __device__ void up2(const ModconvParams& p) {
 #pragma unroll
   for (int i = 0; i < kBlockN / 2; ++i) acc[i] = 0.0f;
 
-  __syncthreads();  // style_k
   {
+    // Stage 0's loads go out before the styles', so that the block waits for the two together.
     Elem first[kCells][8];
 #pragma unroll
     for (int j = 0; j < kCells; ++j) load_cell(true, 0, j, first[j]);
+    for (int c = tid; c < stages * kStageK; c += kThreads)
+      style_k[c] = c >= pad ? p.styles[(long long)b * p.in_channels + c - pad] : 0.0f;
+    __syncthreads();  // style_k
 #pragma unroll
     for (int j = 0; j < kCells; ++j) store_cell(0, j, first[j], 0);
   }

@@ -29,6 +29,33 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
   const int q = item % kQuadsX, row_half = item / kQuadsX % 2, c = item / (2 * kQuadsX);
   const int o = o0 + c, x0 = ox0 + 4 * q, y0 = oy0 + kRowsY * row_half;
   if (item >= kBlurItems || o >= p.out_channels || x0 >= ow || y0 >= oh) return;
+  const float dcoef = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
+  const float bias = p.bias ? p.bias[o] : 0.0f;
+  const float* const noise = p.noise ? p.noise + (long long)b * p.noise_sample_stride : nullptr;
+  // A row's 4 outputs go out in one store, their noise comes in one load, where rows are a multiple of 4 values
+  // (x0 is) and the quad is inside the image: consecutive threads then write consecutive 8 or 16 bytes, where
+  // single-value stores spread each warp's store over 2-4 times the sectors.
+  const unsigned long long addresses = reinterpret_cast<unsigned long long>(p.y) |
+                                      reinterpret_cast<unsigned long long>(noise);
+  const bool quads = ow % 4 == 0 && x0 + 4 <= ow && (addresses & 15) == 0;
+  // The noise of all the rows, loaded before the blur: used as each row is finished, its loads stalled the warp
+  // for about a quarter of the 1024 px layer's time.
+  float nz[kRowsY][4] = {};
+  if (noise) {
+#pragma unroll
+    for (int i = 0; i < kRowsY; ++i) {
+      const int y = y0 + i;
+      if (y >= oh) break;
+      if (quads) {
+        const float4 n4 = *reinterpret_cast<const float4*>(noise + y * ow + x0);
+        nz[i][0] = n4.x, nz[i][1] = n4.y, nz[i][2] = n4.z, nz[i][3] = n4.w;
+      } else {
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          if (x0 + k < ow) nz[i][k] = noise[y * ow + x0 + k];
+      }
+    }
+  }
   // hr[i][k]: T row kRowsY half + 1 + i blurred horizontally at output column 4 q + k (T columns 4 q + k + 1 ..).
   float hr[kRowsY + 3][4];
   const float* const tq = T + c * kPlaneT + (kRowsY * row_half + 1) * TX + 4 * q;
@@ -45,16 +72,7 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
       hr[i][k] = h;
     }
   }
-  const float dcoef = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
-  const float bias = p.bias ? p.bias[o] : 0.0f;
-  const float* const noise = p.noise ? p.noise + (long long)b * p.noise_sample_stride : nullptr;
   const long long yc = ((long long)b * p.out_channels + o) * oh * ow;
-  // A row's 4 outputs go out in one store, their noise comes in one load, where rows are a multiple of 4 values
-  // (x0 is) and the quad is inside the image: consecutive threads then write consecutive 8 or 16 bytes, where
-  // single-value stores spread each warp's store over 2-4 times the sectors.
-  const unsigned long long addresses = reinterpret_cast<unsigned long long>(p.y) |
-                                      reinterpret_cast<unsigned long long>(noise);
-  const bool quads = ow % 4 == 0 && x0 + 4 <= ow && (addresses & 15) == 0;
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
     for (int i = 0; i < kRowsY; ++i) {
@@ -67,21 +85,15 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
 #pragma unroll
         for (int a = 0; a < 4; ++a) v[k] += up2_blur_tap(a) * hr[i + a][k];
       }
-      if (quads) {
-        float nz[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (noise) {
-          const float4 n4 = *reinterpret_cast<const float4*>(noise + y * ow + x0);
-          nz[0] = n4.x, nz[1] = n4.y, nz[2] = n4.z, nz[3] = n4.w;
-        }
 #pragma unroll
-        for (int k = 0; k < 4; ++k) v[k] = modconv_finish(p, v[k], dcoef, nz[k], bias);
+      for (int k = 0; k < 4; ++k) v[k] = modconv_finish(p, v[k], dcoef, nz[i][k], bias);
+      if (quads) {
         store.quad(p.y, yc + y * ow + x0, v);
       } else {
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-          const int x = x0 + k;
-          if (x >= ow) break;
-          store(p.y, yc + y * ow + x, modconv_finish(p, v[k], dcoef, noise ? noise[y * ow + x] : 0.0f, bias));
+          if (x0 + k >= ow) break;
+          store(p.y, yc + y * ow + x0 + k, v[k]);
         }
       }
     }

@@ -17,14 +17,15 @@
 #                    grid comes back as demo-cuda.png), and one small fp16 bench
 #             bench  bench --config ffhq1024 --batch 512 in every precision (fp16 and bf16 also with --images u8),
 #                    ffhq256 in fp32 and fp16
-#             compare  the baseline's and this build's bench, ffhq1024 batch 512 in fp16 and tf32, alternating, and
-#                    this build's with --images u8
+#             compare  the baseline's and this build's bench, ffhq1024 batch 512 in fp16 and tf32, alternating, with
+#                    f32 and with 8-bit images (--images u8)
 #             wgmma  this build with its sm_90 (wgmma) kernels and without (MMENGINE_WGMMA=0), fp16 and bf16,
 #                    alternating, with the per-layer profile
 #             fit    golden case E's anchors plus one row (12 x 18 x 512): mmengine fit on the GPU and the CPU beside
 #                    benches/rpca_torch.py (the same algorithm in PyTorch) on both, checked against mmengine's output
 #             ncu    Nsight Compute's full report of one launch of each f16 convolution kernel (up-sampling at 1024
 #                    and 128 px, the fused ToRGB ones, same resolution; wgmma and mma.sync), if the machine has ncu
+#             ncu-source  Nsight Compute's per-SASS-line samples and counters (CSV in $OUT) of the two largest layers
 #             memcheck  compute-sanitizer memcheck over selftest, if the machine has it
 #           Unpacks to /tmp (refusing a bundle built from other sources than this tree's) and appends to two
 #           files in $OUT (default ./gpu-out): log.txt, every step's output under a header with its exit status
@@ -32,7 +33,7 @@
 #           line {"step": ..., "exit": ..., "result": ...} per JSON-printing step.
 #
 # Each step has its own time limit, so a step that hangs costs at most that, and a call cut off at its own limit still
-# returns log.txt up to the step it was in. On an H200 (2026-11-26) the phases took about: tests 20 s, compare 100 s,
+# returns log.txt up to the step it was in. On an H200 (2026-11-26) the phases took about: tests 20 s, compare 130 s,
 # wgmma 60 s, fit 20 s, memcheck 5 s, bench 80 s, ncu 50 s; a call's start and transfers added 30-60 s. So
 # `run tests compare bench ncu` fits one call of 15 minutes' device time with room for another.
 set -uo pipefail
@@ -201,13 +202,14 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             rm -rf "$base" && mkdir -p "$base" && tar -C "$base" -xzf device-carry/baseline.tar.gz
             echo "=== compare: baseline built from sources $(cat "$base/bin/SOURCE_HASH")" >>"$OUT/log.txt"
             # Alternating, so that a drift of the machine (clocks, temperature) shows as a spread, not a speed-up.
-            # 'new-u8' is this build handing back 8-bit images (bench --images u8; older builds lack the option).
+            # '-u8': the images handed back as 8-bit pixels (bench --images u8, in builds since f37c37f), which leaves
+            # the host link less of the time, so the kernels' share shows better.
             for p in fp16 tf32; do
                 for round in 1 2; do
-                    for build in base new new-u8; do
+                    for build in base new base-u8 new-u8; do
                         local bin=$mm images=()
-                        [ "$build" = base ] && bin=$base/bin/mmengine
-                        [ "$build" = new-u8 ] && images=(--images u8)
+                        [[ "$build" = base* ]] && bin=$base/bin/mmengine
+                        [[ "$build" = *-u8 ]] && images=(--images u8)
                         step "compare-$p-$build-$round" 60 "$bin" bench --device cuda --config ffhq1024 --batch 512 \
                             --precision "$p" --iters 3 "${images[@]}" --json
                     done
@@ -257,6 +259,23 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
                     "$mm" bench --device cuda --config ffhq1024 --batch 8 --iters 1 --warmup 0 --precision fp16
             done
             ;;
+        ncu-source)
+            # Where the time of the two largest layers goes, instruction by instruction: Nsight Compute's warp-state
+            # samples and counters per SASS line of b1024.conv0 (up-sampling, wgmma) and b1024.conv1 + ToRGB, as CSV.
+            command -v ncu >/dev/null || { echo "=== ncu-source: not on this machine" >>"$OUT/log.txt"; return 0; }
+            step ncu-version 10 ncu --version
+            local kernel_skip kernel skip
+            for kernel_skip in modconv_up2_3x3_wgmma_f16:7 modconv_3x3_torgb_n32_f16:0; do
+                kernel=${kernel_skip%:*} skip=${kernel_skip#*:}
+                rm -f "/tmp/$kernel.ncu-rep"
+                step "ncu-source-$kernel" 120 ncu --set full --import-source no -k "regex:^$kernel\$" \
+                    --launch-skip "$skip" --launch-count 1 -o "/tmp/$kernel" \
+                    "$mm" bench --device cuda --config ffhq1024 --batch 8 --iters 1 --warmup 0 --precision fp16
+                step "ncu-source-$kernel-csv" 60 sh -c "ncu -i '/tmp/$kernel.ncu-rep' --page source --csv \
+                    --print-source sass >'$OUT/source-$kernel.csv' ||
+                    ncu -i '/tmp/$kernel.ncu-rep' --page source --csv >'$OUT/source-$kernel.csv'"
+            done
+            ;;
         memcheck)
             # Out-of-bounds and misaligned accesses in every kernel the golden cases reach.
             if command -v compute-sanitizer >/dev/null; then
@@ -266,7 +285,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             fi
             ;;
         *)
-            echo "usage: scripts/gpu-session.sh run tests|bench|compare|wgmma|fit|ncu|memcheck..." >&2
+            echo "usage: scripts/gpu-session.sh run tests|bench|compare|wgmma|fit|ncu|ncu-source|memcheck..." >&2
             return 1
             ;;
     esac
@@ -276,5 +295,5 @@ case "${1:-}" in
     pack) pack ;;
     baseline) shift && baseline "$@" ;;
     run) shift && run "$@" ;;
-    *) echo "usage: scripts/gpu-session.sh pack | baseline [COMMIT] | run tests|bench|compare|wgmma|fit|ncu|memcheck..." >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-session.sh pack | baseline [COMMIT] | run tests|bench|compare|wgmma|fit|ncu|ncu-source|memcheck..." >&2; exit 2 ;;
 esac
