@@ -552,13 +552,15 @@ __device__ void up2_impl(const ModconvParams& p) {
 
   // Scatter. This lane's accumulator acc[mi][t][2 h + e] is tap t of position (2 warp_m + mi, group + 8 h) and
   // channel warp_n * 8 + 2 tig + e. Phase (ky == 2) * 2 + (kx == 2) of each tap; phase 0 stores, the rest add.
+  // Phase 0 stores taps (ky, 0) and (ky, 1) together (scatter_taps); paired adds in phase 2 spill on sm_80-89.
   float* const T = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int phase = 0; phase < 4; ++phase) {
 #pragma unroll
     for (int t = 0; t < kTaps; ++t) {
       const int ky = t / 3, kx = t % 3;
-      if ((ky == 2) * 2 + (kx == 2) != phase) continue;
+      const bool pair = phase == 0 && kx == 0;
+      if ((ky == 2) * 2 + (kx == 2) != phase || (phase == 0 && kx == 1)) continue;
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -566,10 +568,9 @@ __device__ void up2_impl(const ModconvParams& p) {
           const int ty = 2 * (2 * warp_m + mi) + ky, tx = 2 * (group + 8 * h) + kx;
           if (ty >= TY || tx >= TX) continue;
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& dst = T[(warp_n * kWarpChannels + 2 * tig + e) * kPlaneT + ty * TX + tx];
-            dst = phase == 0 ? acc[mi][t][2 * h + e] : dst + acc[mi][t][2 * h + e];
-          }
+          for (int e = 0; e < 2; ++e)
+            scatter_taps(&T[(warp_n * kWarpChannels + 2 * tig + e) * kPlaneT + ty * kRowT + tx], pair,
+                         acc[mi][t][2 * h + e], pair ? acc[mi][t + 1][2 * h + e] : 0.0f, phase == 0);
         }
     }
     __syncthreads();

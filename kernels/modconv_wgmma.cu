@@ -375,14 +375,15 @@ __device__ void up2(const ModconvParams& p) {
   }
 
   // Scatter into T (over the GEMM tiles: the loop's last barrier follows every product), in modconv_up2_3x3_f16's
-  // four phases: the taps with ky, kx < 2 store, then the kx = 2, the ky = 2 and the (2, 2) taps add.
+  // four phases: the taps with ky, kx < 2 store, then the kx = 2, the ky = 2 and the (2, 2) taps add; taps (ky, 0)
+  // and (ky, 1) go together (scatter_taps).
   const int quad = lane / 4, tig = lane % 4;
 #pragma unroll
   for (int phase = 0; phase < 4; ++phase) {
 #pragma unroll
     for (int t = 0; t < kTaps; ++t) {
       const int ky = t / 3, kx = t % 3;
-      if ((ky == 2) * 2 + (kx == 2) != phase) continue;
+      if ((ky == 2) * 2 + (kx == 2) != phase || kx == 1) continue;
       const int ty = 2 * warp + ky;
       if (ty >= TY) continue;
 #pragma unroll
@@ -393,9 +394,9 @@ __device__ void up2(const ModconvParams& p) {
         for (int half = 0; half < 2; ++half)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            float& dst = smem.t[(8 * half + 2 * tig + e) * kPlaneT + ty * TX + tx];
-            const float v = acc[4 * (9 * half + t) + 2 * h + e];
-            dst = phase == 0 ? v : dst + v;
+            const int i = 4 * (9 * half + t) + 2 * h + e;
+            scatter_taps(&smem.t[(8 * half + 2 * tig + e) * kPlaneT + ty * kRowT + tx], kx == 0, acc[i],
+                         kx == 0 ? acc[i + 4] : 0.0f, phase == 0);
           }
       }
     }

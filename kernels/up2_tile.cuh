@@ -12,21 +12,43 @@ constexpr int PY = 8, PX = 16;                   // the patch of input positions
 constexpr int kChannels = 16;                    // output channels per block
 constexpr int OY = 2 * PY - 4, OX = 2 * PX - 4;  // output tile
 constexpr int TY = 2 * PY, TX = 2 * PX;          // T rows and cols kept
-// T's channel stride: 8 mod 32 keeps the scatters' stores (lanes 2 px + 16 tig apart) at 2-way bank conflicts.
-constexpr int kPlaneT = TY * TX + 8;
 constexpr int kQuadsX = OX / 4, kRowsY = OY / 2;
 constexpr int kBlurItems = kChannels * 2 * kQuadsX;  // threads that take part in blur_epilogue
 static_assert(OX % 4 == 0 && OY % 2 == 0, "blur items of 6 rows x 4 columns");
+// T's row and channel strides, in floats. With blur_epilogue's order of items (row half, then quad, then
+// channel), rows 40 apart and channels 12 mod 32 apart put the 8 threads of every quarter warp on 8 different
+// 16-byte bank groups, so its 128-bit loads are free of bank conflicts (with 32 and 8 they were 2-way). The
+// scatters' stores stay 2-way: their lanes, 2 columns apart, only reach the even banks.
+constexpr int kRowT = TX + 8;
+constexpr int kPlaneT = TY * kRowT + 12;
+static_assert(kRowT % 4 == 0 && kPlaneT % 4 == 0, "T's rows start 16-byte aligned");
 
-// Blurs the complete part of T (channel c at T + c * kPlaneT, rows 1..15 and cols 1..31) into the 12 x 28 output
-// tile at (oy0, ox0) of output channels o0.., then the epilogue, in modconv_up2_3x3's order of blur taps and
-// epilogue steps. Thread `item` (< kBlurItems; others return) takes 6 rows x 4 columns of one channel's tile: it
-// blurs its 9 T rows horizontally once, reading each row's 8 aligned values with two 128-bit loads, then
-// vertically. The channel's demodulation coefficient and bias are loaded once.
+// A lane's part of the scatter into T at dst: tap (ky, 2)'s value v0 alone, or (`pair`) the values v0 and v1 of taps
+// (ky, 0) and (ky, 1), which land on adjacent columns, as one 64-bit access (half the instructions, and a
+// half warp's 16 lanes then cover all 32 banks once). The first phase stores, the later ones add.
+__device__ __forceinline__ void scatter_taps(float* dst, bool pair, float v0, float v1, bool first) {
+  if (pair) {
+    float2* const d = reinterpret_cast<float2*>(dst);
+    if (first) {
+      *d = make_float2(v0, v1);
+    } else {
+      const float2 o = *d;
+      *d = make_float2(o.x + v0, o.y + v1);
+    }
+  } else {
+    *dst = first ? v0 : *dst + v0;
+  }
+}
+
+// Blurs the complete part of T (channel c at T + c * kPlaneT, rows 1..15 and cols 1..31, row r at r * kRowT)
+// into the 12 x 28 output tile at (oy0, ox0) of output channels o0.., then the epilogue, in modconv_up2_3x3's order
+// of blur taps and epilogue steps. Thread `item` (< kBlurItems; others return) takes 6 rows x 4 columns of one
+// channel's tile: it blurs its 9 T rows horizontally once, reading each row's 8 aligned values with two 128-bit
+// loads, then vertically. The channel's demodulation coefficient and bias are loaded once.
 __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const float* T, int item, int b, int o0,
                                               int oy0, int ox0) {
   const int oh = 2 * p.height, ow = 2 * p.width;
-  const int q = item % kQuadsX, row_half = item / kQuadsX % 2, c = item / (2 * kQuadsX);
+  const int row_half = item % 2, q = item / 2 % kQuadsX, c = item / (2 * kQuadsX);
   const int o = o0 + c, x0 = ox0 + 4 * q, y0 = oy0 + kRowsY * row_half;
   if (item >= kBlurItems || o >= p.out_channels || x0 >= ow || y0 >= oh) return;
   const float dcoef = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
@@ -58,11 +80,11 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
   }
   // hr[i][k]: T row kRowsY half + 1 + i blurred horizontally at output column 4 q + k (T columns 4 q + k + 1 ..).
   float hr[kRowsY + 3][4];
-  const float* const tq = T + c * kPlaneT + (kRowsY * row_half + 1) * TX + 4 * q;
+  const float* const tq = T + c * kPlaneT + (kRowsY * row_half + 1) * kRowT + 4 * q;
 #pragma unroll
   for (int i = 0; i < kRowsY + 3; ++i) {
-    const float4 lo = *reinterpret_cast<const float4*>(tq + i * TX);
-    const float4 hi = *reinterpret_cast<const float4*>(tq + i * TX + 4);
+    const float4 lo = *reinterpret_cast<const float4*>(tq + i * kRowT);
+    const float4 hi = *reinterpret_cast<const float4*>(tq + i * kRowT + 4);
     const float t[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
     for (int k = 0; k < 4; ++k) {

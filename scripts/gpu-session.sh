@@ -261,7 +261,8 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             ;;
         ncu-source)
             # Where the time of the two largest layers goes, instruction by instruction: Nsight Compute's warp-state
-            # samples and counters per SASS line of b1024.conv0 (up-sampling, wgmma) and b1024.conv1 + ToRGB, as CSV.
+            # samples and counters per SASS line of b1024.conv0 (up-sampling, wgmma) and b1024.conv1 + ToRGB, as CSV,
+            # and the report's sections (as the ncu phase prints them) into log.txt.
             command -v ncu >/dev/null || { echo "=== ncu-source: not on this machine" >>"$OUT/log.txt"; return 0; }
             step ncu-version 10 ncu --version
             local kernel_skip kernel skip
@@ -274,6 +275,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
                 step "ncu-source-$kernel-csv" 60 sh -c "ncu -i '/tmp/$kernel.ncu-rep' --page source --csv \
                     --print-source sass >'$OUT/source-$kernel.csv' ||
                     ncu -i '/tmp/$kernel.ncu-rep' --page source --csv >'$OUT/source-$kernel.csv'"
+                step "ncu-source-$kernel-details" 60 ncu -i "/tmp/$kernel.ncu-rep" --page details
             done
             ;;
         memcheck)
