@@ -226,11 +226,22 @@ __device__ void modconv_1x1_few_impl(const ModconvParams& p) {
   const typename X::T* xc = static_cast<const typename X::T*>(p.x) + (long long)b * p.in_channels * hw + pix;
   const float* const styles = p.styles + (long long)b * p.in_channels;
   float acc[kFewOutputs] = {};
-  for (int i = 0; i < p.in_channels; ++i, xc += hw) {
-    const float v = X::load(xc) * styles[i];
-    const float4 w = *reinterpret_cast<const float4*>(p.weight + i * kFewOutputs);
+  auto accumulate = [&](float v, float4 w) {
     acc[0] += v * w.x, acc[1] += v * w.y, acc[2] += v * w.z, acc[3] += v * w.w;
+  };
+  // kBatch channels' loads at a time: one load in flight per thread left this stream waiting on memory.
+  constexpr int kBatch = 4;
+  const float4* const weights = reinterpret_cast<const float4*>(p.weight);
+  int i = 0;
+  for (; i + kBatch <= p.in_channels; i += kBatch, xc += kBatch * hw) {
+    float v[kBatch];
+    float4 w[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) v[k] = X::load(xc + k * hw) * styles[i + k], w[k] = weights[i + k];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) accumulate(v[k], w[k]);
   }
+  for (; i < p.in_channels; ++i, xc += hw) accumulate(X::load(xc) * styles[i], weights[i]);
   const SkipTaps taps = skip_taps_at(p, pix / p.width, pix % p.width);
   with_output_type(p.y_dtype, [&](auto store) {
 #pragma unroll
