@@ -216,6 +216,7 @@ __device__ void same_impl(const ModconvParams& p) {
   // rectangle is gathered a slot per tap (loaded before the tap's multiply, stored after it); its buffer was last
   // read by the previous chunk, before the barrier that ended it. The next stage's B tile streams in during each
   // stage. The first rectangle is gathered kFirstSlots slots at a time, with their loads in flight at once.
+  copy_b(0, b_tile[0]);  // first, so that the weights stream in while the first gather waits for its loads
   {
     float s[kQuadK];
     load_styles(0, s);
@@ -230,7 +231,6 @@ __device__ void same_impl(const ModconvParams& p) {
         if (j0 + j < kSlots) store_slot(j0 + j, first[j], s, halo[0]);
     }
   }
-  copy_b(0, b_tile[0]);
   copy_async_wait();
   __syncthreads();
   int b_cur = 0;
@@ -535,6 +535,7 @@ __device__ void up2_impl(const ModconvParams& p) {
     copy_async_wait();
     __syncthreads();
   };
+  copy_b(0, b_tiles);  // first, so that the weights stream in while the first gather waits for its loads
 #pragma unroll
   for (int j = 0; j < kItems; ++j)
 #pragma unroll
@@ -543,7 +544,6 @@ __device__ void up2_impl(const ModconvParams& p) {
       load_part(true, 0, j, h, v);
       store_part(true, 0, j, h, v, a_tiles);
     }
-  copy_b(0, b_tiles);
   copy_async_wait();
   __syncthreads();
 #pragma unroll 1
