@@ -187,9 +187,15 @@ struct SkipPixel {
 
   __device__ SkipPixel(const ModconvParams& p, const SkipTaps& taps, int b, int channels, bool needed) {
     const long long plane = (long long)(p.height / 2) * (p.width / 2);
+    // One test around all the loads: a test per channel made each channel's loads wait for the previous ones.
+    if (p.skip && needed) {
 #pragma unroll
-    for (int c = 0; c < kMaxFusedRgb; ++c)
-      v[c] = p.skip && needed ? taps(p.skip + ((long long)b * channels + (c < channels ? c : channels - 1)) * plane) : 0.0f;
+      for (int c = 0; c < kMaxFusedRgb; ++c)
+        v[c] = taps(p.skip + ((long long)b * channels + (c < channels ? c : channels - 1)) * plane);
+    } else {
+#pragma unroll
+      for (int c = 0; c < kMaxFusedRgb; ++c) v[c] = 0.0f;
+    }
   }
   // add_skip's sum for channel c.
   __device__ float add(const ModconvParams& p, float x, int c) const { return p.skip ? v[c] + x : x; }
