@@ -165,12 +165,17 @@ __device__ __forceinline__ float skip_upsampled(const float* plane, int h, int w
   return SkipTaps(h, w, y, x)(plane);
 }
 
+// Channel c of sample b in ModconvParams::skip, an image of `channels` channels at half the output's size.
+__device__ __forceinline__ const float* skip_plane(const ModconvParams& p, int b, int channels, int c) {
+  return p.skip + ((long long)b * channels + c) * (p.height / 2) * (p.width / 2);
+}
+
 // ModconvParams::skip added to the value v a kernel writes at (sample b, channel c of `channels`) of the height x
 // width output, at the pixel of `taps` (skip_taps_at); the sum in skip_upsample's order, so both give the same bits.
 __device__ __forceinline__ float add_skip(const ModconvParams& p, const SkipTaps& taps, float v, int b, int channels,
                                           int c) {
   if (!p.skip) return v;
-  return taps(p.skip + ((long long)b * channels + c) * (p.height / 2) * (p.width / 2)) + v;
+  return taps(skip_plane(p, b, channels, c)) + v;
 }
 
 // The skip image's taps at output pixel (y, x) of ModconvParams' height x width output.
@@ -186,12 +191,10 @@ struct SkipPixel {
   float v[kMaxFusedRgb];
 
   __device__ SkipPixel(const ModconvParams& p, const SkipTaps& taps, int b, int channels, bool needed) {
-    const long long plane = (long long)(p.height / 2) * (p.width / 2);
     // One test around all the loads: a test per channel made each channel's loads wait for the previous ones.
     if (p.skip && needed) {
 #pragma unroll
-      for (int c = 0; c < kMaxFusedRgb; ++c)
-        v[c] = taps(p.skip + ((long long)b * channels + (c < channels ? c : channels - 1)) * plane);
+      for (int c = 0; c < kMaxFusedRgb; ++c) v[c] = taps(skip_plane(p, b, channels, c < channels ? c : channels - 1));
     } else {
 #pragma unroll
       for (int c = 0; c < kMaxFusedRgb; ++c) v[c] = 0.0f;

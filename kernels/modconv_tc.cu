@@ -319,7 +319,7 @@ __device__ void same_impl(const ModconvParams& p) {
     const int row = warp_m + 16 * (tig / 2) + group + 8 * (tig % 2);  // the block row of lane tig's row
     const int row_y = ey0 + row / S::kTileX, row_x = ex0 + row % S::kTileX;
     const int row_pix = row_y < p.height && row_x < p.width ? row_y * p.width + row_x : -1;
-    const SkipPixel skip(p, skip_taps_at(p, row_y, row_x), b, p.rgb_channels, warp_n == 0);
+    const SkipPixel skip(p, skip_taps_at(p, row_y, row_x), b, p.rgb_channels, warp_n == 0 && row_pix >= 0);
     float sum[kMaxFusedRgb];
     quad_row_sums(rgb, tig, sum);
     if constexpr (S::kWarpsN == 2) {

@@ -225,11 +225,11 @@ __device__ void conv3x3(const ModconvParams& p) {
   if constexpr (RGB) {
     // A row's channels are spread over the 4 lanes that share its groupID (one tig each), all in this warp; their
     // sums leave lanes tig and tig + 2 with row h = tig % 2, and lanes 0 and 1 finish the two rows side by side.
+    const int row_pix = tig == 0 ? pix[0] : tig == 1 ? pix[1] : -1;
     const SkipPixel skip(p, skip_taps_at(p, y0 + 2 * (warp % 4) + tig, x0 + 8 * wg + quad), b, p.rgb_channels,
-                         tig < 2);
+                         row_pix >= 0);
     float sum[kMaxFusedRgb];
     quad_row_sums(rgb, tig, sum);
-    const int row_pix = tig == 0 ? pix[0] : tig == 1 ? pix[1] : -1;
     if (row_pix < 0) return;
 #pragma unroll
     for (int c = 0; c < kMaxFusedRgb; ++c)
