@@ -55,6 +55,34 @@ struct ActBf16 {
   __device__ static float load(const T* p) { return bf16_bits_to_float(*p); }
 };
 
+// The input activation of a modulated conv (ModconvParams::x, [batch, in_channels, height, width] of T) from
+// channel c0 of sample b on, read N channels of a pixel at a time (the tensor-core convs' gathers). Offsets within
+// the sample are 32-bit (conv.rs keeps a sample under 2^31 elements), so a value costs an address instruction and
+// its load, where 64-bit pointer steps and a test per value cost about four more.
+template <class T>
+struct SampleChannels {
+  const T* x;  // channel c0 of the sample
+  int hw;
+
+  __device__ SampleChannels(const ModconvParams& p, int b, int c0)
+      : x(static_cast<const T*>(p.x) + ((long long)b * p.in_channels + c0) * p.height * p.width),
+        hw(p.height * p.width) {}
+  // v[k] = channel c + k (from c0) at plane offset pix for k < n, zeros past n (channels past the layer: n is
+  // warp-uniform, and at least N in every layer whose channels fill the kernel's chunks). A pixel outside the image
+  // (pix < 0) reads the plane's first pixel instead: the caller stores zeros for it.
+  template <int N>
+  __device__ void load(int c, int pix, int n, T (&v)[N]) const {
+    const int off = c * hw + (pix < 0 ? 0 : pix);
+    if (n >= N) {
+#pragma unroll
+      for (int k = 0; k < N; ++k) v[k] = x[off + k * hw];
+    } else {
+#pragma unroll
+      for (int k = 0; k < N; ++k) v[k] = k < n ? x[off + k * hw] : T(0);
+    }
+  }
+};
+
 // Stores of an output activation, one type per struct (rounding to nearest even). The output type is a run-time
 // choice (one kernel serves layers whose output stays f32, ToRGB, and those whose output is the next layer's 16-bit
 // input): with_output_type branches once and runs the whole epilogue with the store fixed.
@@ -101,4 +129,25 @@ __device__ __forceinline__ void with_output_type(int dtype, F&& f) {
     f(StoreBf16{});
   else
     f(StoreF32{});
+}
+
+// A store of type S that writes nothing: for a layer output that only the fused ToRGB in the same kernel reads,
+// which still sees the value as S would have stored it (rounded).
+template <class S>
+struct RoundOnly {
+  __device__ void operator()(void*, long long, float) const {}
+  __device__ void quad(void*, long long, const float (&)[4]) const {}
+  __device__ static float rounded(float v) { return S::rounded(v); }
+};
+
+// with_output_type where y may be null (the fused ToRGB kernels): then f gets RoundOnly, so the epilogue has no
+// test per value of whether to store.
+template <class F>
+__device__ __forceinline__ void with_output_store(const void* y, int dtype, F&& f) {
+  with_output_type(dtype, [&](auto store) {
+    if (y)
+      f(store);
+    else
+      f(RoundOnly<decltype(store)>{});
+  });
 }

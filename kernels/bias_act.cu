@@ -7,6 +7,6 @@ KERNEL_BOUNDED(bias_act, BiasActParams, 256) {
   GRID_STRIDE_LOOP(i, p.n) {
     float v = p.x[i];
     if (p.bias) v += p.bias[(i / p.inner) % p.channels];
-    p.y[i] = activate(v, p.act, p.alpha, p.gain, p.clamp);
+    p.y[i] = activate(v, activation_slope(p.act, p.alpha), p.gain, clamp_bound(p.clamp));
   }
 }

@@ -32,24 +32,44 @@
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n);     \
        i += (long long)blockDim.x * gridDim.x)
 
-// bias_act's activation, gain and clamp, in the reference order (golden ops README): act, then gain, then clamp.
-__device__ __forceinline__ float activate(float x, int act, float alpha, float gain, float clamp) {
-  if (act == ACT_LRELU && x < 0.0f) x *= alpha;
+// x clamped to [-c, c], a NaN kept (as the CPU reference's f32::clamp keeps it): c = +inf is no clamp, so the
+// epilogues clamp every value without a test.
+__device__ __forceinline__ float clamp_keep_nan(float x, float c) {
+#ifdef MMENGINE_EMU
+  return x != x ? x : fminf(fmaxf(x, -c), c);
+#else
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;\n\tmin.NaN.f32 %0, %0, %3;" : "=f"(r) : "f"(x), "f"(-c), "f"(c));
+  return r;
+#endif
+}
+
+// The activation, gain and clamp in the reference order (golden ops README): x below zero times `slope` (leaky
+// ReLU's alpha; 1 is linear, exactly), then the gain, then the clamp to [-clamp, clamp] (+inf: none). With no
+// test of the activation's kind or the clamp's presence, each value costs 5 instructions.
+__device__ __forceinline__ float activate(float x, float slope, float gain, float clamp) {
+  if (x < 0.0f) x *= slope;
   x *= gain;
-  if (clamp >= 0.0f) x = fminf(fmaxf(x, -clamp), clamp);
-  return x;
+  return clamp_keep_nan(x, clamp);
+}
+
+// activate's slope and clamp from the params of the kernels outside the modulated convs (an Activation and
+// alpha; a clamp below 0 for none).
+__device__ __forceinline__ float activation_slope(int act, float alpha) { return act == ACT_LRELU ? alpha : 1.0f; }
+__device__ __forceinline__ float clamp_bound(float clamp) {
+  return clamp >= 0.0f ? clamp : __int_as_float(0x7f800000);
 }
 
 // The modulated convolutions' fused epilogue (modconv.cu, modconv_tc.cu) on one conv result `v`, given its output
 // channel's demodulation coefficient (1 where the layer has none: v * 1 is v exactly, so no test per value) and
-// bias and its pixel's noise value, the last two used only where the layer has them: demodulation, noise times its
-// strength, bias, then activate's act, gain and clamp. Kernels that keep a channel's values in registers across
-// many outputs call this; the others modconv_epilogue.
+// bias and its pixel's noise value (already times the layer's strength), the last two used only where the layer has
+// them: demodulation, noise, bias, then activate's slope, gain and clamp. Kernels that keep a channel's values in
+// registers across many outputs call this; the others modconv_epilogue.
 __device__ __forceinline__ float modconv_finish(const ModconvParams& p, float v, float dcoef, float noise, float bias) {
   v *= dcoef;
-  if (p.noise) v += noise * p.noise_strength;
+  if (p.noise) v += noise;
   if (p.bias) v += bias;
-  return activate(v, p.act, p.alpha, p.gain, p.clamp);
+  return activate(v, p.slope, p.gain, p.clamp);
 }
 
 // The fused ToRGB's cap on its output channels (conv.rs rejects more): its partial sums live in registers.

@@ -86,7 +86,7 @@ KERNEL_BOUNDED(fully_connected, FullyConnectedParams, 256) {
       if (n >= p.batch || o >= p.out_features) continue;
       float v = acc[i][j];
       if (p.bias) v += p.bias[o] * p.bias_gain;
-      p.y[(long long)n * p.out_features + o] = activate(v, p.act, p.alpha, p.gain, p.clamp);
+      p.y[(long long)n * p.out_features + o] = activate(v, activation_slope(p.act, p.alpha), p.gain, clamp_bound(p.clamp));
     }
   }
 }

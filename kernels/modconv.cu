@@ -161,11 +161,7 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
     if (hw % 4 == 0 && m + 3 < m_total) {
       const int b = int(m / hw), pix = int(m - (long long)b * hw);
       float4 nz = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (p.noise) {
-        nz = *reinterpret_cast<const float4*>(p.noise + (long long)b * p.noise_sample_stride + pix);
-        nz = make_float4(nz.x * p.noise_strength, nz.y * p.noise_strength, nz.z * p.noise_strength,
-                         nz.w * p.noise_strength);
-      }
+      if (p.noise) nz = *reinterpret_cast<const float4*>(p.noise + (long long)b * p.noise_sample_stride + pix);
 #pragma unroll
       for (int j = 0; j < Tile::TN; ++j) {
         const int o = n0 + (j < 4 ? ty * 4 + j : BN / 2 + ty * 4 + j - 4);
@@ -173,11 +169,11 @@ __device__ void modconv_same_impl(const ModconvParams& p) {
         const float d = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
         const float bias = p.bias ? p.bias[o] : 0.0f;
         float4 v;
-        v.x = activate(acc[half * 4 + 0][j] * d + nz.x + bias, p.act, p.alpha, p.gain, p.clamp);
-        v.y = activate(acc[half * 4 + 1][j] * d + nz.y + bias, p.act, p.alpha, p.gain, p.clamp);
-        v.z = activate(acc[half * 4 + 2][j] * d + nz.z + bias, p.act, p.alpha, p.gain, p.clamp);
-        v.w = activate(acc[half * 4 + 3][j] * d + nz.w + bias, p.act, p.alpha, p.gain, p.clamp);
-        if constexpr (KS == 1) {  // ToRGB: the skip image joins here
+        v.x = activate(acc[half * 4 + 0][j] * d + nz.x + bias, p.slope, p.gain, p.clamp);
+        v.y = activate(acc[half * 4 + 1][j] * d + nz.y + bias, p.slope, p.gain, p.clamp);
+        v.z = activate(acc[half * 4 + 2][j] * d + nz.z + bias, p.slope, p.gain, p.clamp);
+        v.w = activate(acc[half * 4 + 3][j] * d + nz.w + bias, p.slope, p.gain, p.clamp);
+        if (KS == 1 && p.skip) {  // ToRGB: the skip image joins here (one test for the four pixels)
           v.x = add_skip(p, v.x, b, p.out_channels, o, pix);
           v.y = add_skip(p, v.y, b, p.out_channels, o, pix + 1);
           v.z = add_skip(p, v.z, b, p.out_channels, o, pix + 2);

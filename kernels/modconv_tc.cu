@@ -279,13 +279,13 @@ __device__ void same_impl(const ModconvParams& p) {
       const int y = ey0 + warp_m / S::kTileX + row / S::kTileX, x = ex0 + row % S::kTileX + group;
       pix[mi][h] = y < p.height && x < p.width ? y * p.width + x : -1;
       nz[mi][h] = p.noise && pix[mi][h] >= 0
-                      ? p.noise[(long long)b * p.noise_sample_stride + pix[mi][h]] * p.noise_strength
+                      ? p.noise[(long long)b * p.noise_sample_stride + pix[mi][h]]
                       : 0.0f;
     }
   float rgb[4][kMaxFusedRgb] = {};  // RGB: this thread's ToRGB partial sums per row [2 mi + h] and rgb channel
-  // With RGB, y may be null: the layer's output is then read by nothing but the fused ToRGB (the last block).
-  const bool store_y = !RGB || p.y != nullptr;
-  with_output_type(p.y_dtype, [&](auto store) {
+  // Values of rows outside the image are finished too (from zeros: harmless, and no branch per value); only their
+  // stores are skipped, and their ToRGB sums are never written.
+  auto finish = [&](auto store) {
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
@@ -298,20 +298,22 @@ __device__ void same_impl(const ModconvParams& p) {
         for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            if (pix[mi][h] < 0) continue;
-            float v = acc[mi][ni][2 * h + e] * ch.dcoef;  // 1 without demodulation
-            if (p.noise) v += nz[mi][h];
-            if (p.bias) v += ch.bias;
-            v = activate(v, p.act, p.alpha, p.gain, p.clamp);
+            float v = modconv_finish(p, acc[mi][ni][2 * h + e], ch.dcoef, nz[mi][h], ch.bias);
             if constexpr (RGB) {
               v = store.rounded(v);
               ch.add_rgb(v, rgb[2 * mi + h]);
             }
+            if (pix[mi][h] < 0) continue;
             if constexpr (KS == 1) v = add_skip(p, v, b, p.out_channels, o, pix[mi][h]);  // ToRGB: the skip image
-            if (store_y) store(p.y, y_channel + pix[mi][h], v);
+            store(p.y, y_channel + pix[mi][h], v);
           }
       }
-  });
+  };
+  // With RGB, y may be null: the layer's output is then read by nothing but the fused ToRGB (the last block).
+  if constexpr (RGB)
+    with_output_store(p.y, p.y_dtype, finish);
+  else
+    with_output_type(p.y_dtype, finish);
   if constexpr (RGB) {
     // Sum a row's partials over the 4 lanes that share it (one tig each), leaving lane tig row [tig / 2][tig % 2]
     // of the four, so the rows are finished side by side. With two warps along N, the warp_n 32 warps' sums join
@@ -335,7 +337,7 @@ __device__ void same_impl(const ModconvParams& p) {
 #pragma unroll
     for (int c = 0; c < kMaxFusedRgb; ++c)
       if (c < p.rgb_channels) {
-        const float v = activate(sum[c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
+        const float v = clamp_keep_nan(sum[c] + p.rgb_bias[c], p.rgb_clamp);
         p.rgb[((long long)b * p.rgb_channels + c) * hw + row_pix] = skip.add(p, v, c);
       }
   }

@@ -102,16 +102,16 @@ __device__ void conv3x3(const ModconvParams& p) {
     const bool inside = q < kHaloPixels && iy >= 0 && iy < p.height && ix >= 0 && ix < p.width;
     return inside ? iy * p.width + ix : -1;
   };
-  const T* const x_group = static_cast<const T*>(p.x) + ((long long)b * p.in_channels + 8 * group) * hw;
+  const SampleChannels<T> x_group(p, b, 8 * group);
   const float* const styles_group = p.styles + (long long)b * p.in_channels + 8 * group;
   auto group_channels = [&](int chunk) { return p.in_channels - chunk * kChunkK - 8 * group; };
   auto load_slot = [&](int chunk, int j, T (&v)[8]) {
-    const int pix = pixel(j), n = pix < 0 ? 0 : group_channels(chunk);
-    const T* const xc = x_group + (long long)chunk * kChunkK * hw + (pix < 0 ? 0 : pix);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) v[k] = k < n ? xc[k * hw] : T(0);
+    const int pix = pixel(j);
+    x_group.load(chunk * kChunkK, pix, group_channels(chunk), v);
+    return pix >= 0;
   };
-  auto store_slot = [&](int chunk, int j, const T (&v)[8]) {
+  // inside: load_slot's answer; a pixel outside the image (or past the halo) is stored as zeros.
+  auto store_slot = [&](int chunk, int j, const T (&v)[8], bool inside) {
     const int q = 32 * (warp / kGroups) + lane + 64 * j;
     if (q >= kHaloPixels) return;
     const int n = group_channels(chunk);
@@ -123,7 +123,7 @@ __device__ void conv3x3(const ModconvParams& p) {
     u.y = Mode::word(X::load(&v[2]) * s[2], X::load(&v[3]) * s[3]);
     u.z = Mode::word(X::load(&v[4]) * s[4], X::load(&v[5]) * s[5]);
     u.w = Mode::word(X::load(&v[6]) * s[6], X::load(&v[7]) * s[7]);
-    smem.halo[chunk & 1][group][q] = u;
+    smem.halo[chunk & 1][group][q] = inside ? u : make_uint4(0, 0, 0, 0);
   };
   // The tap at which the next chunk's slot j is gathered: spread over the taps, so few loads are in flight.
   auto slot_tap = [](int j) { return j * 9 / kSlots; };
@@ -149,10 +149,11 @@ __device__ void conv3x3(const ModconvParams& p) {
   copy_b(0, 0);  // first, so that the weights stream in while the first gather waits for its loads
   {
     T first[kSlots][8];
+    bool inside[kSlots];
 #pragma unroll
-    for (int j = 0; j < kSlots; ++j) load_slot(0, j, first[j]);
+    for (int j = 0; j < kSlots; ++j) inside[j] = load_slot(0, j, first[j]);
 #pragma unroll
-    for (int j = 0; j < kSlots; ++j) store_slot(0, j, first[j]);
+    for (int j = 0; j < kSlots; ++j) store_slot(0, j, first[j], inside[j]);
   }
   copy_async_wait();
   wgmma_fence_shared_writes();
@@ -166,10 +167,11 @@ __device__ void conv3x3(const ModconvParams& p) {
       const int s = chunk * 9 + tap;
       if (s + 1 < stages) copy_b(s + 1, b_cur ^ 1);
       T part[kSlots][8];
+      bool inside[kSlots];
       if (next_chunk) {
 #pragma unroll
         for (int j = 0; j < kSlots; ++j)
-          if (slot_tap(j) == tap) load_slot(chunk + 1, j, part[j]);
+          if (slot_tap(j) == tap) inside[j] = load_slot(chunk + 1, j, part[j]);
       }
       wgmma_fence();
       wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 0), b_desc(b_cur, 0));
@@ -178,7 +180,7 @@ __device__ void conv3x3(const ModconvParams& p) {
       if (next_chunk) {
 #pragma unroll
         for (int j = 0; j < kSlots; ++j)
-          if (slot_tap(j) == tap) store_slot(chunk + 1, j, part[j]);
+          if (slot_tap(j) == tap) store_slot(chunk + 1, j, part[j], inside[j]);
       }
       // This stage's operands are rewritten two stages on: every warpgroup's products end before the barrier.
       wgmma_wait<0>(acc);
@@ -202,9 +204,9 @@ __device__ void conv3x3(const ModconvParams& p) {
     noise[h] = p.noise && pix[h] >= 0 ? p.noise[(long long)b * p.noise_sample_stride + pix[h]] : 0.0f;
   }
   float rgb[2][kMaxFusedRgb] = {};  // RGB: this thread's ToRGB partial sums per row and rgb channel
-  // With RGB, y may be null: the layer's output is then read by nothing but the fused ToRGB (the last block).
-  const bool store_y = !RGB || p.y != nullptr;
-  with_output_type(p.y_dtype, [&](auto store) {
+  // Values of rows outside the image are finished too (from zeros: harmless, and no branch per value); only their
+  // stores are skipped, and their ToRGB sums are never written.
+  auto finish = [&](auto store) {
 #pragma unroll
     for (int j = 0; j < N / 8; ++j)
 #pragma unroll
@@ -215,13 +217,17 @@ __device__ void conv3x3(const ModconvParams& p) {
         const long long y_channel = ((long long)b * p.out_channels + o) * hw;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          if (pix[h] < 0) continue;
           const float v = modconv_finish(p, acc[4 * j + 2 * h + e], ch.dcoef, noise[h], ch.bias);
           if constexpr (RGB) ch.add_rgb(store.rounded(v), rgb[h]);
-          if (store_y) store(p.y, y_channel + pix[h], v);
+          if (pix[h] >= 0) store(p.y, y_channel + pix[h], v);
         }
       }
-  });
+  };
+  // With RGB, y may be null: the layer's output is then read by nothing but the fused ToRGB (the last block).
+  if constexpr (RGB)
+    with_output_store(p.y, p.y_dtype, finish);
+  else
+    with_output_type(p.y_dtype, finish);
   if constexpr (RGB) {
     // A row's channels are spread over the 4 lanes that share its groupID (one tig each), all in this warp; their
     // sums leave lanes tig and tig + 2 with row h = tig % 2, and lanes 0 and 1 finish the two rows side by side.
@@ -234,7 +240,7 @@ __device__ void conv3x3(const ModconvParams& p) {
 #pragma unroll
     for (int c = 0; c < kMaxFusedRgb; ++c)
       if (c < p.rgb_channels) {
-        const float v = activate(sum[c] + p.rgb_bias[c], ACT_LINEAR, 0.0f, 1.0f, p.rgb_clamp);
+        const float v = clamp_keep_nan(sum[c] + p.rgb_bias[c], p.rgb_clamp);
         p.rgb[((long long)b * p.rgb_channels + c) * hw + row_pix] = skip.add(p, v, c);
       }
   }
@@ -288,36 +294,41 @@ __device__ void up2(const ModconvParams& p) {
   const int stages = (p.in_channels + kStageK - 1) / kStageK;
 
   // K aligned to its end: stage s holds channels kStageK s - pad .., so only stage 0 can be partial (its channels
-  // below 0 are zeros); the sample's styles wait in shared memory in that order, zero below channel 0.
+  // below 0 are zeros); the sample's styles wait in shared memory in that order, zero below channel 0, for the
+  // stages after the first.
   const int pad = stages * kStageK - p.in_channels;
 
   // The gather: warp w stages channel group w % 4 of positions 64 (w / 4) + lane + 32 j (cell j), one 16-byte
   // store each; channels and styles are warp-uniform. Values load as stored in x (positions outside the image
   // and channels below 0 are zeros), then are scaled by the styles and rounded when stored.
   const int group = warp % kGroups, group_channel = 8 * group - pad;  // its first channel in stage 0
-  const Elem* const x_group = static_cast<const Elem*>(p.x) + ((long long)b * p.in_channels + group_channel) * hw;
-  bool inside[kCells];
-  const Elem* x_cell[kCells];  // the cell's position in the group's first channel plane of stage 0
+  const SampleChannels<Elem> x_sample(p, b, 0);
+  int cell_pix[kCells];  // the cell's offset in a channel plane, -1 outside the image
 #pragma unroll
   for (int j = 0; j < kCells; ++j) {
     const int pos = 64 * (warp / kGroups) + lane + 32 * j, gy = py0 + pos / PX, gx = px0 + pos % PX;
-    inside[j] = gy >= 0 && gy < p.height && gx >= 0 && gx < p.width;
-    x_cell[j] = x_group + (inside[j] ? gy * p.width + gx : 0);
+    cell_pix[j] = gy >= 0 && gy < p.height && gx >= 0 && gx < p.width ? gy * p.width + gx : -1;
   }
-  // First: stage 0, whose channels below 0 (a warp-uniform count) are not read.
+  // First: stage 0, whose channels below 0 (a warp-uniform count, where the layer's channels do not fill the
+  // stages) are not read.
   auto load_cell = [&](bool first, int stage, int j, Elem (&v)[8]) {
-    const Elem* xc = x_cell[j] + (long long)stage * kStageK * hw;
+    if (first && group_channel < 0) {
+      const int pix = cell_pix[j] < 0 ? 0 : cell_pix[j];
 #pragma unroll
-    for (int k = 0; k < 8; ++k, xc += hw) v[k] = inside[j] && (!first || group_channel + k >= 0) ? *xc : Elem(0);
+      for (int k = 0; k < 8; ++k)
+        v[k] = group_channel + k >= 0 ? x_sample.x[(group_channel + k) * hw + pix] : Elem(0);
+    } else {
+      x_sample.load(stage * kStageK + group_channel, cell_pix[j], 8, v);
+    }
   };
-  auto store_cell = [&](int stage, int j, const Elem (&v)[8], int buf) {
-    const float* const s = style_k + stage * kStageK + 8 * group;
+  // Cell j scaled by the styles s of its channels; a cell outside the image is stored as zeros.
+  auto store_cell = [&](int j, const Elem (&v)[8], const float* s, int buf) {
     uint4 u;
     u.x = Mode::word(X::load(&v[0]) * s[0], X::load(&v[1]) * s[1]);
     u.y = Mode::word(X::load(&v[2]) * s[2], X::load(&v[3]) * s[3]);
     u.z = Mode::word(X::load(&v[4]) * s[4], X::load(&v[5]) * s[5]);
     u.w = Mode::word(X::load(&v[6]) * s[6], X::load(&v[7]) * s[7]);
-    smem.gemm.a[buf][group][64 * (warp / kGroups) + lane + 32 * j] = u;
+    smem.gemm.a[buf][group][64 * (warp / kGroups) + lane + 32 * j] = cell_pix[j] >= 0 ? u : make_uint4(0, 0, 0, 0);
   };
 
   const modconv_wgmma::BStages<kBlockN> b_stages(p, blockIdx.y * kBlockN);
@@ -336,16 +347,20 @@ __device__ void up2(const ModconvParams& p) {
 
   {
     // Stage 0's weights, activations and styles all go out before the block waits for any of them: with two
-    // stages (64 input channels, the 1024 px layer) these waits were a quarter of the kernel's time.
+    // stages (64 input channels, the 1024 px layer) these waits were a quarter of the kernel's time. Stage 0 reads
+    // its styles from device memory, so only the later stages wait for style_k, at the barrier after stage 0.
     copy_b(0, 0);
     Elem first[kCells][8];
 #pragma unroll
     for (int j = 0; j < kCells; ++j) load_cell(true, 0, j, first[j]);
+    float s0[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      s0[k] = group_channel + k >= 0 ? p.styles[(long long)b * p.in_channels + group_channel + k] : 0.0f;
     for (int c = tid; c < stages * kStageK; c += kThreads)
       style_k[c] = c >= pad ? p.styles[(long long)b * p.in_channels + c - pad] : 0.0f;
-    __syncthreads();  // style_k
 #pragma unroll
-    for (int j = 0; j < kCells; ++j) store_cell(0, j, first[j], 0);
+    for (int j = 0; j < kCells; ++j) store_cell(j, first[j], s0, 0);
   }
   copy_async_wait();
   wgmma_fence_shared_writes();
@@ -366,7 +381,7 @@ __device__ void up2(const ModconvParams& p) {
     wgmma_commit();
     if (next) {
 #pragma unroll
-      for (int j = 0; j < kCells; ++j) store_cell(stage + 1, j, part[j], cur ^ 1);
+      for (int j = 0; j < kCells; ++j) store_cell(j, part[j], style_k + (stage + 1) * kStageK + 8 * group, cur ^ 1);
     }
     // The other buffers are rewritten next stage: every warpgroup's products end before the barrier.
     wgmma_wait<0>(acc);

@@ -165,15 +165,16 @@ struct ModconvDemodParams {
 };
 
 // One modulated convolution with its fused epilogue, for the whole batch on one shared weight:
-// y = clamp(act(conv(x * styles, weight) * dcoefs + noise * noise_strength + bias) * gain).
+// y = clamp(act(conv(x * styles, weight) * dcoefs + noise + bias) * gain).
 // x [batch, in_channels, height, width] in the kernel's input type (f32 for the f32 and tf32 kernels, 16-bit for the
 // f16 and bf16 ones); y at the output resolution (up * height, up * width), of type y_dtype; weight in the packing
 // of the kernel (modconv.cu), weight_stride floats per packed row; dcoefs [batch, out_channels], noise and bias may
-// be null; noise is [height', width'] per sample, noise_sample_stride apart (0: one plane shared by the batch).
-// tiles_x: output tiles per tile row (up-sampling kernel). clamp < 0: none. y_dtype: a DType (the f32 kernels of
-// modconv.cu take DTYPE_F32 only).
+// be null; noise is [height', width'] per sample, noise_sample_stride apart (0: one plane shared by the batch),
+// already times the layer's noise strength. act: values below zero times slope (leaky ReLU's alpha, 1 for
+// linear). clamp and rgb_clamp: +inf for none. tiles_x: output tiles per tile row (up-sampling kernel). y_dtype: a
+// DType (the f32 kernels of modconv.cu take DTYPE_F32 only).
 // The fused ToRGB (modconv_3x3_torgb_*; the other kernels ignore these): rgb [batch, rgb_channels, height, width]
-// f32 = clamp(sum_o y[b, o] * rgb_styles[b, o] * rgb_weight[c, o] + rgb_bias[c]) (rgb_clamp < 0: none), from y
+// f32 = clamp(sum_o y[b, o] * rgb_styles[b, o] * rgb_weight[c, o] + rgb_bias[c]) (to rgb_clamp), from y
 // as stored; rgb_weight [rgb_channels, out_channels] with its weight gain, rgb_styles [batch, out_channels].
 // skip (may be null; the same-resolution 1x1 kernels with f32 y and the fused ToRGB kernels): the previous block's
 // image [batch, channels, height / 2, width / 2] f32, channels = rgb_channels for the fused ToRGB, else
@@ -200,11 +201,9 @@ struct ModconvParams {
   int width;
   int weight_stride;
   int tiles_x;
-  int act;
-  float alpha;
+  float slope;
   float gain;
   float clamp;
-  float noise_strength;
   int y_dtype;
   int rgb_channels;
   float rgb_clamp;

@@ -356,16 +356,24 @@ mod modconv {
         let layer = DeviceConvLayer::new(&dev, &weight, c.demodulate, c.up, &finish, true).unwrap();
         let xd = DeviceTensor::upload(&dev, &x).unwrap();
         let sd = DeviceTensor::upload(&dev, &styles).unwrap();
-        let shared_d = DeviceTensor::upload(&dev, &shared.buffer).unwrap();
+        // The device takes the shared plane already times its strength, as the CPU's const noise.
+        let shared_scaled = shared
+            .buffer
+            .data
+            .iter()
+            .map(|v| v * shared.strength)
+            .collect();
+        let shared_d = DeviceTensor::upload(
+            &dev,
+            &Tensor::new(shared.buffer.shape.clone(), shared_scaled).unwrap(),
+        )
+        .unwrap();
         let per_sample_d = DeviceTensor::upload(&dev, &per_sample).unwrap();
         let dcoefs = layer.demod(&dev, &sd).unwrap();
         let run = |path| {
             let noise = match c.noise {
                 NoiseKind::None => None,
-                NoiseKind::Shared => Some(DeviceNoise::Shared {
-                    plane: &shared_d,
-                    strength: shared.strength,
-                }),
+                NoiseKind::Shared => Some(DeviceNoise::Shared(&shared_d)),
                 NoiseKind::PerSample => Some(DeviceNoise::PerSample(&per_sample_d)),
             };
             layer
@@ -537,10 +545,7 @@ mod modconv {
             .is_err());
         let x = DeviceTensor::upload(&dev, &rng.tensor(vec![2, 3, 4, 4])).unwrap();
         let noise = DeviceTensor::upload(&dev, &rng.tensor(vec![5, 5])).unwrap();
-        let wrong_noise = Some(DeviceNoise::Shared {
-            plane: &noise,
-            strength: 1.0,
-        });
+        let wrong_noise = Some(DeviceNoise::Shared(&noise));
         assert!(layer
             .forward(&dev, &x, &s, d.as_ref(), wrong_noise, ConvPath::Fast)
             .is_err());
@@ -922,9 +927,13 @@ mod tensor_core_conv {
         let gain = act.default_gain();
         let sd = DeviceTensor::upload(dev, &styles).unwrap();
         let noise_d = DeviceTensor::upload(dev, &noise_plane).unwrap();
-        let shared_plane = Tensor::new(vec![oh, ow], noise_plane.data[..oh * ow].to_vec()).unwrap();
-        let shared_d = DeviceTensor::upload(dev, &shared_plane).unwrap();
+        // The shared plane as the device takes it: already times the layer's strength.
         let noise_strength = 0.7f32;
+        let shared_plane = scaled(
+            Tensor::new(vec![oh, ow], noise_plane.data[..oh * ow].to_vec()).unwrap(),
+            noise_strength,
+        );
+        let shared_d = DeviceTensor::upload(dev, &shared_plane).unwrap();
         // x in the layer's input type; the output stored as `output`.
         let run_path = |precision: Precision, path, x: &Tensor, output: DType| {
             let finish = Finish {
@@ -949,10 +958,7 @@ mod tensor_core_conv {
             let noise = if l.per_sample_noise {
                 DeviceNoise::PerSample(&noise_d)
             } else {
-                DeviceNoise::Shared {
-                    plane: &shared_d,
-                    strength: noise_strength,
-                }
+                DeviceNoise::Shared(&shared_d)
             };
             let y = layer
                 .forward(dev, &xd, &sd, dcoefs.as_ref(), Some(noise), path)
@@ -1424,7 +1430,8 @@ mod tensor_core_conv {
             1.0 / ((9 * l.i) as f32).sqrt(),
         );
         let bias = rng.tensor(vec![l.o]).data;
-        let noise = DeviceTensor::upload(dev, &rng.tensor(vec![l.h, l.w])).unwrap();
+        // Shared noise as the device takes it: already times the layer's strength.
+        let noise = DeviceTensor::upload(dev, &scaled(rng.tensor(vec![l.h, l.w]), 0.7)).unwrap();
         let rgb_styles = scaled(rng.tensor(vec![l.n, l.o]), 10.0);
         let rgb_weight = scaled(rng.tensor(vec![3, l.o, 1, 1]), 1.0 / (l.o as f32).sqrt());
         let rgb_bias = rng.tensor(vec![3]).data;
@@ -1454,12 +1461,7 @@ mod tensor_core_conv {
             assert!(conv.can_fuse_torgb(&torgb), "{precision}: not fusable");
             let xd = DeviceTensor::upload_as(dev, &x, activations).unwrap();
             let dcoefs = conv.demod(dev, &sd).unwrap();
-            let layer_noise = || {
-                Some(DeviceNoise::Shared {
-                    plane: &noise,
-                    strength: 0.7,
-                })
-            };
+            let layer_noise = || Some(DeviceNoise::Shared(&noise));
             let y_ref = conv
                 .forward(
                     dev,

@@ -218,7 +218,7 @@ fn fast_layer<'a>(
     }
 }
 
-fn scaled(t: &Tensor, gain: f32) -> Tensor {
+pub(crate) fn scaled(t: &Tensor, gain: f32) -> Tensor {
     Tensor {
         shape: t.shape.clone(),
         data: t.data.iter().map(|v| v * gain).collect(),

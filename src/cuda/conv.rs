@@ -9,8 +9,7 @@ use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::gemm::Precision;
 use super::kernels::Kernel;
 use super::params::{
-    ModconvDemodParams, ModconvParams, SkipUpsampleParams, ACT_LINEAR, ACT_LRELU, DTYPE_BF16,
-    DTYPE_F16, DTYPE_F32,
+    ModconvDemodParams, ModconvParams, SkipUpsampleParams, DTYPE_BF16, DTYPE_F16, DTYPE_F32,
 };
 use crate::bail;
 use crate::cpu::ops::Act;
@@ -85,11 +84,8 @@ const EW_MAX_BLOCKS: u32 = 65535;
 
 /// The noise a layer adds after demodulation.
 pub enum DeviceNoise<'a, D: Device> {
-    /// One `[H', W']` plane times `strength`, shared by every sample.
-    Shared {
-        plane: &'a DeviceTensor<D>,
-        strength: f32,
-    },
+    /// One `[H', W']` plane, already times the layer's strength, shared by every sample.
+    Shared(&'a DeviceTensor<D>),
     /// One plane per sample `[N, 1, H', W']`, already scaled.
     PerSample(&'a DeviceTensor<D>),
 }
@@ -168,8 +164,8 @@ pub struct DeviceConvLayer<D: Device> {
     /// The element types of x (the precision's activation type) and y.
     input: DType,
     output: DType,
-    act: i32,
-    alpha: f32,
+    /// The activation's slope below zero (1: linear), the gain, and the clamp (+inf: none), as the kernels take them.
+    slope: f32,
     gain: f32,
     clamp: f32,
 }
@@ -414,9 +410,9 @@ impl<D: Device> DeviceConvLayer<D> {
                 upload(dev, vec![i, o], t)
             })
             .transpose()?;
-        let (act, alpha) = match finish.act {
-            Act::Linear => (ACT_LINEAR, 0.0),
-            Act::Lrelu { alpha } => (ACT_LRELU, alpha),
+        let slope = match finish.act {
+            Act::Linear => 1.0,
+            Act::Lrelu { alpha } => alpha,
         };
         Ok(DeviceConvLayer {
             in_channels: i,
@@ -440,10 +436,9 @@ impl<D: Device> DeviceConvLayer<D> {
                 .transpose()?,
             input,
             output: finish.output,
-            act,
-            alpha,
+            slope,
             gain: finish.gain,
-            clamp: finish.clamp.unwrap_or(-1.0),
+            clamp: finish.clamp.unwrap_or(f32::INFINITY),
         })
     }
 
@@ -599,6 +594,14 @@ impl<D: Device> DeviceConvLayer<D> {
                 self.in_channels
             );
         }
+        // The kernels address a sample's channels and pixels with 32-bit offsets.
+        let (oh, ow) = (h * self.up, w * self.up);
+        if i * h * w > i32::MAX as usize || self.out_channels * oh * ow > i32::MAX as usize {
+            bail!(
+                "modulated conv: one sample of x {:?} or of its output is over 2^31 elements",
+                x.shape
+            );
+        }
         if styles.shape != [n, i] {
             bail!(
                 "modulated conv: styles {:?} should be [{n}, {i}]",
@@ -613,17 +616,16 @@ impl<D: Device> DeviceConvLayer<D> {
         if !dcoefs_ok {
             bail!("modulated conv: demodulation coefficients missing, unexpected or of the wrong shape");
         }
-        let (oh, ow) = (h * self.up, w * self.up);
-        let (noise_ptr, noise_sample_stride, noise_strength) = match noise {
-            None => (0, 0, 0.0),
-            Some(DeviceNoise::Shared { plane, strength }) => {
+        let (noise_ptr, noise_sample_stride) = match noise {
+            None => (0, 0),
+            Some(DeviceNoise::Shared(plane)) => {
                 if plane.shape != [oh, ow] {
                     bail!(
                         "modulated conv: noise {:?} should be [{oh}, {ow}]",
                         plane.shape
                     );
                 }
-                (plane.ptr(), 0, *strength)
+                (plane.ptr(), 0)
             }
             Some(DeviceNoise::PerSample(planes)) => {
                 if planes.shape != [n, 1, oh, ow] {
@@ -632,7 +634,7 @@ impl<D: Device> DeviceConvLayer<D> {
                         planes.shape
                     );
                 }
-                (planes.ptr(), (oh * ow) as i32, 1.0)
+                (planes.ptr(), (oh * ow) as i32)
             }
         };
         let o = self.out_channels;
@@ -652,18 +654,16 @@ impl<D: Device> DeviceConvLayer<D> {
             width: w as i32,
             weight_stride: self.weight_stride as i32,
             tiles_x: 0,
-            act: self.act,
-            alpha: self.alpha,
+            slope: self.slope,
             gain: self.gain,
             clamp: self.clamp,
-            noise_strength,
             y_dtype: dtype_code(self.output),
             rgb: 0,
             rgb_weight: 0,
             rgb_styles: 0,
             rgb_bias: 0,
             rgb_channels: 0,
-            rgb_clamp: -1.0,
+            rgb_clamp: f32::INFINITY,
             skip: 0,
         })
     }

@@ -312,10 +312,7 @@ pub fn modulated_conv2d_on<D: Device>(
         .transpose()?;
     let noise_in = noise_d.as_ref().map(|t| {
         if t.shape.len() == 2 {
-            DeviceNoise::Shared {
-                plane: t,
-                strength: 1.0,
-            }
+            DeviceNoise::Shared(t)
         } else {
             DeviceNoise::PerSample(t)
         }

@@ -12,7 +12,7 @@ use super::profile::{conv_output_bytes, layer_cost};
 use crate::backend::{LayerProfile, NoiseMode};
 use crate::bail;
 use crate::cpu::ops::Act;
-use crate::cpu::synthesis::{random_noise, Trace};
+use crate::cpu::synthesis::{random_noise, scaled, Trace};
 use crate::cpu::ConvPath;
 use crate::error::Result;
 use crate::model::{LayerKind, Network};
@@ -42,8 +42,8 @@ struct DeviceLayer<D: Device> {
     affine: DeviceTensor<D>,
     affine_bias: DeviceTensor<D>,
     conv: DeviceConvLayer<D>,
-    /// The stored noise buffer `[res, res]` and its strength.
-    noise: Option<(DeviceTensor<D>, f32)>,
+    /// The stored noise buffer `[res, res]` times its strength (`--noise-mode const`).
+    noise: Option<DeviceTensor<D>>,
 }
 
 pub struct DeviceSynthesis<D: Device> {
@@ -78,10 +78,7 @@ impl<D: Device> DeviceSynthesis<D> {
                     LayerKind::Conv => Act::LRELU,
                     LayerKind::ToRgb => Act::Linear,
                 };
-                let weight = Tensor::new(
-                    l.weight.shape.clone(),
-                    l.weight.data.iter().map(|v| v * l.weight_gain).collect(),
-                )?;
+                let weight = scaled(&l.weight, l.weight_gain);
                 let conv = DeviceConvLayer::with_precision(
                     dev,
                     &weight,
@@ -101,14 +98,7 @@ impl<D: Device> DeviceSynthesis<D> {
                     path == ConvPath::Reference,
                     precision,
                 )?;
-                let affine = Tensor::new(
-                    l.affine_weight.shape.clone(),
-                    l.affine_weight
-                        .data
-                        .iter()
-                        .map(|v| v * affine_gain)
-                        .collect(),
-                )?;
+                let affine = scaled(&l.affine_weight, affine_gain);
                 Ok(DeviceLayer {
                     name: l.name.clone(),
                     kind: l.kind,
@@ -123,7 +113,7 @@ impl<D: Device> DeviceSynthesis<D> {
                     noise: l
                         .noise
                         .as_ref()
-                        .map(|n| Ok((DeviceTensor::upload(dev, &n.buffer)?, n.strength)))
+                        .map(|n| DeviceTensor::upload(dev, &scaled(&n.buffer, n.strength)))
                         .transpose()?,
                 })
             })
@@ -271,10 +261,7 @@ impl<D: Device> DeviceSynthesis<D> {
         let mut fused_rgb: Option<(DeviceTensor<D>, DeviceTensor<D>, bool)> = None;
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_noise = match (noise, &layer.noise, &random) {
-                (NoiseMode::Const, Some((plane, strength)), _) => Some(DeviceNoise::Shared {
-                    plane,
-                    strength: *strength,
-                }),
+                (NoiseMode::Const, Some(plane), _) => Some(DeviceNoise::Shared(plane)),
                 (NoiseMode::Random { .. }, Some(_), Some(planes)) => {
                     Some(DeviceNoise::PerSample(&planes[noise_layer]))
                 }
