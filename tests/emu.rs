@@ -118,6 +118,41 @@ fn device_ops_reject_bad_shapes() {
     assert!(err.contains("bias has 3 values"), "{err}");
 }
 
+/// The kernels' activation (shared by every epilogue) on the values where a clamp or a leaky ReLU could differ
+/// from the CPU's: NaN stays NaN with or without a clamp (as f32::clamp keeps it), infinities and -0 follow.
+#[test]
+fn bias_act_treats_nan_infinities_and_zero_as_the_cpu_does() {
+    let dev = EmuDevice::new();
+    let values = [
+        f32::NAN,
+        -3.0,
+        0.25,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        1e3,
+        -f32::NAN,
+    ];
+    let x = Tensor::new(vec![1, 2, 2, 2], values.to_vec()).unwrap();
+    for act in [Act::Linear, Act::LRELU] {
+        for clamp in [None, Some(0.5)] {
+            let p = BiasAct {
+                clamp,
+                ..BiasAct::new(act)
+            };
+            let device = ops::bias_act(&dev, &x, Some(&[0.0, 0.5]), &p).unwrap();
+            let host = mmengine::cpu::ops::bias_act(&x, Some(&[0.0, 0.5]), &p).unwrap();
+            for (i, (d, h)) in device.data.iter().zip(&host.data).enumerate() {
+                assert!(
+                    d.to_bits() == h.to_bits() || (d.is_nan() && h.is_nan()),
+                    "{act:?}, clamp {clamp:?}, x = {}: device {d}, CPU {h}",
+                    values[i]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn images_to_u8_kernel_matches_the_host_conversion() {
     common::images_u8::kernel_matches_the_host_conversion(&EmuDevice::new());
