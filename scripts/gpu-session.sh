@@ -26,6 +26,8 @@
 #             ncu    Nsight Compute's full report of one launch of each f16 convolution kernel (up-sampling at 1024
 #                    and 128 px, the fused ToRGB ones, same resolution; wgmma and mma.sync), if the machine has ncu
 #             ncu-source  Nsight Compute's per-SASS-line samples and counters (CSV in $OUT) of the two largest layers
+#             ncu-layers  every kernel of one ffhq1024 pass at batch 8 under Nsight Compute: duration and instructions
+#                    executed per launch (CSV in $OUT), for this build and the baseline
 #             memcheck  compute-sanitizer memcheck over selftest, if the machine has it
 #           Unpacks to /tmp (refusing a bundle built from other sources than this tree's) and appends to two
 #           files in $OUT (default ./gpu-out): log.txt, every step's output under a header with its exit status
@@ -152,6 +154,13 @@ find_cuda_libraries() {
     fi
 }
 
+# The baseline's binaries (scripts/gpu-session.sh baseline) unpacked into $1.
+unpack_baseline() {
+    [ -d "$1" ] && chmod -R u+w "$1"
+    rm -rf "$1" && mkdir -p "$1" && tar -C "$1" -xzf device-carry/baseline.tar.gz
+    echo "=== baseline built from sources $(cat "$1/bin/SOURCE_HASH")" >>"$OUT/log.txt"
+}
+
 run_phase() {
     case "$1" in
         tests)
@@ -198,9 +207,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             local base=/tmp/mmengine-base
             [ -f device-carry/baseline.tar.gz ] ||
                 { echo "gpu-session: no device-carry/baseline.tar.gz (scripts/gpu-session.sh baseline)" >&2; return 1; }
-            [ -d "$base" ] && chmod -R u+w "$base"
-            rm -rf "$base" && mkdir -p "$base" && tar -C "$base" -xzf device-carry/baseline.tar.gz
-            echo "=== compare: baseline built from sources $(cat "$base/bin/SOURCE_HASH")" >>"$OUT/log.txt"
+            unpack_baseline "$base"
             # Alternating, so that a drift of the machine (clocks, temperature) shows as a spread, not a speed-up.
             # '-u8': the images handed back as 8-bit pixels (bench --images u8, in builds since f37c37f), which leaves
             # the host link less of the time, so the kernels' share shows better.
@@ -259,6 +266,26 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
                     "$mm" bench --device cuda --config ffhq1024 --batch 8 --iters 1 --warmup 0 --precision fp16
             done
             ;;
+        ncu-layers)
+            # Every kernel launch of one ffhq1024 pass at batch 8, as Nsight Compute measures it alone: duration and
+            # instructions executed, as CSV, for this build and (with device-carry/baseline.tar.gz) the baseline. The
+            # instruction counts are what static SASS estimates predict; the durations need no host in between.
+            command -v ncu >/dev/null || { echo "=== ncu-layers: not on this machine" >>"$OUT/log.txt"; return 0; }
+            local builds=(new) base=/tmp/mmengine-base
+            if [ -f device-carry/baseline.tar.gz ]; then
+                builds=(base new)
+                unpack_baseline "$base"
+            fi
+            local build bin
+            for build in "${builds[@]}"; do
+                bin=$mm
+                [ "$build" = base ] && bin=$base/bin/mmengine
+                # --log-file: the tool's report (and its ==PROF== lines) go to the CSV file, the bench's to log.txt.
+                step "ncu-layers-$build" 240 ncu --log-file "$OUT/ncu-layers-$build.csv" --csv --print-units base \
+                    --metrics gpu__time_duration.sum,smsp__inst_executed.sum \
+                    "$bin" bench --device cuda --config ffhq1024 --batch 8 --iters 1 --warmup 0 --precision fp16
+            done
+            ;;
         ncu-source)
             # Where the time of the two largest layers goes, instruction by instruction: Nsight Compute's warp-state
             # samples and counters per SASS line of b1024.conv0 (up-sampling, wgmma) and b1024.conv1 + ToRGB, as CSV,
@@ -287,7 +314,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             fi
             ;;
         *)
-            echo "usage: scripts/gpu-session.sh run tests|bench|compare|wgmma|fit|ncu|ncu-source|memcheck..." >&2
+            echo "usage: scripts/gpu-session.sh run tests|bench|compare|wgmma|fit|ncu|ncu-source|ncu-layers|memcheck..." >&2
             return 1
             ;;
     esac
@@ -297,5 +324,5 @@ case "${1:-}" in
     pack) pack ;;
     baseline) shift && baseline "$@" ;;
     run) shift && run "$@" ;;
-    *) echo "usage: scripts/gpu-session.sh pack | baseline [COMMIT] | run tests|bench|compare|wgmma|fit|ncu|ncu-source|memcheck..." >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-session.sh pack | baseline [COMMIT] | run tests|bench|compare|wgmma|fit|ncu|ncu-source|ncu-layers|memcheck..." >&2; exit 2 ;;
 esac
