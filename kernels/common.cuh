@@ -266,6 +266,26 @@ __device__ __forceinline__ void copy_async_wait() {
 #endif
 }
 
+// For copies kept in flight across a wait: closes the group of this thread's copies issued since the last commit
+// (an empty group where none were).
+__device__ __forceinline__ void copy_async_commit() {
+#ifdef MMENGINE_EMU
+  emu::async_copy_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most Pending of this thread's committed groups are still in flight.
+template <int Pending>
+__device__ __forceinline__ void copy_async_wait_groups() {
+#ifdef MMENGINE_EMU
+  emu::async_copy_wait_groups(Pending);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+#endif
+}
+
 // The K loop of the double-buffered GEMM kernels (modconv.cu): while stage s is multiplied out of
 // buffer s & 1, stage s + 1's B tile streams into the other buffer (cp.async) and its A values wait in registers,
 // stored once the multiply is done; one barrier per stage. copy_b(stage, buffer), load_a(stage),

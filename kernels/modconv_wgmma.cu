@@ -5,17 +5,19 @@
 // channels, K = input channels x 9 taps.
 //
 // A block (two warpgroups, 256 threads) computes an 8 x 16 rectangle of one sample's output pixels (blockIdx.x) for
-// N output channels (blockIdx.y): 128, or 64 (the _n64 kernels) for layers with at most 64, so no mma work is
-// spent on channels they do not have. Warpgroup g takes the rectangle's columns 8 g .. 8 g + 7, an
+// N output channels (blockIdx.y): 128, or 64 and 32 (the _n64 and _n32 kernels) for layers with at most 64 or 32,
+// so no mma work is spent on channels they do not have. Warpgroup g takes the rectangle's columns 8 g .. 8 g + 7, an
 // m64nN product. K runs in chunks of 32 input channels. A chunk's input rectangle with its 1-pixel halo (10 x 18
 // pixels) is gathered from x once, scaled by the styles and rounded, into shared memory as wgmma's core matrices
 // want it: cells of 16 bytes (8 channels of one pixel), [channel group][halo pixel]. Then the 8 consecutive pixels
 // of a rectangle row are one core matrix's 8 rows, rectangle rows are SBO = 18 cells apart, channel groups LBO =
 // 180 cells apart, and tap (dy, dx) of a warpgroup's A is that layout started dy * 18 + dx cells further: each tap
 // is one K stage whose A the tensor cores read in place, with no im2col and no fragment in registers. B is a stage's
-// weight tile, [channel group][output channel] cells (SBO 8 cells, LBO N), copied per stage with cp.async. Both are
-// double-buffered: the next chunk's rectangle is gathered a slot at a time during the taps, the next stage's B
-// during each stage, while the wgmma of the current stage run.
+// weight tile, [channel group][output channel] cells (SBO 8 cells, LBO N), copied per stage with cp.async. The
+// rectangle is double-buffered, gathered for the next chunk a slot at a time during taps 1-8; B has 3 or 4 buffers
+// (kBBuffers), copied 1 or 2 stages ahead. A stage's wgmma run on while the block passes its barrier and issues
+// the next stage's (wgmma_wait<1>), so the tensor cores need not idle through each barrier. With N = 32 a chunk is
+// the unit instead (kChunkB): its 9 B stages at once, one barrier, 18 products in a row.
 //
 // Weight packing (conv.rs, wgmma_groups of pack_same_words): 32-bit words [chunks * 9][4 channel groups]
 // [out_channels rounded up to N (weight_stride)][4]; word w of channel group g and output channel o in stage
@@ -35,10 +37,24 @@ constexpr int kChunkK = 8 * kGroups;                 // input channels per chunk
 constexpr int kHaloY = kTileY + 2, kHaloX = kTileX + 2, kHaloPixels = kHaloY * kHaloX;
 constexpr int kSlots = (kHaloPixels + 63) / 64;      // halo pixels per lane (64 lanes per group)
 
+// N = 32 (the 1024 px conv1 with its ToRGB) runs its K loop a chunk at a time: a stage's two m64n32k16 products
+// are too short to hide a barrier each, and a chunk's 9 B stages (18 KB) fit in shared memory at once. So a chunk's
+// B and rectangle land, one barrier, its 18 products go back to back, and the next chunk is gathered while they run.
+template <int N>
+constexpr bool kChunkB = N == 32;
+// Otherwise B tiles are in flight per stage: a stage's wgmma may still run while the next stage's are issued
+// (wgmma_wait<1>), so a buffer is free again two stages after its use, and the copy of stage s + kBAhead goes into
+// the buffer of stage s - 2. Four buffers where they fit the 48 KB of static shared memory (N = 64), three for
+// N = 128.
+template <int N>
+constexpr int kBBuffers = kChunkB<N> ? 9 : N == 64 ? 4 : 3;
+template <int N>
+constexpr int kBAhead = kBBuffers<N> - 2;
+
 template <int N>
 struct Smem {
   uint4 halo[2][kGroups][kHaloPixels];
-  uint4 b[2][kGroups][N];
+  uint4 b[kBBuffers<N>][kGroups][N];
 };
 
 // The B stages of both kernels: a stage's tile is [channel group][column] cells, the block's columns col0 ..
@@ -125,8 +141,9 @@ __device__ void conv3x3(const ModconvParams& p) {
     u.w = Mode::word(X::load(&v[6]) * s[6], X::load(&v[7]) * s[7]);
     smem.halo[chunk & 1][group][q] = inside ? u : make_uint4(0, 0, 0, 0);
   };
-  // The tap at which the next chunk's slot j is gathered: spread over the taps, so few loads are in flight.
-  auto slot_tap = [](int j) { return j * 9 / kSlots; };
+  // The tap at which the next chunk's slot j is gathered: spread over the taps, so few loads are in flight. Not
+  // tap 0: the previous chunk's last wgmma, which reads the buffer these stores rewrite, may still run then.
+  auto slot_tap = [](int j) { return 1 + j * 8 / kSlots; };
 
   const BStages<N> b_stages(p, n0);
   auto copy_b = [&](int stage, int buf) { b_stages.copy(&smem.b[buf][0][0], stage); };
@@ -146,7 +163,21 @@ __device__ void conv3x3(const ModconvParams& p) {
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) acc[i] = 0.0f;
 
-  copy_b(0, 0);  // first, so that the weights stream in while the first gather waits for its loads
+  auto copy_chunk_b = [&](int chunk) {  // kChunkB: the chunk's 9 stages into buffers 0-8
+#pragma unroll
+    for (int tap = 0; tap < 9; ++tap) copy_b(chunk * 9 + tap, tap);
+  };
+  // The first B stages first, so that the weights stream in while the first gather waits for its loads.
+  if constexpr (kChunkB<N>) {
+    copy_chunk_b(0);
+    copy_async_commit();
+  } else {
+#pragma unroll
+    for (int a = 0; a < kBAhead<N>; ++a) {
+      if (a < stages) copy_b(a, a);
+      copy_async_commit();
+    }
+  }
   {
     T first[kSlots][8];
     bool inside[kSlots];
@@ -155,40 +186,82 @@ __device__ void conv3x3(const ModconvParams& p) {
 #pragma unroll
     for (int j = 0; j < kSlots; ++j) store_slot(0, j, first[j], inside[j]);
   }
-  copy_async_wait();
+  if constexpr (kChunkB<N>) {
+    copy_async_wait_groups<0>();
+  } else {
+    copy_async_wait_groups<kBAhead<N> - 1>();  // stage 0's B
+  }
   wgmma_fence_shared_writes();
   __syncthreads();
-  int b_cur = 0;
+  if constexpr (kChunkB<N>) {
 #pragma unroll 1
-  for (int chunk = 0; chunk < chunks; ++chunk) {
-    const bool next_chunk = chunk + 1 < chunks;
-#pragma unroll
-    for (int tap = 0; tap < 9; ++tap) {
-      const int s = chunk * 9 + tap;
-      if (s + 1 < stages) copy_b(s + 1, b_cur ^ 1);
-      T part[kSlots][8];
-      bool inside[kSlots];
-      if (next_chunk) {
-#pragma unroll
-        for (int j = 0; j < kSlots; ++j)
-          if (slot_tap(j) == tap) inside[j] = load_slot(chunk + 1, j, part[j]);
-      }
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+      const bool next_chunk = chunk + 1 < chunks;
       wgmma_fence();
-      wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 0), b_desc(b_cur, 0));
-      wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 1), b_desc(b_cur, 1));
+#pragma unroll
+      for (int tap = 0; tap < 9; ++tap) {
+        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 0), b_desc(tap, 0));
+        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 1), b_desc(tap, 1));
+      }
       wgmma_commit();
       if (next_chunk) {
+        // Into the other rectangle, which the previous chunk's products (ended before the last barrier) read.
+        T part[kSlots][8];
+        bool inside[kSlots];
 #pragma unroll
-        for (int j = 0; j < kSlots; ++j)
-          if (slot_tap(j) == tap) store_slot(chunk + 1, j, part[j], inside[j]);
+        for (int j = 0; j < kSlots; ++j) inside[j] = load_slot(chunk + 1, j, part[j]);
+#pragma unroll
+        for (int j = 0; j < kSlots; ++j) store_slot(chunk + 1, j, part[j], inside[j]);
       }
-      // This stage's operands are rewritten two stages on: every warpgroup's products end before the barrier.
       wgmma_wait<0>(acc);
-      copy_async_wait();
-      wgmma_fence_shared_writes();
-      __syncthreads();
-      b_cur ^= 1;
+      if (next_chunk) {
+        __syncthreads();  // every warpgroup's products have read B
+        copy_chunk_b(chunk + 1);
+        copy_async_wait();
+        wgmma_fence_shared_writes();
+        __syncthreads();
+      }
     }
+  } else {
+    // Buffers cycle: b_cur holds stage s's B, b_ahead receives stage s + kBAhead's.
+    auto next_buffer = [](int buf) { return buf + 1 == kBBuffers<N> ? 0 : buf + 1; };
+    int b_cur = 0, b_ahead = kBAhead<N>;
+#pragma unroll 1
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+      const bool next_chunk = chunk + 1 < chunks;
+#pragma unroll
+      for (int tap = 0; tap < 9; ++tap) {
+        const int s = chunk * 9 + tap;
+        // Stage s - 2 read b_ahead: each warpgroup waited for its products before the last barrier.
+        if (s + kBAhead<N> < stages) copy_b(s + kBAhead<N>, b_ahead);
+        copy_async_commit();
+        T part[kSlots][8];
+        bool inside[kSlots];
+        if (next_chunk) {
+#pragma unroll
+          for (int j = 0; j < kSlots; ++j)
+            if (slot_tap(j) == tap) inside[j] = load_slot(chunk + 1, j, part[j]);
+        }
+        wgmma_fence();
+        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 0), b_desc(b_cur, 0));
+        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 1), b_desc(b_cur, 1));
+        wgmma_commit();
+        if (next_chunk) {
+#pragma unroll
+          for (int j = 0; j < kSlots; ++j)
+            if (slot_tap(j) == tap) store_slot(chunk + 1, j, part[j], inside[j]);
+        }
+        // This stage's products may run on past the barrier, the previous stage's end before it; stage s + 1's B
+        // lands before it.
+        wgmma_wait<1>(acc);
+        copy_async_wait_groups<kBAhead<N> - 1>();
+        wgmma_fence_shared_writes();
+        __syncthreads();
+        b_cur = next_buffer(b_cur);
+        b_ahead = next_buffer(b_ahead);
+      }
+    }
+    wgmma_wait<0>(acc);
   }
 
   // Epilogue in modconv.cu's order. Warp w of warpgroup wg holds rectangle rows 2 (w % 4) + h, column 8 wg +
@@ -270,9 +343,15 @@ constexpr int kCells = kBlockM * kGroups / kThreads;  // gather cells per thread
 constexpr int kMaxInChannels = 1024;  // the sample's styles are staged in shared memory (conv.rs checks)
 static_assert(kThreads / 32 == PY && kBlockM == 2 * 64, "a warp per patch row; two m64 warpgroups");
 
+// A stage's wgmma run on while the block passes its barrier and issues the next stage's (wgmma_wait<1>). A is
+// double-buffered: a warp's slice of its warpgroup's product reads only the 16 patch positions that the warp
+// itself stores, so the warp rewrites them once its own wait says the previous stage's slice is done. B, which
+// every slice reads, has a third buffer: the copy for stage s + 1 goes into the buffer of stage s - 2, whose
+// products ended before the last barrier.
+constexpr int kBBuffers = 3;
 struct Gemm {
   uint4 a[2][kGroups][kBlockM];
-  uint4 b[2][kGroups][kBlockN];
+  uint4 b[kBBuffers][kGroups][kBlockN];
 };
 union Smem {
   Gemm gemm;
@@ -298,27 +377,31 @@ __device__ void up2(const ModconvParams& p) {
   // stages after the first.
   const int pad = stages * kStageK - p.in_channels;
 
-  // The gather: warp w stages channel group w % 4 of positions 64 (w / 4) + lane + 32 j (cell j), one 16-byte
-  // store each; channels and styles are warp-uniform. Values load as stored in x (positions outside the image
-  // and channels below 0 are zeros), then are scaled by the styles and rounded when stored.
-  const int group = warp % kGroups, group_channel = 8 * group - pad;  // its first channel in stage 0
+  // The gather: warp w stages the 16 positions whose rows its own slice of the warpgroup's product reads (A rows
+  // 16 (w % 4) ..: wgmma.cuh), so that it may rewrite them once its own wait says that slice is done. Lane l takes
+  // position 64 (w / 4) + 16 (w % 4) + l % 16 and channel groups l / 16 + 2 j (cell j), one 16-byte store each.
+  // Values load as stored in x (positions outside the image and channels below 0 are zeros), then are scaled by
+  // the styles and rounded when stored.
+  const int pos = 64 * (warp / 4) + 16 * (warp % 4) + lane % 16;
+  int cell_group[kCells];
+#pragma unroll
+  for (int j = 0; j < kCells; ++j) cell_group[j] = lane / 16 + 2 * j;
+  auto group_channel = [&](int j) { return 8 * cell_group[j] - pad; };  // cell j's first channel in stage 0
   const SampleChannels<Elem> x_sample(p, b, 0);
-  int cell_pix[kCells];  // the cell's offset in a channel plane, -1 outside the image
-#pragma unroll
-  for (int j = 0; j < kCells; ++j) {
-    const int pos = 64 * (warp / kGroups) + lane + 32 * j, gy = py0 + pos / PX, gx = px0 + pos % PX;
-    cell_pix[j] = gy >= 0 && gy < p.height && gx >= 0 && gx < p.width ? gy * p.width + gx : -1;
+  int pix;  // the position's offset in a channel plane, -1 outside the image
+  {
+    const int gy = py0 + pos / PX, gx = px0 + pos % PX;
+    pix = gy >= 0 && gy < p.height && gx >= 0 && gx < p.width ? gy * p.width + gx : -1;
   }
-  // First: stage 0, whose channels below 0 (a warp-uniform count, where the layer's channels do not fill the
-  // stages) are not read.
+  // First: stage 0, whose channels below 0 (where the layer's channels do not fill the stages) are not read.
   auto load_cell = [&](bool first, int stage, int j, Elem (&v)[8]) {
-    if (first && group_channel < 0) {
-      const int pix = cell_pix[j] < 0 ? 0 : cell_pix[j];
+    const int c0 = group_channel(j);
+    if (first && c0 < 0) {
+      const int at = pix < 0 ? 0 : pix;
 #pragma unroll
-      for (int k = 0; k < 8; ++k)
-        v[k] = group_channel + k >= 0 ? x_sample.x[(group_channel + k) * hw + pix] : Elem(0);
+      for (int k = 0; k < 8; ++k) v[k] = c0 + k >= 0 ? x_sample.x[(c0 + k) * hw + at] : Elem(0);
     } else {
-      x_sample.load(stage * kStageK + group_channel, cell_pix[j], 8, v);
+      x_sample.load(stage * kStageK + c0, pix, 8, v);
     }
   };
   // Cell j scaled by the styles s of its channels; a cell outside the image is stored as zeros.
@@ -328,7 +411,7 @@ __device__ void up2(const ModconvParams& p) {
     u.y = Mode::word(X::load(&v[2]) * s[2], X::load(&v[3]) * s[3]);
     u.z = Mode::word(X::load(&v[4]) * s[4], X::load(&v[5]) * s[5]);
     u.w = Mode::word(X::load(&v[6]) * s[6], X::load(&v[7]) * s[7]);
-    smem.gemm.a[buf][group][64 * (warp / kGroups) + lane + 32 * j] = cell_pix[j] >= 0 ? u : make_uint4(0, 0, 0, 0);
+    smem.gemm.a[buf][cell_group[j]][pos] = pix >= 0 ? u : make_uint4(0, 0, 0, 0);
   };
 
   const modconv_wgmma::BStages<kBlockN> b_stages(p, blockIdx.y * kBlockN);
@@ -353,44 +436,57 @@ __device__ void up2(const ModconvParams& p) {
     Elem first[kCells][8];
 #pragma unroll
     for (int j = 0; j < kCells; ++j) load_cell(true, 0, j, first[j]);
-    float s0[8];
+    float s0[kCells][8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k)
-      s0[k] = group_channel + k >= 0 ? p.styles[(long long)b * p.in_channels + group_channel + k] : 0.0f;
+    for (int j = 0; j < kCells; ++j)
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int c = group_channel(j) + k;
+        s0[j][k] = c >= 0 ? p.styles[(long long)b * p.in_channels + c] : 0.0f;
+      }
     for (int c = tid; c < stages * kStageK; c += kThreads)
       style_k[c] = c >= pad ? p.styles[(long long)b * p.in_channels + c - pad] : 0.0f;
 #pragma unroll
-    for (int j = 0; j < kCells; ++j) store_cell(j, first[j], s0, 0);
+    for (int j = 0; j < kCells; ++j) store_cell(j, first[j], s0[j], 0);
   }
   copy_async_wait();
   wgmma_fence_shared_writes();
   __syncthreads();
+  auto next_buffer = [](int buf) { return buf + 1 == kBBuffers ? 0 : buf + 1; };
+  int b_cur = 0, b_next = 1;
 #pragma unroll 1
   for (int stage = 0; stage < stages; ++stage) {
     const int cur = stage & 1;
     const bool next = stage + 1 < stages;
     Elem part[kCells][8];
     if (next) {
-      copy_b(stage + 1, cur ^ 1);
+      copy_b(stage + 1, b_next);
 #pragma unroll
       for (int j = 0; j < kCells; ++j) load_cell(false, stage + 1, j, part[j]);
     }
     wgmma_fence();
-    wgmma_m64k16<kBlockN, Mode::kBf16>(acc, a_desc(cur, 0), b_desc(cur, 0));
-    wgmma_m64k16<kBlockN, Mode::kBf16>(acc, a_desc(cur, 1), b_desc(cur, 1));
+    wgmma_m64k16<kBlockN, Mode::kBf16>(acc, a_desc(cur, 0), b_desc(b_cur, 0));
+    wgmma_m64k16<kBlockN, Mode::kBf16>(acc, a_desc(cur, 1), b_desc(b_cur, 1));
     wgmma_commit();
+    // This warp's slice of the previous stage's products, which read the rows of the A buffer it stores next.
+    wgmma_wait<1>(acc);
+    __syncwarp();
     if (next) {
 #pragma unroll
-      for (int j = 0; j < kCells; ++j) store_cell(j, part[j], style_k + (stage + 1) * kStageK + 8 * group, cur ^ 1);
+      for (int j = 0; j < kCells; ++j)
+        store_cell(j, part[j], style_k + (stage + 1) * kStageK + 8 * cell_group[j], cur ^ 1);
     }
-    // The other buffers are rewritten next stage: every warpgroup's products end before the barrier.
-    wgmma_wait<0>(acc);
     copy_async_wait();
     wgmma_fence_shared_writes();
     __syncthreads();
+    b_cur = b_next;
+    b_next = next_buffer(b_next);
   }
+  // T overlays the GEMM's buffers: every product ends before the scatter.
+  wgmma_wait<0>(acc);
+  __syncthreads();
 
-  // Scatter into T (over the GEMM tiles: the loop's last barrier follows every product), in modconv_up2_3x3_f16's
+  // Scatter into T (over the GEMM tiles), in modconv_up2_3x3_f16's
   // four phases: the taps with ky, kx < 2 store, then the kx = 2, the ky = 2 and the (2, 2) taps add; taps (ky, 0)
   // and (ky, 1) go together (scatter_taps).
   const int quad = lane / 4, tig = lane % 4;
@@ -424,15 +520,18 @@ __device__ void up2(const ModconvParams& p) {
 
 }  // namespace up2_wgmma
 
-// Grid: (rectangles per sample, ceil(out_channels / N), batch); 256 threads, two blocks per SM. The plain names
-// take N = 128, _n64 the narrower block; the _torgb kernels also compute the ToRGB after the layer (one block
-// column). Layers with at most 32 outputs keep modconv_tc's _n32 kernels: with N = 32 the per-stage gather and
-// barrier of 8 warps would cost more instructions than mma.sync's 4 warps spend on the same tile.
+// Grid: (rectangles per sample, ceil(out_channels / N), batch); 256 threads, two blocks per SM (three for N = 32,
+// whose 16 accumulators leave room). The plain names take N = 128, _n64 and _n32 the narrower blocks; the _torgb
+// kernels also compute the ToRGB after the layer (one block column).
 namespace wg = modconv_wgmma;
 KERNEL_BOUNDED(modconv_3x3_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 128>(p); }
 KERNEL_BOUNDED(modconv_3x3_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 128>(p); }
 KERNEL_BOUNDED(modconv_3x3_n64_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 64>(p); }
 KERNEL_BOUNDED(modconv_3x3_n64_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 64>(p); }
+KERNEL_BOUNDED(modconv_3x3_n32_wgmma_f16, ModconvParams, 256, 3) { wg::conv3x3<wg::F16, 32>(p); }
+KERNEL_BOUNDED(modconv_3x3_n32_wgmma_bf16, ModconvParams, 256, 3) { wg::conv3x3<wg::Bf16, 32>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_wgmma_f16, ModconvParams, 256, 3) { wg::conv3x3<wg::F16, 32, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_wgmma_bf16, ModconvParams, 256, 3) { wg::conv3x3<wg::Bf16, 32, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_n64_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 64, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_n64_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 64, true>(p); }
 KERNEL_BOUNDED(modconv_up2_3x3_wgmma_f16, ModconvParams, 256, 2) { up2_wgmma::up2<wg::F16>(p); }

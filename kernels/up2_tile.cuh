@@ -40,9 +40,14 @@ __device__ __forceinline__ void scatter_taps(float* dst, bool pair, float v0, fl
   }
 }
 
+// The blur along one axis, times 4 (blur_epilogue scales by 1/16 at the end).
+__device__ __forceinline__ float blur4(float t0, float t1, float t2, float t3) {
+  return (t0 + t3) + 3.0f * (t1 + t2);
+}
+
 // Blurs the complete part of T (channel c at T + c * kPlaneT, rows 1..15 and cols 1..31, row r at r * kRowT)
-// into the 12 x 28 output tile at (oy0, ox0) of output channels o0.., then the epilogue, in modconv_up2_3x3's order
-// of blur taps and epilogue steps. Thread `item` (< kBlurItems; others return) takes 6 rows x 4 columns of one
+// into the 12 x 28 output tile at (oy0, ox0) of output channels o0.., then the epilogue in modconv_up2_3x3's order
+// of steps (its blur sums the taps in another order: blur4). Thread `item` (< kBlurItems; others return) takes 6 rows x 4 columns of one
 // channel's tile: it blurs its 9 T rows horizontally once, reading each row's 8 aligned values with two 128-bit
 // loads, then vertically. The channel's demodulation coefficient and bias are loaded once.
 __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const float* T, int item, int b, int o0,
@@ -51,7 +56,10 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
   const int row_half = item % 2, q = item / 2 % kQuadsX, c = item / (2 * kQuadsX);
   const int o = o0 + c, x0 = ox0 + 4 * q, y0 = oy0 + kRowsY * row_half;
   if (item >= kBlurItems || o >= p.out_channels || x0 >= ow || y0 >= oh) return;
-  const float dcoef = p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f;
+  // The blur's taps are [1, 3, 3, 1] / 4 along each axis (up2_blur_tap; gain 4 over both). Summed as (t0 + t3) +
+  // 3 (t1 + t2), they take 3 instructions per value and axis where 4 multiply-adds did; the two factors of 1/4 go
+  // into the demodulation coefficient, exactly (a power of two).
+  const float dcoef = (p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f) * 0.0625f;
   const float bias = p.bias ? p.bias[o] : 0.0f;
   const float* const noise = p.noise ? p.noise + (long long)b * p.noise_sample_stride : nullptr;
   // A row's 4 outputs go out in one store, their noise comes in one load, where rows are a multiple of 4 values
@@ -78,7 +86,8 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
       }
     }
   }
-  // hr[i][k]: T row kRowsY half + 1 + i blurred horizontally at output column 4 q + k (T columns 4 q + k + 1 ..).
+  // hr[i][k]: T row kRowsY half + 1 + i blurred horizontally (times 4) at output column 4 q + k (T columns
+  // 4 q + k + 1 ..).
   float hr[kRowsY + 3][4];
   const float* const tq = T + c * kPlaneT + (kRowsY * row_half + 1) * kRowT + 4 * q;
 #pragma unroll
@@ -87,12 +96,7 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
     const float4 hi = *reinterpret_cast<const float4*>(tq + i * kRowT + 4);
     const float t[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      float h = 0.0f;
-#pragma unroll
-      for (int bx = 0; bx < 4; ++bx) h += up2_blur_tap(bx) * t[k + 1 + bx];
-      hr[i][k] = h;
-    }
+    for (int k = 0; k < 4; ++k) hr[i][k] = blur4(t[k + 1], t[k + 2], t[k + 3], t[k + 4]);
   }
   const long long yc = ((long long)b * p.out_channels + o) * oh * ow;
   with_output_type(p.y_dtype, [&](auto store) {
@@ -102,11 +106,7 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
       if (y >= oh) break;
       float v[4];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        v[k] = 0.0f;
-#pragma unroll
-        for (int a = 0; a < 4; ++a) v[k] += up2_blur_tap(a) * hr[i + a][k];
-      }
+      for (int k = 0; k < 4; ++k) v[k] = blur4(hr[i][k], hr[i + 1][k], hr[i + 2][k], hr[i + 3][k]);
 #pragma unroll
       for (int k = 0; k < 4; ++k) v[k] = modconv_finish(p, v[k], dcoef, nz[i][k], bias);
       if (quads) {

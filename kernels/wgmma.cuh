@@ -166,6 +166,15 @@ __device__ __forceinline__ void wgmma_wait(float (&acc)[R]) {
 }
 
 #ifndef MMENGINE_EMU
+#define WGMMA_M64N32K16_ASM(TYPE)                                                                                      \
+  asm volatile(                                                                                                        \
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32." TYPE "." TYPE " {"                                                 \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"                                           \
+      "}, %16, %17, 1, 1, 1, 0, 0;\n"                                                                                  \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])           \
+      : "l"(a_desc), "l"(b_desc))
+
 #define WGMMA_M64N64K16_ASM(TYPE)                                                                                      \
   asm volatile(                                                                                                        \
       "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " {"                                                 \
@@ -217,12 +226,12 @@ __device__ __forceinline__ void wgmma_wait(float (&acc)[R]) {
       : "l"(a_desc), "l"(b_desc))
 #endif
 
-// D += A B, m64nNk16 with N = 64, 128 or 144: A (64 x 16) and B (N x 16) in shared memory, K-major, f16 (or
+// D += A B, m64nNk16 with N = 32, 64, 128 or 144: A (64 x 16) and B (N x 16) in shared memory, K-major, f16 (or
 // bf16 with BF16); D f32 in the accumulators. Asynchronous and warpgroup-collective: see the ordering notes above.
 template <int N, bool BF16>
 __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], unsigned long long a_desc,
                                              unsigned long long b_desc) {
-  static_assert(N == 64 || N == 128 || N == 144, "the shapes our kernels use");
+  static_assert(N == 32 || N == 64 || N == 128 || N == 144, "the shapes our kernels use");
 #ifdef MMENGINE_EMU
   emu_wgmma::mma_m64k16<N>(BF16 ? emu_mma::Input::Bf16 : emu_mma::Input::F16, d, a_desc, b_desc);
 #else
@@ -234,6 +243,7 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], unsigned long lo
       ASM("f16");                \
     }                            \
   }
+  WGMMA_PICK(32, WGMMA_M64N32K16_ASM)
   WGMMA_PICK(64, WGMMA_M64N64K16_ASM)
   WGMMA_PICK(128, WGMMA_M64N128K16_ASM)
   WGMMA_PICK(144, WGMMA_M64N144K16_ASM)

@@ -925,11 +925,11 @@ mod tensor_core_conv {
     /// sum |f_a f_b| = 4 (the blur's gain). So v's error is at most the same blur, with |f|, of the T errors,
     /// i.e. the bound above with S and A + W replaced by their blurred sums over T (S = sum f_a f_b sum S_z, at
     /// most 4 times the largest S_z), plus the f32 roundings of scatter and blur in each kernel: a term of v passes
-    /// at most 3 T additions, then 1 product and 3 additions per blur axis, 11 roundings, so 2 x 11 x 2^-24 S.
+    /// at most 3 T additions, then 1 product and 3 additions per blur axis (2 roundings in the tensor-core
+    /// kernels' symmetric sums), at most 11 roundings, so 2 x 11 x 2^-24 S.
     fn check_layer(l: &Layer, seed: u64) {
         check_layer_on(&EmuDevice::new(), l, seed);
-        // An sm_90 device takes the wgmma kernels for up-sampling layers, and same-resolution 3x3 layers with
-        // more than 32 outputs, in fp16 and bf16.
+        // An sm_90 device takes the wgmma kernels for the 3x3 layers in fp16 and bf16.
         let wgmma = match (l.k, l.up) {
             (3, 2) => [
                 Kernel::ModconvUp23x3WgmmaF16,
@@ -939,6 +939,10 @@ mod tensor_core_conv {
             (3, 1) if l.o > 32 => [
                 Kernel::Modconv3x3N64WgmmaF16,
                 Kernel::Modconv3x3N64WgmmaBf16,
+            ],
+            (3, 1) => [
+                Kernel::Modconv3x3N32WgmmaF16,
+                Kernel::Modconv3x3N32WgmmaBf16,
             ],
             _ => return,
         };
@@ -1442,17 +1446,23 @@ mod tensor_core_conv {
     /// (the last term: each kernel's f32 rounding of the bias addition); the clamp is 1-Lipschitz.
     fn check_fused_torgb(l: &Pair, seed: u64) {
         check_fused_torgb_on(&EmuDevice::new(), l, seed);
-        if l.o > 32 {
-            // An sm_90 device fuses the ToRGB into the 64-channel wgmma kernel in fp16 and bf16 (launched with
-            // and without y).
-            let sm90 = EmuDevice::sm90();
-            check_fused_torgb_on(&sm90, l, seed);
-            for kernel in [
+        // An sm_90 device fuses the ToRGB into the 64- or 32-channel wgmma kernel in fp16 and bf16 (launched with
+        // and without y).
+        let sm90 = EmuDevice::sm90();
+        check_fused_torgb_on(&sm90, l, seed);
+        let kernels = if l.o > 32 {
+            [
                 Kernel::Modconv3x3TorgbN64WgmmaF16,
                 Kernel::Modconv3x3TorgbN64WgmmaBf16,
-            ] {
-                assert_eq!(sm90.launches(kernel), 2, "{kernel:?}");
-            }
+            ]
+        } else {
+            [
+                Kernel::Modconv3x3TorgbN32WgmmaF16,
+                Kernel::Modconv3x3TorgbN32WgmmaBf16,
+            ]
+        };
+        for kernel in kernels {
+            assert_eq!(sm90.launches(kernel), 2, "{kernel:?}");
         }
     }
 
@@ -1926,8 +1936,8 @@ mod tensor_core_conv {
         }
     }
 
-    /// On an sm_90 device: the up-sampling convs, the 128-channel conv1 layers (b4, b8) and b16's 64-channel conv1
-    /// with its fused ToRGB on the wgmma kernels.
+    /// On an sm_90 device: the up-sampling convs, the 128-channel conv1 layers (b4, b8), b16's 64-channel conv1
+    /// and b32's 32-channel one, with their fused ToRGBs, on the wgmma kernels.
     #[test]
     fn nvlabs_tiny_case_a_on_sm90() {
         for precision in [Precision::Fp16, Precision::Bf16] {
@@ -1937,11 +1947,13 @@ mod tensor_core_conv {
                 Precision::Fp16 => [
                     Kernel::Modconv3x3WgmmaF16,
                     Kernel::Modconv3x3TorgbN64WgmmaF16,
+                    Kernel::Modconv3x3TorgbN32WgmmaF16,
                     Kernel::ModconvUp23x3WgmmaF16,
                 ],
                 _ => [
                     Kernel::Modconv3x3WgmmaBf16,
                     Kernel::Modconv3x3TorgbN64WgmmaBf16,
+                    Kernel::Modconv3x3TorgbN32WgmmaBf16,
                     Kernel::ModconvUp23x3WgmmaBf16,
                 ],
             };

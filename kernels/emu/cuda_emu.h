@@ -63,7 +63,11 @@ inline unsigned lane() { return current.linear_tid & 31u; }
 // cp.async (16 bytes): the hardware may land a copy at any moment between its issue and the thread's wait, so the
 // issue fills the destination with NaN (a read before the wait sees it; TSan sees a write racing any unsynchronised
 // reader) and the wait lands the data (src is read at issue).
+// Commit groups as in PTX: commit closes the copies issued since the last one; wait_groups(n) lands all but those
+// of the n most recent committed groups; async_copy_wait commits and lands everything.
 void async_copy16_issue(void* dst, const void* src);
+void async_copy_commit();
+void async_copy_wait_groups(unsigned pending);
 void async_copy_wait();
 
 }  // namespace emu

@@ -20,9 +20,11 @@ using Barrier = std::barrier<>;
 // This thread's cp.async copies not yet waited for (copy16_async: always 16 bytes).
 struct PendingCopy {
   void* dst;
+  unsigned group;  // the commit group it joins: copy_groups_committed at its issue
   alignas(16) unsigned char data[16];
 };
 thread_local std::vector<PendingCopy> pending_copies;
+thread_local unsigned copy_groups_committed = 0;
 
 struct Warp {
   std::unique_ptr<Barrier> barrier;
@@ -136,6 +138,7 @@ void run_thread(Launch& l, unsigned tid) {
     current.block_idx = unflatten(b, l.grid);
     l.entry(l.params);
     pending_copies.clear();  // copies a block never waited for land in shared memory that is gone with it
+    copy_groups_committed = 0;
     // A thread that has finished (or returned early) must not hold up the barriers of the rest of its block.
     l.block_barrier->arrive_and_drop();
     l.warps[tid / 32].barrier->arrive_and_drop();
@@ -148,15 +151,28 @@ void run_thread(Launch& l, unsigned tid) {
 void sync_block() { g_launch->block_barrier->arrive_and_wait(); }
 
 void async_copy16_issue(void* dst, const void* src) {
-  PendingCopy c{dst, {}};
+  PendingCopy c{dst, copy_groups_committed, {}};
   std::memcpy(c.data, src, sizeof c.data);
   std::memset(dst, 0xff, sizeof c.data);
   pending_copies.push_back(c);
 }
 
+void async_copy_commit() { ++copy_groups_committed; }
+
+void async_copy_wait_groups(unsigned pending) {
+  std::vector<PendingCopy> still;
+  for (const PendingCopy& c : pending_copies) {
+    if (c.group + pending >= copy_groups_committed)  // among the `pending` newest groups, or not committed
+      still.push_back(c);
+    else
+      std::memcpy(c.dst, c.data, sizeof c.data);
+  }
+  pending_copies = std::move(still);
+}
+
 void async_copy_wait() {
-  for (const PendingCopy& c : pending_copies) std::memcpy(c.dst, c.data, sizeof c.data);
-  pending_copies.clear();
+  async_copy_commit();
+  async_copy_wait_groups(0);
 }
 
 void sync_warp() { g_launch->warps[current.linear_tid / 32].barrier->arrive_and_wait(); }

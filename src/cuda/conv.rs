@@ -54,8 +54,8 @@ const TC_WIDE: TcShape = TcShape {
     channels: 32,
     threads: 128,
 };
-/// The sm_90 3x3 kernels (`kernels/modconv_wgmma.cu`, fp16 and bf16 layers with more than `TC_WIDE.channels`
-/// outputs on a device with [`Device::wgmma`]): two warpgroups, each an m64n128 product.
+/// The sm_90 3x3 kernels (`kernels/modconv_wgmma.cu`, every fp16 and bf16 3x3 layer on a device with
+/// [`Device::wgmma`]): two warpgroups, each an m64n128 product.
 const TC_WGMMA: TcShape = TcShape {
     rect: [8, 16],
     channels: 128,
@@ -64,6 +64,11 @@ const TC_WGMMA: TcShape = TcShape {
 /// The same for layers with 33-64 outputs (and their fused ToRGB): 64-channel blocks.
 const TC_WGMMA64: TcShape = TcShape {
     channels: 64,
+    ..TC_WGMMA
+};
+/// And for layers with at most 32 outputs (the 1024 px conv1 and its fused ToRGB).
+const TC_WGMMA32: TcShape = TcShape {
+    channels: 32,
     ..TC_WGMMA
 };
 /// Its K words per channel group (a 16-byte cell of wgmma's core matrices) and groups per stage.
@@ -295,12 +300,29 @@ impl<D: Device> DeviceConvLayer<D> {
                     (Kernel::Modconv1x1Narrow, SameTiling::Flat(NARROW_TILE))
                 }
                 (_, Precision::Fp32, _) => (Kernel::Modconv1x1, SameTiling::Flat(WIDE_TILE)),
-                (3, Precision::Fp16 | Precision::Bf16, false) if dev.wgmma() => {
-                    let (kernel, shape) = match (precision, o > TC_WGMMA64.channels) {
-                        (Precision::Fp16, true) => (Kernel::Modconv3x3WgmmaF16, TC_WGMMA),
-                        (_, true) => (Kernel::Modconv3x3WgmmaBf16, TC_WGMMA),
-                        (Precision::Fp16, false) => (Kernel::Modconv3x3N64WgmmaF16, TC_WGMMA64),
-                        (_, false) => (Kernel::Modconv3x3N64WgmmaBf16, TC_WGMMA64),
+                (3, Precision::Fp16 | Precision::Bf16, _) if dev.wgmma() => {
+                    let fp16 = precision == Precision::Fp16;
+                    let (kernel, shape) = if o > TC_WGMMA64.channels {
+                        let kernel = if fp16 {
+                            Kernel::Modconv3x3WgmmaF16
+                        } else {
+                            Kernel::Modconv3x3WgmmaBf16
+                        };
+                        (kernel, TC_WGMMA)
+                    } else if o > TC_WGMMA32.channels {
+                        let kernel = if fp16 {
+                            Kernel::Modconv3x3N64WgmmaF16
+                        } else {
+                            Kernel::Modconv3x3N64WgmmaBf16
+                        };
+                        (kernel, TC_WGMMA64)
+                    } else {
+                        let kernel = if fp16 {
+                            Kernel::Modconv3x3N32WgmmaF16
+                        } else {
+                            Kernel::Modconv3x3N32WgmmaBf16
+                        };
+                        (kernel, TC_WGMMA32)
                     };
                     (kernel, SameTiling::Rect(shape))
                 }
@@ -328,6 +350,8 @@ impl<D: Device> DeviceConvLayer<D> {
             let torgb = match (kernel, kh, precision, wide) {
                 (Kernel::Modconv3x3N64WgmmaF16, ..) => Some(Kernel::Modconv3x3TorgbN64WgmmaF16),
                 (Kernel::Modconv3x3N64WgmmaBf16, ..) => Some(Kernel::Modconv3x3TorgbN64WgmmaBf16),
+                (Kernel::Modconv3x3N32WgmmaF16, ..) => Some(Kernel::Modconv3x3TorgbN32WgmmaF16),
+                (Kernel::Modconv3x3N32WgmmaBf16, ..) => Some(Kernel::Modconv3x3TorgbN32WgmmaBf16),
                 (_, 3, Precision::Tf32, false) => Some(Kernel::Modconv3x3TorgbTf32),
                 (_, 3, Precision::Tf32, true) => Some(Kernel::Modconv3x3TorgbN32Tf32),
                 (_, 3, Precision::Fp16, false) => Some(Kernel::Modconv3x3TorgbF16),
@@ -377,7 +401,9 @@ impl<D: Device> DeviceConvLayer<D> {
                     Kernel::Modconv3x3WgmmaF16
                     | Kernel::Modconv3x3WgmmaBf16
                     | Kernel::Modconv3x3N64WgmmaF16
-                    | Kernel::Modconv3x3N64WgmmaBf16,
+                    | Kernel::Modconv3x3N64WgmmaBf16
+                    | Kernel::Modconv3x3N32WgmmaF16
+                    | Kernel::Modconv3x3N32WgmmaBf16,
                 tiling: SameTiling::Rect(shape),
                 ..
             } => {
