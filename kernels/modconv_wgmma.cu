@@ -520,7 +520,7 @@ __device__ void up2(const ModconvParams& p) {
 
 }  // namespace up2_wgmma
 
-// Grid: (rectangles per sample, ceil(out_channels / N), batch); 256 threads, two blocks per SM (three for N = 32,
+// Grid: (rectangles per sample, ceil(out_channels / N), batch); 256 threads, two blocks per SM (four for N = 32,
 // whose 16 accumulators leave room). The plain names take N = 128, _n64 and _n32 the narrower blocks; the _torgb
 // kernels also compute the ToRGB after the layer (one block column).
 namespace wg = modconv_wgmma;
@@ -528,10 +528,10 @@ KERNEL_BOUNDED(modconv_3x3_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F
 KERNEL_BOUNDED(modconv_3x3_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 128>(p); }
 KERNEL_BOUNDED(modconv_3x3_n64_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 64>(p); }
 KERNEL_BOUNDED(modconv_3x3_n64_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 64>(p); }
-KERNEL_BOUNDED(modconv_3x3_n32_wgmma_f16, ModconvParams, 256, 3) { wg::conv3x3<wg::F16, 32>(p); }
-KERNEL_BOUNDED(modconv_3x3_n32_wgmma_bf16, ModconvParams, 256, 3) { wg::conv3x3<wg::Bf16, 32>(p); }
-KERNEL_BOUNDED(modconv_3x3_torgb_n32_wgmma_f16, ModconvParams, 256, 3) { wg::conv3x3<wg::F16, 32, true>(p); }
-KERNEL_BOUNDED(modconv_3x3_torgb_n32_wgmma_bf16, ModconvParams, 256, 3) { wg::conv3x3<wg::Bf16, 32, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_n32_wgmma_f16, ModconvParams, 256, 4) { wg::conv3x3<wg::F16, 32>(p); }
+KERNEL_BOUNDED(modconv_3x3_n32_wgmma_bf16, ModconvParams, 256, 4) { wg::conv3x3<wg::Bf16, 32>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_wgmma_f16, ModconvParams, 256, 4) { wg::conv3x3<wg::F16, 32, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_n32_wgmma_bf16, ModconvParams, 256, 4) { wg::conv3x3<wg::Bf16, 32, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_n64_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 64, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_n64_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 64, true>(p); }
 KERNEL_BOUNDED(modconv_up2_3x3_wgmma_f16, ModconvParams, 256, 2) { up2_wgmma::up2<wg::F16>(p); }
