@@ -4,25 +4,28 @@
 // _torgb, the ToRGB after the layer fused into the epilogue as there): an implicit GEMM with M = pixels, N = output
 // channels, K = input channels x 9 taps.
 //
-// A block (two warpgroups, 256 threads) computes an 8 x 16 rectangle of one sample's output pixels (blockIdx.x) for
-// N output channels (blockIdx.y): 128, or 64 and 32 (the _n64 and _n32 kernels) for layers with at most 64 or 32,
-// so no mma work is spent on channels they do not have. Warpgroup g takes the rectangle's columns 8 g .. 8 g + 7, an
-// m64nN product. K runs in chunks of 32 input channels. A chunk's input rectangle with its 1-pixel halo (10 x 18
-// pixels) is gathered from x once, scaled by the styles and rounded, into shared memory as wgmma's core matrices
-// want it: cells of 16 bytes (8 channels of one pixel), [channel group][halo pixel]. Then the 8 consecutive pixels
-// of a rectangle row are one core matrix's 8 rows, rectangle rows are SBO = 18 cells apart, channel groups LBO =
-// 180 cells apart, and tap (dy, dx) of a warpgroup's A is that layout started dy * 18 + dx cells further: each tap
-// is one K stage whose A the tensor cores read in place, with no im2col and no fragment in registers. B is a stage's
-// weight tile, [channel group][output channel] cells (SBO 8 cells, LBO N), copied per stage with cp.async. The
-// rectangle is double-buffered, gathered for the next chunk a slot at a time during taps 1-8; B has 3 or 4 buffers
-// (kBBuffers), copied 1 or 2 stages ahead. A stage's wgmma run on while the block passes its barrier and issues
-// the next stage's (wgmma_wait<1>), so the tensor cores need not idle through each barrier. With N = 32 a chunk is
-// the unit instead (kChunkB): its 9 B stages at once, one barrier, 18 products in a row.
+// A block (two warpgroups, 256 threads) computes an 8 x 16 rectangle of one sample's output pixels (blockIdx.x) for N
+// output channels (blockIdx.y): 128, or 64 and 32 (the _n64 and _n32 kernels) for layers with at most 64 or 32, so no
+// mma work is spent on channels they do not have. Warpgroup g takes the rectangle's columns 8 g .. 8 g + 7, an m64nN
+// product. K runs in chunks of 32 input channels. A chunk's input rectangle with its 1-pixel halo (10 x 18 pixels) is
+// gathered from x once, scaled by the styles and rounded (with N = 32 or 64, whose weights are per sample and already
+// scaled, as stored), into shared memory as wgmma's core matrices want it: cells of 16 bytes (8 channels of one pixel),
+// [channel group][halo pixel]. Then the 8 consecutive pixels of a rectangle row are one core matrix's 8 rows, rectangle
+// rows are SBO = 18 cells apart, channel groups LBO = 180 cells apart, and tap (dy, dx) of a warpgroup's A is that
+// layout started dy * 18 + dx cells further: each tap is one K stage whose A the tensor cores read in place, with no
+// im2col and no fragment in registers. B is a stage's weight tile, [channel group][output channel] cells (SBO 8 cells,
+// LBO N), copied with cp.async. With N = 128 the rectangle is double-buffered, gathered for the next chunk a slot at a
+// time during taps 1-8, and B has 4 buffers, copied 2 stages ahead; a stage's wgmma run on while the block passes its
+// barrier and issues the next stage's (wgmma_wait<1>), so the tensor cores need not idle through each barrier. With N =
+// 32 or 64 a chunk is the unit instead (kChunkB): its 9 B stages and its rectangle land together, one barrier, 18
+// products in a row, while the next chunk's go into the other buffers. Shared memory is dynamic (over 48 KB).
+// The fused up-sampling conv (up2_wgmma, below) and the per-sample weights (modconv_sample_weights) follow.
 //
 // Weight packing (conv.rs, wgmma_groups of pack_same_words): 32-bit words [chunks * 9][4 channel groups]
 // [out_channels rounded up to N (weight_stride)][4]; word w of channel group g and output channel o in stage
 // chunk * 9 + tap holds the pair W[o, c, tap], W[o, c + 1, tap] for c = 32 chunk + 8 g + 2 w (low half first), zeros
-// past the ends. The fp16 weight prescale of modconv_tc.cu applies.
+// past the ends; with per-sample weights, sample b's words (ModconvParams::weight_sample_stride apart) hold the pairs
+// times styles[b, c] and styles[b, c + 1]. The fp16 weight prescale of modconv_tc.cu applies.
 #include "act.cuh"
 #include "common.cuh"
 #include "up2_tile.cuh"
@@ -37,28 +40,64 @@ constexpr int kChunkK = 8 * kGroups;                 // input channels per chunk
 constexpr int kHaloY = kTileY + 2, kHaloX = kTileX + 2, kHaloPixels = kHaloY * kHaloX;
 constexpr int kSlots = (kHaloPixels + 63) / 64;      // halo pixels per lane (64 lanes per group)
 
-// N = 32 (the 1024 px conv1 with its ToRGB) runs its K loop a chunk at a time: a stage's two m64n32k16 products
-// are too short to hide a barrier each, and a chunk's 9 B stages (18 KB) fit in shared memory at once. So a chunk's
-// B and rectangle land, one barrier, its 18 products go back to back, and the next chunk is gathered while they run.
+// N = 32 and 64 (the 512 and 1024 px layers) run their K loop a chunk at a time: a stage's two m64nNk16 products
+// are too short to hide a barrier each, and a chunk's 9 B stages (18 or 36 KB) fit in shared memory at once. So a
+// chunk's B and rectangle land, one barrier, its 18 products go back to back, and the next chunk's rectangle (and
+// with N = 64 its B, cp.async) go into the other buffers while they run. N = 32 has one B buffer: its layers in
+// StyleGAN2 (a conv1 has as many inputs as outputs) have one chunk, and its 64 registers have no room to spare.
 template <int N>
-constexpr bool kChunkB = N == 32;
-// Otherwise B tiles are in flight per stage: a stage's wgmma may still run while the next stage's are issued
+constexpr bool kChunkB = N <= 64;
+template <int N>
+constexpr int kChunkBBuffers = N == 64 ? 2 : 1;
+// The narrow kernels take per-sample weights (ModconvParams::weight_sample_stride), each sample's times its styles:
+// layers with at most 64 outputs have small weights, so their per-sample copies stay in L2, and the gather then
+// stores x as loaded, with no conversion or multiply.
+template <int N>
+constexpr bool kSampleWeights = N <= 64;
+// N = 128 keeps B tiles in flight per stage: a stage's wgmma may still run while the next stage's are issued
 // (wgmma_wait<1>), so a buffer is free again two stages after its use, and the copy of stage s + kBAhead goes into
-// the buffer of stage s - 2. Four buffers where they fit the 48 KB of static shared memory (N = 64), three for
-// N = 128.
-template <int N>
-constexpr int kBBuffers = kChunkB<N> ? 9 : N == 64 ? 4 : 3;
-template <int N>
-constexpr int kBAhead = kBBuffers<N> - 2;
+// the buffer of stage s - 2: four buffers, copied two stages ahead.
+constexpr int kStageBBuffers = 4, kBAhead = kStageBBuffers - 2;
 
+// Shared memory (dynamic; conv.rs's wgmma_conv_shared_bytes sizes it), in 16-byte cells: a rectangle is
+// [kGroups][kHaloPixels] cells, a B tile [kGroups][N]. With kChunkB, buffer u is a rectangle followed by a chunk's
+// 9 B tiles (for u < kChunkBBuffers), at u kChunkUnit. A layer of one chunk has buffer 0 only: the 1024 px conv1's
+// 30 KB then let 4 blocks share an SM. Otherwise the two rectangles come first, then the kStageBBuffers B tiles.
+constexpr int kHaloCells = kGroups * kHaloPixels;
 template <int N>
-struct Smem {
-  uint4 halo[2][kGroups][kHaloPixels];
-  uint4 b[kBBuffers<N>][kGroups][N];
+constexpr int kChunkUnit = kHaloCells + 9 * kGroups * N;
+template <int N>
+__device__ __forceinline__ int halo_cell(int buf) {
+  return buf * (kChunkB<N> ? kChunkUnit<N> : kHaloCells);
+}
+// B tile `tile`: tap `tile % 9` of chunk buffer `tile / 9` with kChunkB, else ring buffer `tile`.
+template <int N>
+__device__ __forceinline__ int b_tile_cell(int tile) {
+  return kChunkB<N> ? tile / 9 * kChunkUnit<N> + kHaloCells + tile % 9 * kGroups * N
+                    : 2 * kHaloCells + tile * kGroups * N;
+}
+
+// A cell of 8 16-bit values as loaded, the first in the low half of u.x.
+__device__ __forceinline__ uint4 pack_cell(const unsigned short (&v)[8]) {
+  return make_uint4(v[0] | unsigned(v[1]) << 16, v[2] | unsigned(v[3]) << 16, v[4] | unsigned(v[5]) << 16,
+                    v[6] | unsigned(v[7]) << 16);
+}
+
+// A buffer index as a type, for lambdas that take it either so (a compile-time constant) or as an int.
+template <int B>
+struct Buffer {
+  __device__ constexpr operator int() const { return B; }
 };
 
+// The buffer after buf in a ring of Buffers.
+template <int Buffers>
+__device__ __forceinline__ int next_buffer(int buf) {
+  return buf + 1 == Buffers ? 0 : buf + 1;
+}
+
 // The B stages of both kernels: a stage's tile is [channel group][column] cells, the block's columns col0 ..
-// col0 + Cols - 1 of the packed weight, copied with cp.async. This thread's copies are cells tid + j kThreads.
+// col0 + Cols - 1 of the packed weight (the block's sample's, with per-sample weights), copied with cp.async. This
+// thread's copies are cells tid + j kThreads.
 template <int Cols>
 struct BStages {
   static constexpr int kCells = kGroups * Cols, kCopies = (kCells + kThreads - 1) / kThreads;
@@ -66,7 +105,8 @@ struct BStages {
   int stride;                 // cells per channel group of a stage (ModconvParams::weight_stride)
 
   __device__ BStages(const ModconvParams& p, int col0) : stride(p.weight_stride) {
-    const uint4* const weight = reinterpret_cast<const uint4*>(p.weight) + col0;
+    const uint4* const weight =
+        reinterpret_cast<const uint4*>(p.weight + blockIdx.z * p.weight_sample_stride) + col0;
 #pragma unroll
     for (int j = 0; j < kCopies; ++j) {
       const int cell = threadIdx.x + j * kThreads;
@@ -98,7 +138,7 @@ struct Bf16 {
 // channels), from y as stored.
 template <class Mode, int N, bool RGB = false>
 __device__ void conv3x3(const ModconvParams& p) {
-  __align__(128) __shared__ Smem<N> smem;
+  DYNAMIC_SHARED(uint4, smem);
   using X = typename Mode::Act;
   using T = typename X::T;
 
@@ -126,54 +166,57 @@ __device__ void conv3x3(const ModconvParams& p) {
     x_group.load(chunk * kChunkK, pix, group_channels(chunk), v);
     return pix >= 0;
   };
-  // inside: load_slot's answer; a pixel outside the image (or past the halo) is stored as zeros.
-  auto store_slot = [&](int chunk, int j, const T (&v)[8], bool inside) {
+  // Into rectangle buffer buf. inside: load_slot's answer; a pixel outside the image (or past the halo) is stored
+  // as zeros.
+  auto store_slot = [&](int chunk, int buf, int j, const T (&v)[8], bool inside) {
     const int q = 32 * (warp / kGroups) + lane + 64 * j;
     if (q >= kHaloPixels) return;
-    const int n = group_channels(chunk);
-    float s[8];
-#pragma unroll
-    for (int k = 0; k < 8; ++k) s[k] = k < n ? styles_group[chunk * kChunkK + k] : 0.0f;
     uint4 u;
-    u.x = Mode::word(X::load(&v[0]) * s[0], X::load(&v[1]) * s[1]);
-    u.y = Mode::word(X::load(&v[2]) * s[2], X::load(&v[3]) * s[3]);
-    u.z = Mode::word(X::load(&v[4]) * s[4], X::load(&v[5]) * s[5]);
-    u.w = Mode::word(X::load(&v[6]) * s[6], X::load(&v[7]) * s[7]);
-    smem.halo[chunk & 1][group][q] = inside ? u : make_uint4(0, 0, 0, 0);
+    if constexpr (kSampleWeights<N>) {
+      u = pack_cell(v);
+    } else {
+      const int n = group_channels(chunk);
+      float s[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) s[k] = k < n ? styles_group[chunk * kChunkK + k] : 0.0f;
+      u.x = Mode::word(X::load(&v[0]) * s[0], X::load(&v[1]) * s[1]);
+      u.y = Mode::word(X::load(&v[2]) * s[2], X::load(&v[3]) * s[3]);
+      u.z = Mode::word(X::load(&v[4]) * s[4], X::load(&v[5]) * s[5]);
+      u.w = Mode::word(X::load(&v[6]) * s[6], X::load(&v[7]) * s[7]);
+    }
+    smem[halo_cell<N>(buf) + group * kHaloPixels + q] = inside ? u : make_uint4(0, 0, 0, 0);
   };
   // The tap at which the next chunk's slot j is gathered: spread over the taps, so few loads are in flight. Not
   // tap 0: the previous chunk's last wgmma, which reads the buffer these stores rewrite, may still run then.
   auto slot_tap = [](int j) { return 1 + j * 8 / kSlots; };
 
   const BStages<N> b_stages(p, n0);
-  auto copy_b = [&](int stage, int buf) { b_stages.copy(&smem.b[buf][0][0], stage); };
+  auto copy_b = [&](int stage, int tile) { b_stages.copy(smem + b_tile_cell<N>(tile), stage); };
 
   // Descriptors, moved by adding offsets in 16-byte cells: A of warpgroup g starts at its 8 columns of the
   // rectangle; a K step of 16 channels is two channel groups.
   const int wg = warp / 4;
-  const unsigned long long a_base =
-      wgmma_descriptor(&smem, 16 * 8 * wg, 16 * kHaloPixels, 16 * kHaloX);
-  const unsigned long long b_base = wgmma_descriptor(&smem, sizeof(smem.halo), 16 * N, 16 * 8);
+  const unsigned long long a_base = wgmma_descriptor(smem, 16 * 8 * wg, 16 * kHaloPixels, 16 * kHaloX);
+  const unsigned long long b_base = wgmma_descriptor(smem, 0, 16 * N, 16 * 8);
   auto a_desc = [&](int buf, int tap, int ks) {
-    return a_base + (buf * kGroups + 2 * ks) * kHaloPixels + (tap / 3) * kHaloX + tap % 3;
+    return a_base + halo_cell<N>(buf) + 2 * ks * kHaloPixels + (tap / 3) * kHaloX + tap % 3;
   };
-  auto b_desc = [&](int buf, int ks) { return b_base + (buf * kGroups + 2 * ks) * N; };
+  auto b_desc = [&](int tile, int ks) { return b_base + b_tile_cell<N>(tile) + 2 * ks * N; };
 
   float acc[N / 2];
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) acc[i] = 0.0f;
 
-  auto copy_chunk_b = [&](int chunk) {  // kChunkB: the chunk's 9 stages into buffers 0-8
+  auto copy_chunk_b = [&](int chunk, int buf) {  // kChunkB: the chunk's 9 stages into chunk buffer buf
 #pragma unroll
-    for (int tap = 0; tap < 9; ++tap) copy_b(chunk * 9 + tap, tap);
+    for (int tap = 0; tap < 9; ++tap) copy_b(chunk * 9 + tap, 9 * buf + tap);
   };
   // The first B stages first, so that the weights stream in while the first gather waits for its loads.
   if constexpr (kChunkB<N>) {
-    copy_chunk_b(0);
-    copy_async_commit();
+    copy_chunk_b(0, 0);
   } else {
 #pragma unroll
-    for (int a = 0; a < kBAhead<N>; ++a) {
+    for (int a = 0; a < kBAhead; ++a) {
       if (a < stages) copy_b(a, a);
       copy_async_commit();
     }
@@ -184,56 +227,73 @@ __device__ void conv3x3(const ModconvParams& p) {
 #pragma unroll
     for (int j = 0; j < kSlots; ++j) inside[j] = load_slot(0, j, first[j]);
 #pragma unroll
-    for (int j = 0; j < kSlots; ++j) store_slot(0, j, first[j], inside[j]);
+    for (int j = 0; j < kSlots; ++j) store_slot(0, 0, j, first[j], inside[j]);
   }
   if constexpr (kChunkB<N>) {
-    copy_async_wait_groups<0>();
+    copy_async_wait();
   } else {
-    copy_async_wait_groups<kBAhead<N> - 1>();  // stage 0's B
+    copy_async_wait_groups<kBAhead - 1>();  // stage 0's B
   }
   wgmma_fence_shared_writes();
   __syncthreads();
   if constexpr (kChunkB<N>) {
-#pragma unroll 1
-    for (int chunk = 0; chunk < chunks; ++chunk) {
+    // Chunk `chunk` from rectangle buffer `buf` (chunk % 2) and B buffer b_buf. With two B buffers, buf is a
+    // Buffer<0 or 1>, so that the descriptors are constants; N = 32 has no registers to spare for twice the code.
+    auto run_chunk = [&](int chunk, auto buf_index) {
+      const int buf = buf_index, other = 1 - buf;
+      const int b_buf = kChunkBBuffers<N> == 2 ? buf : 0;
       const bool next_chunk = chunk + 1 < chunks;
+      // The next chunk's B (where it has a buffer of its own) and rectangle go into the other buffers, which the
+      // previous chunk's products (ended before the last barrier) read.
+      if (kChunkBBuffers<N> == 2 && next_chunk) copy_chunk_b(chunk + 1, other);
       wgmma_fence();
 #pragma unroll
       for (int tap = 0; tap < 9; ++tap) {
-        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 0), b_desc(tap, 0));
-        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 1), b_desc(tap, 1));
+        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(buf, tap, 0), b_desc(9 * b_buf + tap, 0));
+        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(buf, tap, 1), b_desc(9 * b_buf + tap, 1));
       }
       wgmma_commit();
       if (next_chunk) {
-        // Into the other rectangle, which the previous chunk's products (ended before the last barrier) read.
         T part[kSlots][8];
         bool inside[kSlots];
 #pragma unroll
         for (int j = 0; j < kSlots; ++j) inside[j] = load_slot(chunk + 1, j, part[j]);
 #pragma unroll
-        for (int j = 0; j < kSlots; ++j) store_slot(chunk + 1, j, part[j], inside[j]);
+        for (int j = 0; j < kSlots; ++j) store_slot(chunk + 1, other, j, part[j], inside[j]);
       }
       wgmma_wait<0>(acc);
       if (next_chunk) {
-        __syncthreads();  // every warpgroup's products have read B
-        copy_chunk_b(chunk + 1);
+        if constexpr (kChunkBBuffers<N> == 1) {
+          __syncthreads();  // every warpgroup's products have read B
+          copy_chunk_b(chunk + 1, 0);
+        }
         copy_async_wait();
         wgmma_fence_shared_writes();
         __syncthreads();
       }
+    };
+    if constexpr (kChunkBBuffers<N> == 2) {
+#pragma unroll 1
+      for (int chunk = 0; chunk < chunks; chunk += 2) {
+        run_chunk(chunk, Buffer<0>{});
+        if (chunk + 1 < chunks) run_chunk(chunk + 1, Buffer<1>{});
+      }
+    } else {
+#pragma unroll 1
+      for (int chunk = 0; chunk < chunks; ++chunk) run_chunk(chunk, chunk & 1);
     }
   } else {
-    // Buffers cycle: b_cur holds stage s's B, b_ahead receives stage s + kBAhead's.
-    auto next_buffer = [](int buf) { return buf + 1 == kBBuffers<N> ? 0 : buf + 1; };
-    int b_cur = 0, b_ahead = kBAhead<N>;
+    // Buffers cycle: b_cur holds stage s's B, b_cur + kBAhead receives stage s + kBAhead's.
+    static_assert(kStageBBuffers == 4, "a ring of 4: buffer indices wrap with & 3");
+    int b_cur = 0;
 #pragma unroll 1
     for (int chunk = 0; chunk < chunks; ++chunk) {
       const bool next_chunk = chunk + 1 < chunks;
 #pragma unroll
       for (int tap = 0; tap < 9; ++tap) {
         const int s = chunk * 9 + tap;
-        // Stage s - 2 read b_ahead: each warpgroup waited for its products before the last barrier.
-        if (s + kBAhead<N> < stages) copy_b(s + kBAhead<N>, b_ahead);
+        // Stage s - 2 read that buffer: each warpgroup waited for its products before the last barrier.
+        if (s + kBAhead < stages) copy_b(s + kBAhead, (b_cur + kBAhead) & 3);
         copy_async_commit();
         T part[kSlots][8];
         bool inside[kSlots];
@@ -249,16 +309,15 @@ __device__ void conv3x3(const ModconvParams& p) {
         if (next_chunk) {
 #pragma unroll
           for (int j = 0; j < kSlots; ++j)
-            if (slot_tap(j) == tap) store_slot(chunk + 1, j, part[j], inside[j]);
+            if (slot_tap(j) == tap) store_slot(chunk + 1, (chunk + 1) & 1, j, part[j], inside[j]);
         }
         // This stage's products may run on past the barrier, the previous stage's end before it; stage s + 1's B
         // lands before it.
         wgmma_wait<1>(acc);
-        copy_async_wait_groups<kBAhead<N> - 1>();
+        copy_async_wait_groups<kBAhead - 1>();
         wgmma_fence_shared_writes();
         __syncthreads();
-        b_cur = next_buffer(b_cur);
-        b_ahead = next_buffer(b_ahead);
+        b_cur = (b_cur + 1) & 3;
       }
     }
     wgmma_wait<0>(acc);
@@ -321,15 +380,15 @@ __device__ void conv3x3(const ModconvParams& p) {
 
 }  // namespace modconv_wgmma
 
-// The fused up-sampling 3x3 conv on wgmma: modconv_tc.cu's modconv_up2_3x3_f16 / _bf16 (same block, tile, scatter,
-// blur and epilogue; see there) with its GEMM as two warpgroup products. A block takes one sample, 16 output
-// channels and an 8 x 16 patch of input positions; GEMM z[position][column] with M = 128 positions (warpgroup g:
-// patch rows 4 g ..), N = 144 columns (16 channels x 9 taps, in pack_up2_words' order: half, tap, channel), K =
-// input channels in stages of 32. The A tile holds a stage's patch as [channel group][position] cells: the 8
-// positions of a core matrix are consecutive in a patch row (SBO 8 cells, LBO 128), so A needs no halo and no
-// shifted reads; B is [channel group][column] cells (LBO 144). Warp w of warpgroup g then holds patch row 4 g + w
-// (= the block's warp index) with all 144 columns: acc[4 j + 2 h + e] is tap j % 9 of position (row, groupID +
-// 8 h) for channel 8 (j / 9) + 2 tig + e.
+// The fused up-sampling 3x3 conv on wgmma: modconv_tc.cu's modconv_up2_3x3_f16 / _bf16 (same block, tile, blur
+// and epilogue; see there) with its GEMM as two warpgroup products. A block takes one sample, 16 output channels
+// and an 8 x 16 patch of input positions; GEMM z[position][column] with M = 128 positions (warpgroup g: patch rows
+// 4 g ..), N = 144 columns (16 channels x 9 taps, in pack_up2_words' order: half, tap, channel), K = input channels
+// in stages of 32. The A tile holds a stage's patch as [channel group][position] cells: the 8 positions of a core
+// matrix are every other column of a patch row (SBO 8 cells, LBO 128), so A needs no halo and no shifted reads; B
+// is [channel group][column] cells (LBO 144). Warp w of warpgroup g then holds patch row 4 g + w (= the block's
+// warp index) with all 144 columns: acc[4 j + 2 h + e] is tap j % 9 of position (row, 2 groupID + h) for channel
+// 8 (j / 9) + 2 tig + e, so that a lane's two positions are neighbours for the scatter.
 //
 // Weight packing (conv.rs, pack_up2_wgmma): pack_up2_words' stages and columns, each stage's 16 words per column
 // regrouped [4 channel groups][columns][4 words]. K is aligned to its end as there.
@@ -358,10 +417,12 @@ union Smem {
   float t[kChannels * kPlaneT];  // T, after the K loop
 };
 
-template <class Mode>
+// SampleWeights: the layer's weight is per sample, times its styles (ModconvParams::weight_sample_stride), and x is
+// staged as stored.
+template <class Mode, bool SampleWeights>
 __device__ void up2(const ModconvParams& p) {
   __align__(128) __shared__ Smem smem;
-  __align__(16) __shared__ float style_k[kMaxInChannels + kStageK];
+  __align__(16) __shared__ float style_k[SampleWeights ? 1 : kMaxInChannels + kStageK];
   using X = typename Mode::Act;
   using Elem = typename X::T;
 
@@ -379,18 +440,19 @@ __device__ void up2(const ModconvParams& p) {
 
   // The gather: warp w stages the 16 positions whose rows its own slice of the warpgroup's product reads (A rows
   // 16 (w % 4) ..: wgmma.cuh), so that it may rewrite them once its own wait says that slice is done. Lane l takes
-  // position 64 (w / 4) + 16 (w % 4) + l % 16 and channel groups l / 16 + 2 j (cell j), one 16-byte store each.
+  // A row pos = 64 (w / 4) + 16 (w % 4) + l % 16 and channel groups l / 16 + 2 j (cell j), one 16-byte store each.
   // Values load as stored in x (positions outside the image and channels below 0 are zeros), then are scaled by
-  // the styles and rounded when stored.
+  // the styles and rounded when stored (stored as loaded with SampleWeights). Row pos holds patch row w and, for
+  // the scatter, a permuted column: rows m and m + 8 of the warp's 16 (one lane's accumulator rows) hold the
+  // adjacent columns 2 m and 2 m + 1.
   const int pos = 64 * (warp / 4) + 16 * (warp % 4) + lane % 16;
-  int cell_group[kCells];
-#pragma unroll
-  for (int j = 0; j < kCells; ++j) cell_group[j] = lane / 16 + 2 * j;
-  auto group_channel = [&](int j) { return 8 * cell_group[j] - pad; };  // cell j's first channel in stage 0
+  const int patch_col = 2 * (lane % 8) + lane % 16 / 8;
+  auto cell_group = [&](int j) { return lane / 16 + 2 * j; };
+  auto group_channel = [&](int j) { return 8 * cell_group(j) - pad; };  // cell j's first channel in stage 0
   const SampleChannels<Elem> x_sample(p, b, 0);
   int pix;  // the position's offset in a channel plane, -1 outside the image
   {
-    const int gy = py0 + pos / PX, gx = px0 + pos % PX;
+    const int gy = py0 + warp, gx = px0 + patch_col;
     pix = gy >= 0 && gy < p.height && gx >= 0 && gx < p.width ? gy * p.width + gx : -1;
   }
   // First: stage 0, whose channels below 0 (where the layer's channels do not fill the stages) are not read.
@@ -404,14 +466,19 @@ __device__ void up2(const ModconvParams& p) {
       x_sample.load(stage * kStageK + c0, pix, 8, v);
     }
   };
-  // Cell j scaled by the styles s of its channels; a cell outside the image is stored as zeros.
+  // Cell j scaled by the styles s of its channels (unless SampleWeights); a cell outside the image is stored as
+  // zeros.
   auto store_cell = [&](int j, const Elem (&v)[8], const float* s, int buf) {
     uint4 u;
-    u.x = Mode::word(X::load(&v[0]) * s[0], X::load(&v[1]) * s[1]);
-    u.y = Mode::word(X::load(&v[2]) * s[2], X::load(&v[3]) * s[3]);
-    u.z = Mode::word(X::load(&v[4]) * s[4], X::load(&v[5]) * s[5]);
-    u.w = Mode::word(X::load(&v[6]) * s[6], X::load(&v[7]) * s[7]);
-    smem.gemm.a[buf][cell_group[j]][pos] = pix >= 0 ? u : make_uint4(0, 0, 0, 0);
+    if constexpr (SampleWeights) {
+      u = modconv_wgmma::pack_cell(v);
+    } else {
+      u.x = Mode::word(X::load(&v[0]) * s[0], X::load(&v[1]) * s[1]);
+      u.y = Mode::word(X::load(&v[2]) * s[2], X::load(&v[3]) * s[3]);
+      u.z = Mode::word(X::load(&v[4]) * s[4], X::load(&v[5]) * s[5]);
+      u.w = Mode::word(X::load(&v[6]) * s[6], X::load(&v[7]) * s[7]);
+    }
+    smem.gemm.a[buf][cell_group(j)][pos] = pix >= 0 ? u : make_uint4(0, 0, 0, 0);
   };
 
   const modconv_wgmma::BStages<kBlockN> b_stages(p, blockIdx.y * kBlockN);
@@ -436,23 +503,24 @@ __device__ void up2(const ModconvParams& p) {
     Elem first[kCells][8];
 #pragma unroll
     for (int j = 0; j < kCells; ++j) load_cell(true, 0, j, first[j]);
-    float s0[kCells][8];
+    float s0[kCells][8] = {};
+    if constexpr (!SampleWeights) {
 #pragma unroll
-    for (int j = 0; j < kCells; ++j)
+      for (int j = 0; j < kCells; ++j)
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const int c = group_channel(j) + k;
-        s0[j][k] = c >= 0 ? p.styles[(long long)b * p.in_channels + c] : 0.0f;
-      }
-    for (int c = tid; c < stages * kStageK; c += kThreads)
-      style_k[c] = c >= pad ? p.styles[(long long)b * p.in_channels + c - pad] : 0.0f;
+        for (int k = 0; k < 8; ++k) {
+          const int c = group_channel(j) + k;
+          s0[j][k] = c >= 0 ? p.styles[(long long)b * p.in_channels + c] : 0.0f;
+        }
+      for (int c = tid; c < stages * kStageK; c += kThreads)
+        style_k[c] = c >= pad ? p.styles[(long long)b * p.in_channels + c - pad] : 0.0f;
+    }
 #pragma unroll
     for (int j = 0; j < kCells; ++j) store_cell(j, first[j], s0[j], 0);
   }
   copy_async_wait();
   wgmma_fence_shared_writes();
   __syncthreads();
-  auto next_buffer = [](int buf) { return buf + 1 == kBBuffers ? 0 : buf + 1; };
   int b_cur = 0, b_next = 1;
 #pragma unroll 1
   for (int stage = 0; stage < stages; ++stage) {
@@ -473,56 +541,65 @@ __device__ void up2(const ModconvParams& p) {
     __syncwarp();
     if (next) {
 #pragma unroll
-      for (int j = 0; j < kCells; ++j)
-        store_cell(j, part[j], style_k + (stage + 1) * kStageK + 8 * cell_group[j], cur ^ 1);
+      for (int j = 0; j < kCells; ++j) {
+        const float* const s = SampleWeights ? nullptr : style_k + (stage + 1) * kStageK + 8 * cell_group(j);
+        store_cell(j, part[j], s, cur ^ 1);
+      }
     }
     copy_async_wait();
     wgmma_fence_shared_writes();
     __syncthreads();
     b_cur = b_next;
-    b_next = next_buffer(b_next);
+    b_next = modconv_wgmma::next_buffer<kBBuffers>(b_next);
   }
   // T overlays the GEMM's buffers: every product ends before the scatter.
   wgmma_wait<0>(acc);
   __syncthreads();
 
-  // Scatter into T (over the GEMM tiles), in modconv_up2_3x3_f16's
-  // four phases: the taps with ky, kx < 2 store, then the kx = 2, the ky = 2 and the (2, 2) taps add; taps (ky, 0)
-  // and (ky, 1) go together (scatter_taps).
+  // Scatter into T (over the GEMM tiles). Tap (ky, kx) of patch position (y, x) lands on T[2 y + ky][2 x + kx].
+  // This lane holds columns 2 quad (h = 0) and 2 quad + 1 (h = 1) of patch row `warp`, so for each ky, channel and
+  // T row 2 warp + ky it holds T columns 4 quad .. 4 quad + 3 but for the kx = 2 tap of column 2 quad - 1, which
+  // comes from the previous quad (a shuffle; T column 0, which the blur does not read, goes without it): one
+  // 128-bit store per row. Rows ky = 0, 1 store; after a barrier row ky = 2 adds into the next warp's first row
+  // (row 16, past T, is dropped, as is the kx = 2 tap of the last column, T column 32).
   const int quad = lane / 4, tig = lane % 4;
+  auto tap_row = [&](int ky, int half, int e) {
+    auto tap = [&](int kx, int h) { return acc[4 * (9 * half + 3 * ky + kx) + 2 * h + e]; };
+    const float carry = __shfl_up_sync(0xffffffffu, tap(2, 1), 4);
+    return make_float4(tap(0, 0) + (quad > 0 ? carry : 0.0f), tap(1, 0), tap(0, 1) + tap(2, 0), tap(1, 1));
+  };
+  auto t_row = [&](int ky, int half, int e) {
+    return reinterpret_cast<float4*>(&smem.t[(8 * half + 2 * tig + e) * kPlaneT + (2 * warp + ky) * kRowT + 4 * quad]);
+  };
 #pragma unroll
-  for (int phase = 0; phase < 4; ++phase) {
+  for (int ky = 0; ky < 2; ++ky)
 #pragma unroll
-    for (int t = 0; t < kTaps; ++t) {
-      const int ky = t / 3, kx = t % 3;
-      if ((ky == 2) * 2 + (kx == 2) != phase || kx == 1) continue;
-      const int ty = 2 * warp + ky;
-      if (ty >= TY) continue;
+    for (int half = 0; half < 2; ++half)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int tx = 2 * (quad + 8 * h) + kx;
-        if (tx >= TX) continue;
+      for (int e = 0; e < 2; ++e) *t_row(ky, half, e) = tap_row(ky, half, e);
+  __syncthreads();
 #pragma unroll
-        for (int half = 0; half < 2; ++half)
+  for (int half = 0; half < 2; ++half)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int i = 4 * (9 * half + t) + 2 * h + e;
-            scatter_taps(&smem.t[(8 * half + 2 * tig + e) * kPlaneT + ty * kRowT + tx], kx == 0, acc[i],
-                         kx == 0 ? acc[i + 4] : 0.0f, phase == 0);
-          }
+    for (int e = 0; e < 2; ++e) {
+      const float4 add = tap_row(2, half, e);
+      if (2 * warp + 2 < TY) {
+        float4* const d = t_row(2, half, e);
+        const float4 o = *d;
+        *d = make_float4(o.x + add.x, o.y + add.y, o.z + add.z, o.w + add.w);
       }
     }
-    __syncthreads();
-  }
+  __syncthreads();
   static_assert(kBlurItems <= kThreads, "one blur item per thread");
   blur_epilogue(p, smem.t, tid, b, o0, oy0, ox0);
 }
 
 }  // namespace up2_wgmma
 
-// Grid: (rectangles per sample, ceil(out_channels / N), batch); 256 threads, two blocks per SM (four for N = 32,
-// whose 16 accumulators leave room). The plain names take N = 128, _n64 and _n32 the narrower blocks; the _torgb
-// kernels also compute the ToRGB after the layer (one block column).
+// Grid: (rectangles per sample, ceil(out_channels / N), batch); 256 threads, dynamic shared memory of
+// wgmma_conv_shared_bytes (conv.rs); two blocks per SM (four for N = 32, whose 16 accumulators leave room). The
+// plain names take N = 128, _n64 and _n32 the narrower blocks (with per-sample weights); the _torgb kernels also
+// compute the ToRGB after the layer (one block column).
 namespace wg = modconv_wgmma;
 KERNEL_BOUNDED(modconv_3x3_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 128>(p); }
 KERNEL_BOUNDED(modconv_3x3_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 128>(p); }
@@ -534,8 +611,26 @@ KERNEL_BOUNDED(modconv_3x3_torgb_n32_wgmma_f16, ModconvParams, 256, 4) { wg::con
 KERNEL_BOUNDED(modconv_3x3_torgb_n32_wgmma_bf16, ModconvParams, 256, 4) { wg::conv3x3<wg::Bf16, 32, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_n64_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 64, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_n64_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 64, true>(p); }
-KERNEL_BOUNDED(modconv_up2_3x3_wgmma_f16, ModconvParams, 256, 2) { up2_wgmma::up2<wg::F16>(p); }
-KERNEL_BOUNDED(modconv_up2_3x3_wgmma_bf16, ModconvParams, 256, 2) { up2_wgmma::up2<wg::Bf16>(p); }
+KERNEL_BOUNDED(modconv_up2_3x3_wgmma_f16, ModconvParams, 256, 2) { up2_wgmma::up2<wg::F16, false>(p); }
+KERNEL_BOUNDED(modconv_up2_3x3_wgmma_bf16, ModconvParams, 256, 2) { up2_wgmma::up2<wg::Bf16, false>(p); }
+// With per-sample weights (conv.rs: layers with few input channels, whose per-sample weights stay small).
+KERNEL_BOUNDED(modconv_up2_3x3_sample_weights_wgmma_f16, ModconvParams, 256, 2) {
+  up2_wgmma::up2<wg::F16, true>(p);
+}
+KERNEL_BOUNDED(modconv_up2_3x3_sample_weights_wgmma_bf16, ModconvParams, 256, 2) {
+  up2_wgmma::up2<wg::Bf16, true>(p);
+}
+
+// The per-sample weights of the kernels that take them (ModconvSampleWeightsParams).
+KERNEL_BOUNDED(modconv_sample_weights, ModconvSampleWeightsParams, 256) {
+  GRID_STRIDE_LOOP(e, (long long)p.batch * p.words) {
+    const int b = int(e / p.words), w = int(e % p.words);
+    const float4 q = reinterpret_cast<const float4*>(p.weight)[w];
+    const float* const s = p.styles + (long long)b * p.in_channels;
+    const float lo = q.x * s[__float_as_uint(q.z)], hi = q.y * s[__float_as_uint(q.w)];
+    p.y[e] = p.bf16 ? pack_bfloat162(lo, hi) : pack_half2(lo, hi);
+  }
+}
 
 // One m64n128k16 f16 product on operands laid out as the host says, so a test can check the instruction (on a GPU)
 // and its twin (in the emulation) against wgmma.cuh's reading of the PTX ISA: element (r, k) of A (64 x 16,

@@ -180,6 +180,9 @@ struct ModconvDemodParams {
 // image [batch, channels, height / 2, width / 2] f32, channels = rgb_channels for the fused ToRGB, else
 // out_channels; its up-sampling (SkipUpsampleParams' filter) is added to the image the kernel writes (rgb for the
 // fused ToRGB, else y) after the clamp, which is StyleGAN2's img = upsample(img) + torgb(x).
+// weight_sample_stride (32-bit words; the kernels of modconv_wgmma.cu that take it, see there): 0 for the one weight
+// above, else each sample b has its own packed weight at weight + b * weight_sample_stride, already times its styles
+// (ModconvSampleWeightsParams), and x is staged as stored.
 struct ModconvParams {
   void* y;
   const void* x;
@@ -193,6 +196,7 @@ struct ModconvParams {
   const float* rgb_styles;
   const float* rgb_bias;
   const float* skip;
+  long long weight_sample_stride;
   int noise_sample_stride;
   int batch;
   int in_channels;
@@ -207,6 +211,20 @@ struct ModconvParams {
   int y_dtype;
   int rgb_channels;
   float rgb_clamp;
+};
+
+// Per-sample weights (ModconvParams::weight_sample_stride): y [batch, words] of 32-bit words, word w of sample b the
+// pair (weight[w].x * styles[b, channel lo], weight[w].y * styles[b, channel hi]) rounded to fp16 (bf16 where bf16),
+// low half first. weight [words] of 4 floats: the two halves' f32 weights (zero where the packing pads) and, as u32
+// bits, their input channels (in range also for a zero weight).
+struct ModconvSampleWeightsParams {
+  unsigned* y;
+  const float* weight;
+  const float* styles;
+  int words;
+  int batch;
+  int in_channels;
+  int bf16;
 };
 
 // The skip image's up-sampling: y = upfirdn2d(x, [1,3,3,1], up=2, pad [2,1,2,1], gain 4) + addend, x

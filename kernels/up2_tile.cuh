@@ -18,7 +18,7 @@ static_assert(OX % 4 == 0 && OY % 2 == 0, "blur items of 6 rows x 4 columns");
 // T's row and channel strides, in floats. With blur_epilogue's order of items (row half, then quad, then
 // channel), rows 40 apart and channels 12 mod 32 apart put the 8 threads of every quarter warp on 8 different
 // 16-byte bank groups, so its 128-bit loads are free of bank conflicts (with 32 and 8 they were 2-way). The
-// scatters' stores stay 2-way: their lanes, 2 columns apart, only reach the even banks.
+// mma.sync scatter's stores stay 2-way: their lanes, 2 columns apart, only reach the even banks.
 constexpr int kRowT = TX + 8;
 constexpr int kPlaneT = TY * kRowT + 12;
 static_assert(kRowT % 4 == 0 && kPlaneT % 4 == 0, "T's rows start 16-byte aligned");

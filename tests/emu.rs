@@ -929,8 +929,13 @@ mod tensor_core_conv {
     /// kernels' symmetric sums), at most 11 roundings, so 2 x 11 x 2^-24 S.
     fn check_layer(l: &Layer, seed: u64) {
         check_layer_on(&EmuDevice::new(), l, seed);
-        // An sm_90 device takes the wgmma kernels for the 3x3 layers in fp16 and bf16.
+        // An sm_90 device takes the wgmma kernels for the 3x3 layers in fp16 and bf16; up-sampling layers with at
+        // most 128 inputs take per-sample weights.
         let wgmma = match (l.k, l.up) {
+            (3, 2) if l.i <= 128 => [
+                Kernel::ModconvUp23x3SampleWeightsWgmmaF16,
+                Kernel::ModconvUp23x3SampleWeightsWgmmaBf16,
+            ],
             (3, 2) => [
                 Kernel::ModconvUp23x3WgmmaF16,
                 Kernel::ModconvUp23x3WgmmaBf16,
@@ -1279,11 +1284,12 @@ mod tensor_core_conv {
             },
             0x7c04,
         );
-        // 40 outputs: the 64-channel wgmma block; 70 input channels, the last chunk partial.
+        // 40 outputs: the 64-channel wgmma block; 60 input channels: two chunks (the kernel's two buffers), the
+        // second partial.
         check_layer(
             &Layer {
                 n: 1,
-                i: 70,
+                i: 60,
                 o: 40,
                 h: 8,
                 w: 16,
@@ -1294,6 +1300,23 @@ mod tensor_core_conv {
                 clamp: None,
             },
             0x7c07,
+        );
+        // An up-sampling layer with 133 input channels: more than the per-sample weights take on sm_90, so the
+        // wgmma kernel with one weight for the batch (5 stages, the first partial).
+        check_layer(
+            &Layer {
+                n: 2,
+                i: 133,
+                o: 9,
+                h: 5,
+                w: 7,
+                k: 3,
+                up: 2,
+                demodulate: true,
+                per_sample_noise: false,
+                clamp: Some(256.0),
+            },
+            0x7c08,
         );
     }
 
@@ -1936,8 +1959,9 @@ mod tensor_core_conv {
         }
     }
 
-    /// On an sm_90 device: the up-sampling convs, the 128-channel conv1 layers (b4, b8), b16's 64-channel conv1
-    /// and b32's 32-channel one, with their fused ToRGBs, on the wgmma kernels.
+    /// On an sm_90 device: the up-sampling convs (at most 128 inputs: with per-sample weights), the 128-channel
+    /// conv1 layers (b4, b8), b16's 64-channel conv1 and b32's 32-channel one, with their fused ToRGBs, on the
+    /// wgmma kernels.
     #[test]
     fn nvlabs_tiny_case_a_on_sm90() {
         for precision in [Precision::Fp16, Precision::Bf16] {
@@ -1948,13 +1972,13 @@ mod tensor_core_conv {
                     Kernel::Modconv3x3WgmmaF16,
                     Kernel::Modconv3x3TorgbN64WgmmaF16,
                     Kernel::Modconv3x3TorgbN32WgmmaF16,
-                    Kernel::ModconvUp23x3WgmmaF16,
+                    Kernel::ModconvUp23x3SampleWeightsWgmmaF16,
                 ],
                 _ => [
                     Kernel::Modconv3x3WgmmaBf16,
                     Kernel::Modconv3x3TorgbN64WgmmaBf16,
                     Kernel::Modconv3x3TorgbN32WgmmaBf16,
-                    Kernel::ModconvUp23x3WgmmaBf16,
+                    Kernel::ModconvUp23x3SampleWeightsWgmmaBf16,
                 ],
             };
             for kernel in wgmma {

@@ -69,7 +69,8 @@ fn wgmma_instruction(dev: CudaDevice) -> Ran {
 
 /// The sm_90 convolution kernels (wgmma) against the mma.sync ones on the same GPU: 3x3 layers with 256 outputs
 /// (two channel blocks of the 128-channel kernel), 40 (the 64-channel one) and 24 (the 32-channel one), each with
-/// several K chunks, the last partial, and partial rectangles, in fp16 and bf16. Both stage the same rounded inputs
+/// several K chunks, the last partial, and partial rectangles, then the 512 and 1024 px conv1 shapes (64 channels
+/// in two chunks, 32 in one, where the narrow kernels keep one buffer), in fp16 and bf16. Both stage the same rounded inputs
 /// and sum in f32, in different orders; the outputs are stored in the 16-bit type, so they may differ by a rounding
 /// of it. A misplaced operand or accumulator differs by O(1).
 fn wgmma_conv_matches_mma_sync(dev: CudaDevice) -> Ran {
@@ -80,7 +81,7 @@ fn wgmma_conv_matches_mma_sync(dev: CudaDevice) -> Ran {
     }
     let plain = CudaDevice::new(0).unwrap().without_wgmma();
     let mut rng = common::Rng(0x3c90);
-    for (i, o) in [(300, 256), (70, 40), (70, 24)] {
+    for (i, o) in [(300, 256), (70, 40), (70, 24), (64, 64), (32, 32)] {
         check_wgmma_conv(&dev, &plain, &mut rng, i, o);
     }
     Ran::Checked

@@ -21,7 +21,7 @@ fn tensor_core_family(name: &str) -> &'static str {
 }
 
 /// The sm_90 convolutions on wgmma (`kernels/modconv_wgmma.cu`), built for sm_90a alone.
-const WGMMA_CONVS: [&str; 12] = [
+const WGMMA_CONVS: [&str; 14] = [
     "modconv_3x3_wgmma_f16",
     "modconv_3x3_wgmma_bf16",
     "modconv_3x3_n64_wgmma_f16",
@@ -34,6 +34,8 @@ const WGMMA_CONVS: [&str; 12] = [
     "modconv_3x3_torgb_n32_wgmma_bf16",
     "modconv_up2_3x3_wgmma_f16",
     "modconv_up2_3x3_wgmma_bf16",
+    "modconv_up2_3x3_sample_weights_wgmma_f16",
+    "modconv_up2_3x3_sample_weights_wgmma_bf16",
 ];
 
 /// The tensor-core convolutions the engine selects (`cuda::conv`); each must be in the table, so a renamed kernel
@@ -201,12 +203,13 @@ fn tensor_core_3x3_main_loops_issue_few_instructions_per_mma() {
 
 /// The wgmma kernels' main loops, per m16n8k16's worth of a warp's work (an m64nNk16 wgmma is N / 8 of those per
 /// warp: N = 144 for the up-sampling kernels, 64 for _n64, 32 for _n32, 128 otherwise), so they compare with the
-/// mma.sync kernels' figure above: about 3 (same resolution: a tap is a descriptor offset), 6.4 (_n64: the same
-/// gather and barrier per stage for half the work, and B's four buffers indexed at run time) and 6 (up-sampling:
-/// each A element is gathered, scaled and rounded for 144 columns, and its loads and conversions dominate the loop).
-/// _n32's loop is a whole chunk (its 18 products in a row, then the next chunk's gather and B): about 10 statically,
-/// nearly all of it that gather and copy, which a layer of one chunk (the 1024 px conv1) never runs; its products
-/// and their descriptors are about 2.4 (164 instructions a warp, against about 720 in modconv_3x3_torgb_n32_f16).
+/// mma.sync kernels' figure above: about 3 (same resolution, N = 128: a tap is a descriptor offset), 3 (_n64: a loop
+/// of two K chunks, 36 products, with the next chunk's gather and B copy between them), 5.4 and 4.1 (up-sampling:
+/// each A element is gathered, scaled and rounded for 144 columns, and its loads and conversions dominate the loop;
+/// with per-sample weights it is stored as loaded). _n32's loop is a whole chunk (its 18 products in a row, then the
+/// next chunk's gather and B): about 9 statically, nearly all of it that gather and copy, which a layer of one chunk
+/// (the 1024 px conv1) never runs; its products and their descriptors are about 2.4 (164 instructions a warp,
+/// against about 720 in modconv_3x3_torgb_n32_f16).
 #[test]
 fn wgmma_main_loops_issue_few_instructions_per_unit_of_work() {
     if KERNEL_TABLE.is_empty() || !SASS_CHECKED {

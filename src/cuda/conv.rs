@@ -9,7 +9,8 @@ use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::gemm::Precision;
 use super::kernels::Kernel;
 use super::params::{
-    ModconvDemodParams, ModconvParams, SkipUpsampleParams, DTYPE_BF16, DTYPE_F16, DTYPE_F32,
+    ModconvDemodParams, ModconvParams, ModconvSampleWeightsParams, SkipUpsampleParams, DTYPE_BF16,
+    DTYPE_F16, DTYPE_F32,
 };
 use crate::bail;
 use crate::cpu::ops::Act;
@@ -43,16 +44,20 @@ struct TcShape {
     rect: [usize; 2],
     channels: usize,
     threads: u32,
+    /// A kernel of `kernels/modconv_wgmma.cu`, whose shared memory is dynamic ([`wgmma_conv_shared_bytes`]).
+    wgmma: bool,
 }
 const TC_SQUARE: TcShape = TcShape {
     rect: [8, 8],
     channels: 64,
     threads: 128,
+    wgmma: false,
 };
 const TC_WIDE: TcShape = TcShape {
     rect: [8, 16],
     channels: 32,
     threads: 128,
+    wgmma: false,
 };
 /// The sm_90 3x3 kernels (`kernels/modconv_wgmma.cu`, every fp16 and bf16 3x3 layer on a device with
 /// [`Device::wgmma`]): two warpgroups, each an m64n128 product.
@@ -60,6 +65,7 @@ const TC_WGMMA: TcShape = TcShape {
     rect: [8, 16],
     channels: 128,
     threads: 256,
+    wgmma: true,
 };
 /// The same for layers with 33-64 outputs (and their fused ToRGB): 64-channel blocks.
 const TC_WGMMA64: TcShape = TcShape {
@@ -74,6 +80,30 @@ const TC_WGMMA32: TcShape = TcShape {
 /// Its K words per channel group (a 16-byte cell of wgmma's core matrices) and groups per stage.
 const WGMMA_GROUP_WORDS: usize = 4;
 const TC_STAGE_WORDS: usize = 16;
+/// Their B tiles in flight per stage with 128-channel blocks (`kStageBBuffers`).
+const WGMMA_STAGE_B_BUFFERS: usize = 4;
+
+/// The dynamic shared memory of a 3x3 wgmma kernel with `channels`-channel blocks on a layer with `in_channels`,
+/// in bytes (`kernels/modconv_wgmma.cu`): 16-byte cells of rectangles (the channel groups of a 32-channel K chunk
+/// at the block's pixels and their 1-pixel halo) and B tiles (the groups at the block's channels). With 128-channel
+/// blocks two rectangles and the stage buffers. Narrower ones (kChunkB) take a rectangle and a chunk's 9 B tiles
+/// per buffer, one buffer for a layer of a single chunk; otherwise a second buffer, whose B tiles only 64-channel
+/// blocks have.
+fn wgmma_conv_shared_bytes(channels: usize, in_channels: usize) -> u32 {
+    const CELL_BYTES: usize = 16;
+    let groups = TC_STAGE_WORDS / WGMMA_GROUP_WORDS;
+    let [rows, cols] = TC_WGMMA.rect;
+    let rectangle = groups * (rows + 2) * (cols + 2);
+    let chunk_b = 9 * groups * channels;
+    let single_chunk = in_channels <= 2 * TC_STAGE_WORDS;
+    let cells = match channels {
+        128 => 2 * rectangle + WGMMA_STAGE_B_BUFFERS * groups * channels,
+        _ if single_chunk => rectangle + chunk_b,
+        64 => 2 * (rectangle + chunk_b),
+        _ => 2 * rectangle + chunk_b,
+    };
+    (cells * CELL_BYTES) as u32
+}
 /// The most output channels of a ToRGB fused into the 3x3 conv before it (`kMaxFusedRgb` of `kernels/common.cuh`).
 const FUSED_RGB_MAX_CHANNELS: usize = 4;
 /// The tensor-core up-sampling kernels (same file; the output tile is the f32 kernel's): channels per block, K
@@ -83,6 +113,29 @@ const UP2_TC_CH: usize = 16;
 const UP2_TC_STAGE_WORDS: usize = 16;
 const UP2_TC_THREADS: u32 = 256;
 const UP2_TC_MAX_IN_CHANNELS: usize = 1024;
+/// The most input channels of an up-sampling layer that takes per-sample weights on the wgmma kernel (the 512 and
+/// 1024 px layers of the FFHQ config have 128 and 64): a sample's copy (at most 147 KB with 64 outputs) stays in L2
+/// while the sample's blocks read it, where a 512-channel layer's 4.7 MB would not.
+const SAMPLE_WEIGHTS_MAX_UP2_IN_CHANNELS: usize = 128;
+
+/// Whether `kernel` takes per-sample weights, each sample's times its styles (`ModconvParams::weight_sample_stride`,
+/// [`DeviceConvLayer::sample_weights`]): the narrow same-resolution wgmma kernels, whose layers have at most 64
+/// outputs, and the up-sampling ones that say so.
+fn takes_sample_weights(kernel: Kernel) -> bool {
+    matches!(
+        kernel,
+        Kernel::Modconv3x3N64WgmmaF16
+            | Kernel::Modconv3x3N64WgmmaBf16
+            | Kernel::Modconv3x3N32WgmmaF16
+            | Kernel::Modconv3x3N32WgmmaBf16
+            | Kernel::Modconv3x3TorgbN64WgmmaF16
+            | Kernel::Modconv3x3TorgbN64WgmmaBf16
+            | Kernel::Modconv3x3TorgbN32WgmmaF16
+            | Kernel::Modconv3x3TorgbN32WgmmaBf16
+            | Kernel::ModconvUp23x3SampleWeightsWgmmaF16
+            | Kernel::ModconvUp23x3SampleWeightsWgmmaBf16
+    )
+}
 /// Element-wise kernels.
 const EW_THREADS: u32 = 256;
 const EW_MAX_BLOCKS: u32 = 65535;
@@ -127,6 +180,7 @@ enum ConvKernel {
         torgb: Option<Kernel>,
         tiling: SameTiling,
         threads: u32,
+        shared_bytes: u32,
     },
     /// The fused up-sampling 3x3 conv: output channels per block (the output tile is `UP2_OUT_TILE`).
     Up2 {
@@ -266,13 +320,16 @@ impl<D: Device> DeviceConvLayer<D> {
         }
         let conv_kernel = if up2_3x3 {
             // On an sm_90 device, fp16 and bf16 take the wgmma twins (same block, tile and threads).
-            let kernel = match (precision, dev.wgmma()) {
-                (Precision::Fp32, _) => Kernel::ModconvUp23x3,
-                (Precision::Tf32, _) => Kernel::ModconvUp23x3Tf32,
-                (Precision::Fp16, false) => Kernel::ModconvUp23x3F16,
-                (Precision::Bf16, false) => Kernel::ModconvUp23x3Bf16,
-                (Precision::Fp16, true) => Kernel::ModconvUp23x3WgmmaF16,
-                (Precision::Bf16, true) => Kernel::ModconvUp23x3WgmmaBf16,
+            let sample_weights = i <= SAMPLE_WEIGHTS_MAX_UP2_IN_CHANNELS;
+            let kernel = match (precision, dev.wgmma(), sample_weights) {
+                (Precision::Fp32, ..) => Kernel::ModconvUp23x3,
+                (Precision::Tf32, ..) => Kernel::ModconvUp23x3Tf32,
+                (Precision::Fp16, false, _) => Kernel::ModconvUp23x3F16,
+                (Precision::Bf16, false, _) => Kernel::ModconvUp23x3Bf16,
+                (Precision::Fp16, true, false) => Kernel::ModconvUp23x3WgmmaF16,
+                (Precision::Bf16, true, false) => Kernel::ModconvUp23x3WgmmaBf16,
+                (Precision::Fp16, true, true) => Kernel::ModconvUp23x3SampleWeightsWgmmaF16,
+                (Precision::Bf16, true, true) => Kernel::ModconvUp23x3SampleWeightsWgmmaBf16,
             };
             let (channels, threads) = if precision.uses_tensor_cores() {
                 (UP2_TC_CH, UP2_TC_THREADS)
@@ -301,28 +358,18 @@ impl<D: Device> DeviceConvLayer<D> {
                 }
                 (_, Precision::Fp32, _) => (Kernel::Modconv1x1, SameTiling::Flat(WIDE_TILE)),
                 (3, Precision::Fp16 | Precision::Bf16, _) if dev.wgmma() => {
-                    let fp16 = precision == Precision::Fp16;
-                    let (kernel, shape) = if o > TC_WGMMA64.channels {
-                        let kernel = if fp16 {
-                            Kernel::Modconv3x3WgmmaF16
-                        } else {
-                            Kernel::Modconv3x3WgmmaBf16
-                        };
-                        (kernel, TC_WGMMA)
-                    } else if o > TC_WGMMA32.channels {
-                        let kernel = if fp16 {
-                            Kernel::Modconv3x3N64WgmmaF16
-                        } else {
-                            Kernel::Modconv3x3N64WgmmaBf16
-                        };
-                        (kernel, TC_WGMMA64)
-                    } else {
-                        let kernel = if fp16 {
-                            Kernel::Modconv3x3N32WgmmaF16
-                        } else {
-                            Kernel::Modconv3x3N32WgmmaBf16
-                        };
-                        (kernel, TC_WGMMA32)
+                    // The narrowest block that holds the layer's outputs (all of them when o <= 64).
+                    let shape = [TC_WGMMA32, TC_WGMMA64, TC_WGMMA]
+                        .into_iter()
+                        .find(|shape| o <= shape.channels)
+                        .unwrap_or(TC_WGMMA);
+                    let kernel = match (shape.channels, precision) {
+                        (32, Precision::Fp16) => Kernel::Modconv3x3N32WgmmaF16,
+                        (32, _) => Kernel::Modconv3x3N32WgmmaBf16,
+                        (64, Precision::Fp16) => Kernel::Modconv3x3N64WgmmaF16,
+                        (64, _) => Kernel::Modconv3x3N64WgmmaBf16,
+                        (_, Precision::Fp16) => Kernel::Modconv3x3WgmmaF16,
+                        (_, _) => Kernel::Modconv3x3WgmmaBf16,
                     };
                     (kernel, SameTiling::Rect(shape))
                 }
@@ -370,6 +417,12 @@ impl<D: Device> DeviceConvLayer<D> {
                     SameTiling::Rect(shape) => shape.threads,
                     SameTiling::Run(run) => run as u32,
                 },
+                shared_bytes: match tiling {
+                    SameTiling::Rect(shape) if shape.wgmma => {
+                        wgmma_conv_shared_bytes(shape.channels, i)
+                    }
+                    _ => 0,
+                },
             }
         };
         let fusable_torgb = precision.uses_tensor_cores()
@@ -384,37 +437,44 @@ impl<D: Device> DeviceConvLayer<D> {
         let scaled = fp16_weight_scale(precision, demodulate, &weight.data)
             .map(|scale| weight.data.iter().map(|v| v * scale).collect::<Vec<_>>());
         let weight_data = scaled.as_deref().unwrap_or(&weight.data);
+        let per_word = per_word(precision);
+        let shared_word = |lo: Half, hi: Half| word(precision, lo.weight, hi.weight);
         let (packed, weight_stride) = match conv_kernel {
+            ConvKernel::Up2 { kernel, .. } if takes_sample_weights(kernel) => {
+                let (words, cols) = pack_up2_words(weight_data, o, i, per_word, sample_weight_word);
+                (wgmma_groups(&words, cols).concat(), cols)
+            }
             ConvKernel::Up2 {
                 kernel: Kernel::ModconvUp23x3WgmmaF16 | Kernel::ModconvUp23x3WgmmaBf16,
                 ..
             } => {
-                let (words, cols) = pack_up2_words(weight_data, o, i, precision);
+                let (words, cols) = pack_up2_words(weight_data, o, i, per_word, shared_word);
                 (wgmma_groups(&words, cols), cols)
             }
             ConvKernel::Up2 { .. } if precision.uses_tensor_cores() => {
-                pack_up2_words(weight_data, o, i, precision)
+                pack_up2_words(weight_data, o, i, per_word, shared_word)
             }
             ConvKernel::Up2 { .. } => pack_up2(weight_data, o, i),
             ConvKernel::Same {
-                kernel:
-                    Kernel::Modconv3x3WgmmaF16
-                    | Kernel::Modconv3x3WgmmaBf16
-                    | Kernel::Modconv3x3N64WgmmaF16
-                    | Kernel::Modconv3x3N64WgmmaBf16
-                    | Kernel::Modconv3x3N32WgmmaF16
-                    | Kernel::Modconv3x3N32WgmmaBf16,
+                kernel,
                 tiling: SameTiling::Rect(shape),
                 ..
-            } => {
-                let (words, cols) =
-                    pack_same_words(weight_data, o, i, 9, shape.channels, precision);
-                (wgmma_groups(&words, cols), cols)
+            } if shape.wgmma => {
+                let block = shape.channels;
+                if takes_sample_weights(kernel) {
+                    let (words, cols) =
+                        pack_same_words(weight_data, o, i, 9, block, per_word, sample_weight_word);
+                    (wgmma_groups(&words, cols).concat(), cols)
+                } else {
+                    let (words, cols) =
+                        pack_same_words(weight_data, o, i, 9, block, per_word, shared_word);
+                    (wgmma_groups(&words, cols), cols)
+                }
             }
             ConvKernel::Same {
                 tiling: SameTiling::Rect(shape),
                 ..
-            } => pack_same_words(weight_data, o, i, kk, shape.channels, precision),
+            } => pack_same_words(weight_data, o, i, kk, shape.channels, per_word, shared_word),
             ConvKernel::Same {
                 tiling: SameTiling::Flat(tile),
                 ..
@@ -518,6 +578,7 @@ impl<D: Device> DeviceConvLayer<D> {
         path: ConvPath,
     ) -> Result<DeviceTensor<D>> {
         let mut params = self.params(x, styles, dcoefs, noise.as_ref())?;
+        let _sample_weights = self.sample_weights(dev, styles, &mut params)?;
         let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
         let (oh, ow) = (h * self.up, w * self.up);
         let (noise_ptr, noise_sample_stride) = (params.noise, params.noise_sample_stride);
@@ -691,7 +752,45 @@ impl<D: Device> DeviceConvLayer<D> {
             rgb_channels: 0,
             rgb_clamp: f32::INFINITY,
             skip: 0,
+            weight_sample_stride: 0,
         })
+    }
+
+    /// Points `params` at the per-sample weights of this batch (`styles [N, I]`) where the layer's kernel takes
+    /// them: each sample's packed words times its styles, computed here and returned, to live until the launch.
+    fn sample_weights(
+        &self,
+        dev: &D,
+        styles: &DeviceTensor<D>,
+        params: &mut ModconvParams,
+    ) -> Result<Option<DeviceTensor<D>>> {
+        let kernel = match self.conv_kernel {
+            ConvKernel::Same { kernel, .. } | ConvKernel::Up2 { kernel, .. } => kernel,
+        };
+        if !takes_sample_weights(kernel) {
+            return Ok(None);
+        }
+        let n = styles.shape[0];
+        // The layer's weight holds 4 floats per packed word (sample_weight_word).
+        let words = self.weight.len() / 4;
+        let y = DeviceTensor::alloc(dev, &[n, words])?;
+        let launch = ModconvSampleWeightsParams {
+            y: y.ptr(),
+            weight: self.weight.ptr(),
+            styles: styles.ptr(),
+            words: words as i32,
+            batch: n as i32,
+            in_channels: self.in_channels as i32,
+            bf16: i32::from(self.input == DType::Bf16),
+        };
+        dev.launch(
+            Kernel::ModconvSampleWeights,
+            LaunchDims::linear(n * words, EW_THREADS, EW_MAX_BLOCKS),
+            &launch,
+        )?;
+        params.weight = y.ptr();
+        params.weight_sample_stride = words as i64;
+        Ok(Some(y))
     }
 
     /// Whether `torgb`, applied to this layer's output, can run in this layer's epilogue
@@ -725,6 +824,7 @@ impl<D: Device> DeviceConvLayer<D> {
             bail!("modulated conv: this ToRGB cannot be fused into this layer");
         };
         let mut params = self.params(x, styles, dcoefs, noise.as_ref())?;
+        let _sample_weights = self.sample_weights(dev, styles, &mut params)?;
         let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
         if torgb.styles.shape != [n, self.out_channels] {
             bail!(
@@ -800,6 +900,7 @@ impl<D: Device> DeviceConvLayer<D> {
             torgb,
             tiling,
             threads,
+            shared_bytes,
         } = self.conv_kernel
         else {
             bail!("modulated conv: a same-resolution launch on an up-sampling 3x3 layer");
@@ -828,7 +929,7 @@ impl<D: Device> DeviceConvLayer<D> {
                 grid_size(samples, GRID_YZ_MAX)?,
             ],
             block: [threads, 1, 1],
-            shared_bytes: 0,
+            shared_bytes,
         };
         dev.launch(kernel, dims, params)
     }
@@ -983,6 +1084,24 @@ fn per_word(precision: Precision) -> usize {
     }
 }
 
+/// One half of a packed word: its weight (zero in the packing's padding) and input channel (in range also there).
+#[derive(Clone, Copy, Debug)]
+struct Half {
+    weight: f32,
+    channel: usize,
+}
+
+/// The packed word of a per-sample-weight layer before the styles (`ModconvSampleWeightsParams`): both halves'
+/// weights, then their input channels as u32 bits.
+fn sample_weight_word(lo: Half, hi: Half) -> [f32; 4] {
+    [
+        lo.weight,
+        hi.weight,
+        f32::from_bits(lo.channel as u32),
+        f32::from_bits(hi.channel as u32),
+    ]
+}
+
 /// One tensor-core word, stored as the f32 with its bits: `lo` as tf32 (round to nearest, ties away, as
 /// `cvt.rna`), or `lo` (low half) and `hi` as f16/bf16 (round to nearest even, as `cvt`).
 fn word(precision: Precision, lo: f32, hi: f32) -> f32 {
@@ -1006,24 +1125,25 @@ fn word(precision: Precision, lo: f32, hi: f32) -> f32 {
 /// `cols` (returned as the stride) `O` rounded up to `block_channels`; word `w` of channel `o` in stage
 /// `chunk * taps + tap` holds `W[o, c, tap]` for `c = 16 chunk + w` (tf32) or the pair `c = 2 (16 chunk + w)`,
 /// `c + 1` (f16/bf16), zeros past the ends.
-fn pack_same_words(
+fn pack_same_words<T: Copy + Default>(
     w: &[f32],
     o: usize,
     i: usize,
     taps: usize,
     block_channels: usize,
-    precision: Precision,
-) -> (Vec<f32>, usize) {
-    let per_word = per_word(precision);
+    per_word: usize,
+    word: impl Fn(Half, Half) -> T,
+) -> (Vec<T>, usize) {
     let chunks = i.div_ceil(per_word * TC_STAGE_WORDS);
     let cols = o.next_multiple_of(block_channels);
-    let mut packed = vec![0.0f32; chunks * taps * cols * TC_STAGE_WORDS];
-    let at = |oc: usize, ic: usize, tap: usize| {
-        if ic < i {
+    let mut packed = vec![T::default(); chunks * taps * cols * TC_STAGE_WORDS];
+    let at = |oc: usize, ic: usize, tap: usize| Half {
+        weight: if ic < i {
             w[(oc * i + ic) * taps + tap]
         } else {
             0.0
-        }
+        },
+        channel: ic.min(i - 1),
     };
     for oc in 0..o {
         for chunk in 0..chunks {
@@ -1032,7 +1152,7 @@ fn pack_same_words(
                 for word_index in 0..TC_STAGE_WORDS {
                     let ic = (chunk * TC_STAGE_WORDS + word_index) * per_word;
                     packed[(stage * cols + oc) * TC_STAGE_WORDS + word_index] =
-                        word(precision, at(oc, ic, tap), at(oc, ic + 1, tap));
+                        word(at(oc, ic, tap), at(oc, ic + 1, tap));
                 }
             }
         }
@@ -1044,10 +1164,10 @@ fn pack_same_words(
 /// [`pack_up2_words`], `words [stages][cols][16]`, with each stage's 16 words per column regrouped
 /// channel-group-major, `[stages][4][cols][4]`, so that a block's weight tile is wgmma's core matrices (8 columns x
 /// 4 words each) as they lie in memory.
-fn wgmma_groups(words: &[f32], cols: usize) -> Vec<f32> {
+fn wgmma_groups<T: Copy + Default>(words: &[T], cols: usize) -> Vec<T> {
     const _: () = assert!(UP2_TC_STAGE_WORDS == TC_STAGE_WORDS);
     let groups = TC_STAGE_WORDS / WGMMA_GROUP_WORDS;
-    let mut packed = vec![0.0f32; words.len()];
+    let mut packed = vec![T::default(); words.len()];
     for (row, stage_words) in words.chunks(TC_STAGE_WORDS).enumerate() {
         let (stage, col) = (row / cols, row % cols);
         for (g, group) in stage_words.chunks(WGMMA_GROUP_WORDS).enumerate() {
@@ -1064,27 +1184,35 @@ fn wgmma_groups(words: &[f32], cols: usize) -> Vec<f32> {
 /// half + c`, so a warp's 8 channels are tap-major. K is aligned to its end (the kernel's stage 0 is the partial
 /// one): word `w` of stage `s` holds `W[o, c, tap]` for `c = 16 s + w - pad` (tf32) or the pair `c = 2 (16 s + w) -
 /// pad`, `c + 1` (f16/bf16), where `pad` rounds `I` up to whole stages; zeros outside `0..I`.
-fn pack_up2_words(w: &[f32], o: usize, i: usize, precision: Precision) -> (Vec<f32>, usize) {
-    let per_word = per_word(precision);
+fn pack_up2_words<T: Copy + Default>(
+    w: &[f32],
+    o: usize,
+    i: usize,
+    per_word: usize,
+    word: impl Fn(Half, Half) -> T,
+) -> (Vec<T>, usize) {
     let stage_channels = per_word * UP2_TC_STAGE_WORDS;
     let stages = i.div_ceil(stage_channels);
     let pad = stages * stage_channels - i;
     let cols = o.next_multiple_of(UP2_TC_CH) * 9;
-    let mut packed = vec![0.0f32; stages * cols * UP2_TC_STAGE_WORDS];
+    let mut packed = vec![T::default(); stages * cols * UP2_TC_STAGE_WORDS];
     for oc in 0..o {
         let (block, half, c) = (oc / UP2_TC_CH, oc % UP2_TC_CH / 8, oc % 8);
         for tap in 0..9 {
             let col = ((block * 2 + half) * 9 + tap) * 8 + c;
-            // Channel `k` of the end-aligned K, as a weight (zero in the padding).
-            let at = |k: usize| match k.checked_sub(pad) {
-                Some(ic) if ic < i => w[(oc * i + ic) * 9 + tap],
-                _ => 0.0,
+            // Channel `k` of the end-aligned K (a zero weight in the padding).
+            let at = |k: usize| Half {
+                weight: match k.checked_sub(pad) {
+                    Some(ic) if ic < i => w[(oc * i + ic) * 9 + tap],
+                    _ => 0.0,
+                },
+                channel: k.saturating_sub(pad).min(i - 1),
             };
             for stage in 0..stages {
                 for word_index in 0..UP2_TC_STAGE_WORDS {
                     let k = (stage * UP2_TC_STAGE_WORDS + word_index) * per_word;
                     packed[(stage * cols + col) * UP2_TC_STAGE_WORDS + word_index] =
-                        word(precision, at(k), at(k + 1));
+                        word(at(k), at(k + 1));
                 }
             }
         }

@@ -2,9 +2,9 @@
 //! loaded dynamically, so a machine without a driver still runs everything else).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::CUmemPool_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUmemPool_attribute};
 use cudarc::driver::{
     result, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
     PinnedHostSlice, PushKernelArg,
@@ -16,8 +16,9 @@ use super::kernels::{Kernel, FATBINS, HEADERS, SM90A_FILES, SOURCES};
 use super::params::KernelParams;
 use crate::error::{Error, Result};
 
-/// The dynamic shared memory any launch may ask for.
-const MAX_DYNAMIC_SHARED_BYTES: u32 = 48 * 1024;
+/// The dynamic shared memory any launch may ask for; more takes the kernel's opt-in
+/// (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), up to the device's per-block limit.
+const DEFAULT_DYNAMIC_SHARED_BYTES: u32 = 48 * 1024;
 
 pub struct CudaDevice {
     ordinal: usize,
@@ -27,6 +28,8 @@ pub struct CudaDevice {
     /// Asynchronous downloads, so they overlap the launches queued after them.
     copy_stream: Arc<CudaStream>,
     functions: HashMap<Kernel, CudaFunction>,
+    /// The dynamic shared memory each kernel has been opted in to, where over the default.
+    shared_opt_ins: Mutex<HashMap<Kernel, u32>>,
     /// How the kernels were obtained: "embedded fatbin" or "NVRTC".
     kernel_origin: &'static str,
     /// Compute capability 9.0: the sm_90a kernels (wgmma) are loaded.
@@ -191,6 +194,7 @@ impl CudaDevice {
             stream,
             copy_stream,
             functions,
+            shared_opt_ins: Mutex::default(),
             kernel_origin,
             wgmma,
             meter: Arc::default(),
@@ -212,6 +216,41 @@ impl CudaDevice {
     pub fn without_wgmma(mut self) -> Self {
         self.wgmma = false;
         self
+    }
+
+    /// Lets `f` (kernel `kernel`) launch with `bytes` of dynamic shared memory, which is over the default.
+    fn opt_in_shared(&self, kernel: Kernel, f: &CudaFunction, bytes: u32) -> Result<()> {
+        let mut opt_ins = self
+            .shared_opt_ins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if opt_ins.get(&kernel).is_some_and(|&done| done >= bytes) {
+            return Ok(());
+        }
+        let limit = self
+            .ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(driver_error("shared memory limit"))?;
+        let fixed = f
+            .shared_size_bytes()
+            .map_err(driver_error("kernel shared memory"))?;
+        if i64::from(bytes) + i64::from(fixed) > i64::from(limit) {
+            return Err(Error::Invalid(format!(
+                "{}: {bytes} bytes of dynamic shared memory (and {fixed} static), more than this GPU's {limit} \
+                 per block",
+                kernel.name()
+            )));
+        }
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(driver_error(&format!(
+            "shared memory opt-in of {}",
+            kernel.name()
+        )))?;
+        opt_ins.insert(kernel, bytes);
+        Ok(())
     }
 
     /// Free and total device memory in bytes.
@@ -419,21 +458,15 @@ impl Device for CudaDevice {
             block_dim: dims.block.into(),
             shared_mem_bytes: dims.shared_bytes,
         };
-        // More needs a per-kernel opt-in (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) that no kernel uses.
-        if dims.shared_bytes > MAX_DYNAMIC_SHARED_BYTES {
-            return Err(Error::Invalid(format!(
-                "{}: {} bytes of dynamic shared memory, more than the {MAX_DYNAMIC_SHARED_BYTES} a launch gets \
-                 without an opt-in",
-                kernel.name(),
-                dims.shared_bytes
-            )));
-        }
         let f = self.functions.get(&kernel).ok_or_else(|| {
             Error::Invalid(format!(
                 "{} needs an sm_90 GPU (compute capability 9.0)",
                 kernel.name()
             ))
         })?;
+        if dims.shared_bytes > DEFAULT_DYNAMIC_SHARED_BYTES {
+            self.opt_in_shared(kernel, f, dims.shared_bytes)?;
+        }
         // SAFETY: `P` is the kernel's parameter struct (checked above) and its addresses come from this device.
         unsafe { self.stream.launch_builder(f).arg(params).launch(cfg) }
             .map_err(driver_error(&format!("launching {}", kernel.name())))?;
