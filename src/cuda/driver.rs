@@ -241,6 +241,8 @@ impl CudaDevice {
                 kernel.name()
             )));
         }
+        // The driver may want the function's context current in this thread (launches bind it likewise).
+        self.ctx.bind_to_thread().map_err(driver_error("context"))?;
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             bytes as i32,
