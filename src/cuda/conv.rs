@@ -578,7 +578,6 @@ impl<D: Device> DeviceConvLayer<D> {
         path: ConvPath,
     ) -> Result<DeviceTensor<D>> {
         let mut params = self.params(x, styles, dcoefs, noise.as_ref())?;
-        let _sample_weights = self.sample_weights(dev, styles, &mut params)?;
         let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
         let (oh, ow) = (h * self.up, w * self.up);
         let (noise_ptr, noise_sample_stride) = (params.noise, params.noise_sample_stride);
@@ -623,6 +622,7 @@ impl<D: Device> DeviceConvLayer<D> {
                 block: [threads, 1, 1],
                 shared_bytes: 0,
             };
+            let _sample_weights = self.sample_weights(dev, &mut params)?;
             dev.launch(kernel, dims, &params)?;
         } else {
             let Some(natural) = &self.reference_weight else {
@@ -756,12 +756,11 @@ impl<D: Device> DeviceConvLayer<D> {
         })
     }
 
-    /// Points `params` at the per-sample weights of this batch (`styles [N, I]`) where the layer's kernel takes
-    /// them: each sample's packed words times its styles, computed here and returned, to live until the launch.
+    /// Points `params` at the per-sample weights of its batch where the layer's kernel takes them: each sample's
+    /// packed words times its styles (`params.styles`), computed here and returned, to live until the launch.
     fn sample_weights(
         &self,
         dev: &D,
-        styles: &DeviceTensor<D>,
         params: &mut ModconvParams,
     ) -> Result<Option<DeviceTensor<D>>> {
         let kernel = match self.conv_kernel {
@@ -770,14 +769,14 @@ impl<D: Device> DeviceConvLayer<D> {
         if !takes_sample_weights(kernel) {
             return Ok(None);
         }
-        let n = styles.shape[0];
+        let n = params.batch as usize;
         // The layer's weight holds 4 floats per packed word (sample_weight_word).
         let words = self.weight.len() / 4;
         let y = DeviceTensor::alloc(dev, &[n, words])?;
         let launch = ModconvSampleWeightsParams {
             y: y.ptr(),
             weight: self.weight.ptr(),
-            styles: styles.ptr(),
+            styles: params.styles,
             words: words as i32,
             batch: n as i32,
             in_channels: self.in_channels as i32,
@@ -824,7 +823,6 @@ impl<D: Device> DeviceConvLayer<D> {
             bail!("modulated conv: this ToRGB cannot be fused into this layer");
         };
         let mut params = self.params(x, styles, dcoefs, noise.as_ref())?;
-        let _sample_weights = self.sample_weights(dev, styles, &mut params)?;
         let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
         if torgb.styles.shape != [n, self.out_channels] {
             bail!(
@@ -887,7 +885,8 @@ impl<D: Device> DeviceConvLayer<D> {
         Ok(y)
     }
 
-    /// Launches the same-resolution kernel, or with `fused_torgb` its fused-ToRGB variant.
+    /// Launches the same-resolution kernel, or with `fused_torgb` its fused-ToRGB variant, on the layer's
+    /// per-sample weights where it takes them.
     fn launch_same(
         &self,
         dev: &D,
@@ -931,7 +930,9 @@ impl<D: Device> DeviceConvLayer<D> {
             block: [threads, 1, 1],
             shared_bytes,
         };
-        dev.launch(kernel, dims, params)
+        let mut params = *params;
+        let _sample_weights = self.sample_weights(dev, &mut params)?;
+        dev.launch(kernel, dims, &params)
     }
 }
 
