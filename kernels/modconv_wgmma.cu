@@ -134,6 +134,49 @@ struct Bf16 {
   __device__ static unsigned word(float lo, float hi) { return pack_bfloat162(lo, hi); }
 };
 
+// The epilogue's values of the block's N output channels, made once per block by N threads (the epilogue's threads
+// would each load and test them per channel: about 30 instructions a channel): the demodulation coefficient and
+// bias (1 and 0 where the layer has none), and with RGB the fused ToRGB's weights times its style. Channels past
+// the layer are zeros. Thread c < N loads channel c's values (Entry) when the block starts and puts them in the
+// table after its first gather, so that their loads wait alongside the gather's.
+template <int N, bool RGB>
+struct ChannelTable {
+  static_assert(kMaxFusedRgb == 4, "a channel's ToRGB weights are one float4");
+  struct Entry {
+    float2 dcoef_bias;
+    float4 rgb_weight;
+  };
+  float2 dcoef_bias[N];
+  float4 rgb_weight[RGB ? N : 1];
+
+  __device__ static Entry load(const ModconvParams& p, int b, int n0) {
+    const int o = n0 + threadIdx.x;
+    Entry e{make_float2(0.0f, 0.0f), make_float4(0.0f, 0.0f, 0.0f, 0.0f)};
+    if (threadIdx.x >= N || o >= p.out_channels) return e;
+    e.dcoef_bias = make_float2(p.dcoefs ? p.dcoefs[b * p.out_channels + o] : 1.0f, p.bias ? p.bias[o] : 0.0f);
+    if constexpr (RGB) {
+      const float style = p.rgb_styles[b * p.out_channels + o];
+      float w[kMaxFusedRgb];
+#pragma unroll
+      for (int k = 0; k < kMaxFusedRgb; ++k) w[k] = k < p.rgb_channels ? p.rgb_weight[k * p.out_channels + o] * style : 0.0f;
+      e.rgb_weight = make_float4(w[0], w[1], w[2], w[3]);
+    }
+    return e;
+  }
+  __device__ void put(const Entry& e) {
+    const int c = threadIdx.x;
+    if (c >= N) return;
+    dcoef_bias[c] = e.dcoef_bias;
+    if constexpr (RGB) rgb_weight[c] = e.rgb_weight;
+  }
+  // Adds channel c's output at a pixel, as stored, to the pixel's ToRGB partial sums (sums past rgb_channels, with
+  // zero weights, are never read).
+  __device__ void add_rgb(int c, float stored, float (&rgb)[kMaxFusedRgb]) const {
+    const float4 w = rgb_weight[c];
+    rgb[0] += stored * w.x, rgb[1] += stored * w.y, rgb[2] += stored * w.z, rgb[3] += stored * w.w;
+  }
+};
+
 // RGB: also the ToRGB after the layer (ModconvParams::rgb; N >= out_channels, so a warp holds all of a pixel's
 // channels), from y as stored.
 template <class Mode, int N, bool RGB = false>
@@ -190,6 +233,7 @@ __device__ void conv3x3(const ModconvParams& p) {
   // tap 0: the previous chunk's last wgmma, which reads the buffer these stores rewrite, may still run then.
   auto slot_tap = [](int j) { return 1 + j * 8 / kSlots; };
 
+  __shared__ ChannelTable<N, RGB> channels;
   const BStages<N> b_stages(p, n0);
   auto copy_b = [&](int stage, int tile) { b_stages.copy(smem + b_tile_cell<N>(tile), stage); };
 
@@ -221,6 +265,7 @@ __device__ void conv3x3(const ModconvParams& p) {
       copy_async_commit();
     }
   }
+  const typename ChannelTable<N, RGB>::Entry channel = ChannelTable<N, RGB>::load(p, b, n0);
   {
     T first[kSlots][8];
     bool inside[kSlots];
@@ -229,6 +274,7 @@ __device__ void conv3x3(const ModconvParams& p) {
 #pragma unroll
     for (int j = 0; j < kSlots; ++j) store_slot(0, 0, j, first[j], inside[j]);
   }
+  channels.put(channel);  // published by the barrier below
   if constexpr (kChunkB<N>) {
     copy_async_wait();
   } else {
@@ -324,8 +370,8 @@ __device__ void conv3x3(const ModconvParams& p) {
   }
 
   // Epilogue in modconv.cu's order. Warp w of warpgroup wg holds rectangle rows 2 (w % 4) + h, column 8 wg +
-  // groupID, and channels n0 + 8 j + 2 tig + e in acc[4 j + 2 h + e] (wgmma.cuh). Channel by channel, so each
-  // channel's demodulation and bias are loaded once; lanes with one tig store 8 consecutive pixels of a channel.
+  // groupID, and channels n0 + 8 j + 2 tig + e in acc[4 j + 2 h + e] (wgmma.cuh). Channel by channel, each
+  // channel's values read once from the table; lanes with one tig store 8 consecutive pixels of a channel.
   const int quad = lane / 4, tig = lane % 4;
   int pix[2];
   float noise[2];
@@ -335,6 +381,8 @@ __device__ void conv3x3(const ModconvParams& p) {
     pix[h] = y < p.height && x < p.width ? y * p.width + x : -1;
     noise[h] = p.noise && pix[h] >= 0 ? p.noise[(long long)b * p.noise_sample_stride + pix[h]] : 0.0f;
   }
+  // This thread's first channel in y; its others are a multiple of hw further (in 32 bits: within a sample).
+  const long long y_thread = ((long long)b * p.out_channels + n0 + 2 * tig) * hw;
   float rgb[2][kMaxFusedRgb] = {};  // RGB: this thread's ToRGB partial sums per row and rgb channel
   // Values of rows outside the image are finished too (from zeros: harmless, and no branch per value); only their
   // stores are skipped, and their ToRGB sums are never written.
@@ -343,14 +391,14 @@ __device__ void conv3x3(const ModconvParams& p) {
     for (int j = 0; j < N / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int o = n0 + 8 * j + 2 * tig + e;
+        const int c = 8 * j + 2 * tig + e, o = n0 + c;
         if (o >= p.out_channels) continue;
-        const ChannelValues<RGB> ch(p, b, o);
-        const long long y_channel = ((long long)b * p.out_channels + o) * hw;
+        const float2 dcoef_bias = channels.dcoef_bias[c];
+        const long long y_channel = y_thread + (8 * j + e) * hw;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const float v = modconv_finish(p, acc[4 * j + 2 * h + e], ch.dcoef, noise[h], ch.bias);
-          if constexpr (RGB) ch.add_rgb(store.rounded(v), rgb[h]);
+          const float v = modconv_finish(p, acc[4 * j + 2 * h + e], dcoef_bias.x, noise[h], dcoef_bias.y);
+          if constexpr (RGB) channels.add_rgb(c, store.rounded(v), rgb[h]);
           if (pix[h] >= 0) store(p.y, y_channel + pix[h], v);
         }
       }
