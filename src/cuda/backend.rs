@@ -68,8 +68,9 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// Device memory one image needs during synthesis: the largest layer's input and output activations (in the
-    /// precision's activation type) and three f32 images (the skip image, a ToRGB output, and the previous pass's
-    /// image waiting for its download), doubled for the kernels' temporaries and allocator slack.
+    /// precision's activation type), the largest per-sample weights and three f32 images (the skip image, a ToRGB
+    /// output, and the previous pass's image waiting for its download), doubled for the kernels' other temporaries
+    /// and allocator slack.
     fn bytes_per_image(&self) -> usize {
         let net = &self.net;
         let largest = net
@@ -86,7 +87,7 @@ impl<D: Device> CudaBackend<D> {
             .max()
             .unwrap_or(0);
         let img = net.img_channels * net.resolution * net.resolution;
-        2 * (self.activation_bytes * largest + 4 * 3 * img)
+        2 * (self.activation_bytes * largest + self.synthesis.sample_weight_bytes() + 4 * 3 * img)
     }
 
     /// Images per pass: at most [`PASS_PIXELS`] and what 80% of the free device memory holds, within the limit

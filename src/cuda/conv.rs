@@ -113,10 +113,12 @@ const UP2_TC_CH: usize = 16;
 const UP2_TC_STAGE_WORDS: usize = 16;
 const UP2_TC_THREADS: u32 = 256;
 const UP2_TC_MAX_IN_CHANNELS: usize = 1024;
-/// The most input channels of an up-sampling layer that takes per-sample weights on the wgmma kernel (the 512 and
-/// 1024 px layers of the FFHQ config have 128 and 64): a sample's copy (at most 147 KB with 64 outputs) stays in L2
-/// while the sample's blocks read it, where a 512-channel layer's 4.7 MB would not.
-const SAMPLE_WEIGHTS_MAX_UP2_IN_CHANNELS: usize = 128;
+/// The most input channels of an up-sampling layer that takes per-sample weights on the wgmma kernel: every
+/// up-sampling layer of the FFHQ configs (at most 512). The gathers then store x as loaded, with no style multiply
+/// and rounding per value (a quarter of the K loop's instructions). A sample's copy (4.7 MB for 512 -> 512
+/// channels) stays in L2 while its blocks, which the grid orders sample by sample, read it; the copies of a pass
+/// take device memory (`DeviceSynthesis::sample_weight_bytes`), written and read once each.
+const SAMPLE_WEIGHTS_MAX_UP2_IN_CHANNELS: usize = 512;
 
 /// Whether `kernel` takes per-sample weights, each sample's times its styles (`ModconvParams::weight_sample_stride`,
 /// [`DeviceConvLayer::sample_weights`]): the narrow same-resolution wgmma kernels, whose layers have at most 64
@@ -756,6 +758,20 @@ impl<D: Device> DeviceConvLayer<D> {
         })
     }
 
+    /// Device memory the per-sample weights of one image take during this layer's launch (0 where its kernel
+    /// reads one weight for the batch).
+    pub fn sample_weight_bytes(&self) -> usize {
+        let kernel = match self.conv_kernel {
+            ConvKernel::Same { kernel, .. } | ConvKernel::Up2 { kernel, .. } => kernel,
+        };
+        if takes_sample_weights(kernel) {
+            // 4 floats per packed word in the layer's weight, one 32-bit word per sample (sample_weight_word).
+            self.weight.len() / 4 * 4
+        } else {
+            0
+        }
+    }
+
     /// Points `params` at the per-sample weights of its batch where the layer's kernel takes them: each sample's
     /// packed words times its styles (`params.styles`), computed here and returned, to live until the launch.
     fn sample_weights(
@@ -763,10 +779,7 @@ impl<D: Device> DeviceConvLayer<D> {
         dev: &D,
         params: &mut ModconvParams,
     ) -> Result<Option<DeviceTensor<D>>> {
-        let kernel = match self.conv_kernel {
-            ConvKernel::Same { kernel, .. } | ConvKernel::Up2 { kernel, .. } => kernel,
-        };
-        if !takes_sample_weights(kernel) {
+        if self.sample_weight_bytes() == 0 {
             return Ok(None);
         }
         let n = params.batch as usize;

@@ -212,6 +212,15 @@ impl<D: Device> DeviceSynthesis<D> {
         Ok(rows)
     }
 
+    /// The most device memory one image's per-sample weights take in any layer (they live during its launch).
+    pub fn sample_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.conv.sample_weight_bytes())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Whether a conv layer comes after layer `index`, so something reads the activation it leaves.
     fn conv_follows(&self, index: usize) -> bool {
         self.layers[index + 1..]
