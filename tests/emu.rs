@@ -930,9 +930,9 @@ mod tensor_core_conv {
     fn check_layer(l: &Layer, seed: u64) {
         check_layer_on(&EmuDevice::new(), l, seed);
         // An sm_90 device takes the wgmma kernels for the 3x3 layers in fp16 and bf16; up-sampling layers with at
-        // most 512 inputs take per-sample weights.
+        // most 256 inputs take per-sample weights.
         let wgmma = match (l.k, l.up) {
-            (3, 2) if l.i <= 512 => [
+            (3, 2) if l.i <= 256 => [
                 Kernel::ModconvUp23x3SampleWeightsWgmmaF16,
                 Kernel::ModconvUp23x3SampleWeightsWgmmaBf16,
             ],
@@ -1301,12 +1301,12 @@ mod tensor_core_conv {
             },
             0x7c07,
         );
-        // An up-sampling layer with 520 input channels: more than the per-sample weights take on sm_90, so the
-        // wgmma kernel with one weight for the batch (17 stages, the first partial).
+        // An up-sampling layer with 264 input channels: more than the per-sample weights take on sm_90, so the
+        // wgmma kernel with one weight for the batch (9 stages, the first partial).
         check_layer(
             &Layer {
                 n: 2,
-                i: 520,
+                i: 264,
                 o: 9,
                 h: 5,
                 w: 7,
@@ -1959,7 +1959,7 @@ mod tensor_core_conv {
         }
     }
 
-    /// On an sm_90 device: the up-sampling convs (at most 512 inputs: with per-sample weights), the 128-channel
+    /// On an sm_90 device: the up-sampling convs (at most 256 inputs: with per-sample weights), the 128-channel
     /// conv1 layers (b4, b8), b16's 64-channel conv1 and b32's 32-channel one, with their fused ToRGBs, on the
     /// wgmma kernels.
     #[test]

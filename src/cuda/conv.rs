@@ -113,12 +113,12 @@ const UP2_TC_CH: usize = 16;
 const UP2_TC_STAGE_WORDS: usize = 16;
 const UP2_TC_THREADS: u32 = 256;
 const UP2_TC_MAX_IN_CHANNELS: usize = 1024;
-/// The most input channels of an up-sampling layer that takes per-sample weights on the wgmma kernel: every
-/// up-sampling layer of the FFHQ configs (at most 512). The gathers then store x as loaded, with no style multiply
-/// and rounding per value (a quarter of the K loop's instructions). A sample's copy (4.7 MB for 512 -> 512
-/// channels) stays in L2 while its blocks, which the grid orders sample by sample, read it; the copies of a pass
-/// take device memory (`DeviceSynthesis::sample_weight_bytes`), written and read once each.
-const SAMPLE_WEIGHTS_MAX_UP2_IN_CHANNELS: usize = 512;
+/// The most input channels of an up-sampling layer that takes per-sample weights on the wgmma kernel: the 256,
+/// 512 and 1024 px layers of the FFHQ config (256, 128 and 64 inputs). Their gathers then store x as loaded, with
+/// no style multiply and rounding per value (a quarter of the K loop's instructions), and a sample's copy (590 KB
+/// at 256 -> 128 channels) stays in L2 while its blocks, which the grid orders sample by sample, read it. The
+/// 512-channel layers work at 4-64 px, where making 4.7 MB a sample would cost about what their gathers save.
+const SAMPLE_WEIGHTS_MAX_UP2_IN_CHANNELS: usize = 256;
 
 /// Whether `kernel` takes per-sample weights, each sample's times its styles (`ModconvParams::weight_sample_stride`,
 /// [`DeviceConvLayer::sample_weights`]): the narrow same-resolution wgmma kernels, whose layers have at most 64
