@@ -88,8 +88,11 @@ struct SampleChannels {
 // input): with_output_type branches once and runs the whole epilogue with the store fixed.
 // rounded(v): the value a store of v leaves in memory.
 // quad(y, i, v): v[0..3] into elements i..i + 3 with one store (i a multiple of 4, y 16-byte aligned).
+// at(y, i): the address of element i, from which an epilogue's stores then take 32-bit offsets (one multiply-add
+// per address where 64-bit indices take four or five instructions).
 struct StoreF32 {
   __device__ void operator()(void* y, long long i, float v) const { static_cast<float*>(y)[i] = v; }
+  __device__ static void* at(void* y, long long i) { return static_cast<float*>(y) + i; }
   __device__ void quad(void* y, long long i, const float (&v)[4]) const {
     *reinterpret_cast<float4*>(static_cast<float*>(y) + i) = make_float4(v[0], v[1], v[2], v[3]);
   }
@@ -99,6 +102,7 @@ struct StoreF16 {
   __device__ void operator()(void* y, long long i, float v) const {
     static_cast<unsigned short*>(y)[i] = float_to_f16_bits(v);
   }
+  __device__ static void* at(void* y, long long i) { return static_cast<unsigned short*>(y) + i; }
   __device__ void quad(void* y, long long i, const float (&v)[4]) const {
     uint2 u;
     u.x = float_to_f16_bits(v[0]) | (unsigned)float_to_f16_bits(v[1]) << 16;
@@ -111,6 +115,7 @@ struct StoreBf16 {
   __device__ void operator()(void* y, long long i, float v) const {
     static_cast<unsigned short*>(y)[i] = float_to_bf16_bits(v);
   }
+  __device__ static void* at(void* y, long long i) { return static_cast<unsigned short*>(y) + i; }
   __device__ void quad(void* y, long long i, const float (&v)[4]) const {
     uint2 u;
     u.x = float_to_bf16_bits(v[0]) | (unsigned)float_to_bf16_bits(v[1]) << 16;
@@ -137,6 +142,7 @@ template <class S>
 struct RoundOnly {
   __device__ void operator()(void*, long long, float) const {}
   __device__ void quad(void*, long long, const float (&)[4]) const {}
+  __device__ static void* at(void* y, long long) { return y; }
   __device__ static float rounded(float v) { return S::rounded(v); }
 };
 

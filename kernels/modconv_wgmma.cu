@@ -373,11 +373,13 @@ __device__ void conv3x3(const ModconvParams& p) {
   // groupID, and channels n0 + 8 j + 2 tig + e in acc[4 j + 2 h + e] (wgmma.cuh). Channel by channel, each
   // channel's values read once from the table; lanes with one tig store 8 consecutive pixels of a channel.
   const int quad = lane / 4, tig = lane % 4;
+  // The rectangle's origin once more (block_x_again): kept from the start, it cost the 128-channel kernel spills.
+  const int rect_y = block_x_again() / tiles_x * kTileY, rect_x = block_x_again() % tiles_x * kTileX;
   int pix[2];
   float noise[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int y = y0 + 2 * (warp % 4) + h, x = x0 + 8 * wg + quad;
+    const int y = rect_y + 2 * (warp % 4) + h, x = rect_x + 8 * wg + quad;
     pix[h] = y < p.height && x < p.width ? y * p.width + x : -1;
     noise[h] = p.noise && pix[h] >= 0 ? p.noise[(long long)b * p.noise_sample_stride + pix[h]] : 0.0f;
   }
@@ -387,19 +389,24 @@ __device__ void conv3x3(const ModconvParams& p) {
   // Values of rows outside the image are finished too (from zeros: harmless, and no branch per value); only their
   // stores are skipped, and their ToRGB sums are never written.
   auto finish = [&](auto store) {
+    void* row[2];  // row h's element of this thread's first channel
+#pragma unroll
+    for (int h = 0; h < 2; ++h) row[h] = store.at(p.y, y_thread + (pix[h] < 0 ? 0 : pix[h]));
 #pragma unroll
     for (int j = 0; j < N / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int c = 8 * j + 2 * tig + e, o = n0 + c;
-        if (o >= p.out_channels) continue;
+        // Channels past the layer are finished too (from the table's zeros, adding nothing to the ToRGB sums), so
+        // that a channel costs a test of its stores rather than a branch.
+        const int c = 8 * j + 2 * tig + e;
+        const bool channel_inside = n0 + c < p.out_channels;
         const float2 dcoef_bias = channels.dcoef_bias[c];
-        const long long y_channel = y_thread + (8 * j + e) * hw;
+        const int channel_offset = (8 * j + e) * hw;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const float v = modconv_finish(p, acc[4 * j + 2 * h + e], dcoef_bias.x, noise[h], dcoef_bias.y);
+          const float v = modconv_finish_fused(p, acc[4 * j + 2 * h + e], dcoef_bias.x, noise[h], dcoef_bias.y);
           if constexpr (RGB) channels.add_rgb(c, store.rounded(v), rgb[h]);
-          if (pix[h] >= 0) store(p.y, y_channel + pix[h], v);
+          if (channel_inside && pix[h] >= 0) store(row[h], channel_offset, v);
         }
       }
   };
@@ -412,7 +419,7 @@ __device__ void conv3x3(const ModconvParams& p) {
     // A row's channels are spread over the 4 lanes that share its groupID (one tig each), all in this warp; their
     // sums leave lanes tig and tig + 2 with row h = tig % 2, and lanes 0 and 1 finish the two rows side by side.
     const int row_pix = tig == 0 ? pix[0] : tig == 1 ? pix[1] : -1;
-    const SkipPixel skip(p, skip_taps_at(p, y0 + 2 * (warp % 4) + tig, x0 + 8 * wg + quad), b, p.rgb_channels,
+    const SkipPixel skip(p, skip_taps_at(p, rect_y + 2 * (warp % 4) + tig, rect_x + 8 * wg + quad), b, p.rgb_channels,
                          row_pix >= 0);
     float sum[kMaxFusedRgb];
     quad_row_sums(rgb, tig, sum);
@@ -655,6 +662,8 @@ KERNEL_BOUNDED(modconv_3x3_n64_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<w
 KERNEL_BOUNDED(modconv_3x3_n64_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 64>(p); }
 KERNEL_BOUNDED(modconv_3x3_n32_wgmma_f16, ModconvParams, 256, 4) { wg::conv3x3<wg::F16, 32>(p); }
 KERNEL_BOUNDED(modconv_3x3_n32_wgmma_bf16, ModconvParams, 256, 4) { wg::conv3x3<wg::Bf16, 32>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 128, true>(p); }
+KERNEL_BOUNDED(modconv_3x3_torgb_wgmma_bf16, ModconvParams, 256, 2) { wg::conv3x3<wg::Bf16, 128, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_n32_wgmma_f16, ModconvParams, 256, 4) { wg::conv3x3<wg::F16, 32, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_n32_wgmma_bf16, ModconvParams, 256, 4) { wg::conv3x3<wg::Bf16, 32, true>(p); }
 KERNEL_BOUNDED(modconv_3x3_torgb_n64_wgmma_f16, ModconvParams, 256, 2) { wg::conv3x3<wg::F16, 64, true>(p); }

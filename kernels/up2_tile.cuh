@@ -108,7 +108,7 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
 #pragma unroll
       for (int k = 0; k < 4; ++k) v[k] = blur4(hr[i][k], hr[i + 1][k], hr[i + 2][k], hr[i + 3][k]);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) v[k] = modconv_finish(p, v[k], dcoef, nz[i][k], bias);
+      for (int k = 0; k < 4; ++k) v[k] = modconv_finish_fused(p, v[k], dcoef, nz[i][k], bias);
       if (quads) {
         store.quad(p.y, yc + y * ow + x0, v);
       } else {

@@ -1468,11 +1468,11 @@ mod tensor_core_conv {
     ///   (2u + u^2 + 2 K 2^-23 (1 + u)^2) S + 2 eta (A + W) + 2^-20 (S + |bias_c|)
     /// (the last term: each kernel's f32 rounding of the bias addition); the clamp is 1-Lipschitz.
     fn check_fused_torgb(l: &Pair, seed: u64) {
-        check_fused_torgb_on(&EmuDevice::new(), l, seed);
+        check_fused_torgb_on(&EmuDevice::new(), l, seed, &TENSOR_CORE_MODES);
         // An sm_90 device fuses the ToRGB into the 64- or 32-channel wgmma kernel in fp16 and bf16 (launched with
         // and without y).
         let sm90 = EmuDevice::sm90();
-        check_fused_torgb_on(&sm90, l, seed);
+        check_fused_torgb_on(&sm90, l, seed, &TENSOR_CORE_MODES);
         let kernels = if l.o > 32 {
             [
                 Kernel::Modconv3x3TorgbN64WgmmaF16,
@@ -1489,7 +1489,7 @@ mod tensor_core_conv {
         }
     }
 
-    fn check_fused_torgb_on(dev: &EmuDevice, l: &Pair, seed: u64) {
+    fn check_fused_torgb_on(dev: &EmuDevice, l: &Pair, seed: u64, modes: &[Precision]) {
         let mut rng = Rng(seed);
         let x = scaled(rng.tensor(vec![l.n, l.i, l.h, l.w]), 256.0);
         let styles = scaled(rng.tensor(vec![l.n, l.i]), 10.0);
@@ -1507,7 +1507,7 @@ mod tensor_core_conv {
         let rgb_sd = DeviceTensor::upload(dev, &rgb_styles).unwrap();
         let hw = l.h * l.w;
         let mut clamp_hits = 0;
-        for precision in TENSOR_CORE_MODES {
+        for &precision in modes {
             let activations = precision.activation_dtype();
             let conv = synthesis_conv(dev, &weight, &bias, Some(256.0), precision);
             let torgb = DeviceConvLayer::with_precision(
@@ -1657,41 +1657,68 @@ mod tensor_core_conv {
         );
     }
 
-    /// The fusion is for the tensor-core modes, a 3x3 conv with at most 64 outputs (one block column), and a ToRGB
-    /// of at most 4 channels, with a bias, that reads that conv's outputs.
+    #[test]
+    fn fused_torgb_on_sm90_up_to_128_channels() {
+        // 100 channels: the 128-channel wgmma block (fp16 and bf16 on sm_90 only; the mma.sync kernels fuse at
+        // most 64), channels 100.. empty; 40 inputs: two K chunks; a 9 x 17 image: four partial rectangles.
+        let sm90 = EmuDevice::sm90();
+        check_fused_torgb_on(
+            &sm90,
+            &Pair {
+                n: 2,
+                i: 40,
+                o: 100,
+                h: 9,
+                w: 17,
+                rgb_clamp: Some(2.0),
+            },
+            0x7c14,
+            &[Precision::Fp16, Precision::Bf16],
+        );
+        for kernel in [
+            Kernel::Modconv3x3TorgbWgmmaF16,
+            Kernel::Modconv3x3TorgbWgmmaBf16,
+        ] {
+            assert_eq!(sm90.launches(kernel), 2, "{kernel:?}");
+        }
+    }
+
+    /// The fusion is for the tensor-core modes, a 3x3 conv with at most 64 outputs (128 on sm_90's wgmma kernels:
+    /// one block column), and a ToRGB of at most 4 channels, with a bias, that reads that conv's outputs.
     #[test]
     fn fused_torgb_only_where_it_applies() {
         let dev = EmuDevice::new();
         let mut rng = Rng(0x7c13);
         let unbiased_weight = rng.tensor(vec![3, 64, 1, 1]);
-        let mut layer = |precision: Precision, o: usize, i: usize, k: usize, rgb: bool| {
-            let bias = vec![0.5; o];
-            let finish = Finish {
-                bias: Some(&bias),
-                act: if rgb { Act::Linear } else { Act::LRELU },
-                gain: if rgb { 1.0 } else { Act::LRELU.default_gain() },
-                clamp: None,
-                output: if rgb {
-                    DType::F32
-                } else {
-                    precision.activation_dtype()
-                },
+        let mut layer =
+            |dev: &EmuDevice, precision: Precision, o: usize, i: usize, k: usize, rgb: bool| {
+                let bias = vec![0.5; o];
+                let finish = Finish {
+                    bias: Some(&bias),
+                    act: if rgb { Act::Linear } else { Act::LRELU },
+                    gain: if rgb { 1.0 } else { Act::LRELU.default_gain() },
+                    clamp: None,
+                    output: if rgb {
+                        DType::F32
+                    } else {
+                        precision.activation_dtype()
+                    },
+                };
+                let w = rng.tensor(vec![o, i, k, k]);
+                DeviceConvLayer::with_precision(dev, &w, !rgb, 1, &finish, false, precision)
+                    .unwrap()
             };
-            let w = rng.tensor(vec![o, i, k, k]);
-            DeviceConvLayer::with_precision(&dev, &w, !rgb, 1, &finish, false, precision).unwrap()
-        };
         for precision in TENSOR_CORE_MODES {
-            assert!(
-                layer(precision, 64, 8, 3, false).can_fuse_torgb(&layer(precision, 3, 64, 1, true))
-            );
-            assert!(!layer(precision, 65, 8, 3, false)
-                .can_fuse_torgb(&layer(precision, 3, 65, 1, true)));
-            assert!(!layer(precision, 32, 8, 3, false)
-                .can_fuse_torgb(&layer(precision, 5, 32, 1, true)));
-            assert!(!layer(precision, 32, 8, 3, false)
-                .can_fuse_torgb(&layer(precision, 3, 16, 1, true)));
-            assert!(!layer(precision, 32, 8, 1, false)
-                .can_fuse_torgb(&layer(precision, 3, 32, 1, true)));
+            assert!(layer(&dev, precision, 64, 8, 3, false)
+                .can_fuse_torgb(&layer(&dev, precision, 3, 64, 1, true)));
+            assert!(!layer(&dev, precision, 65, 8, 3, false)
+                .can_fuse_torgb(&layer(&dev, precision, 3, 65, 1, true)));
+            assert!(!layer(&dev, precision, 32, 8, 3, false)
+                .can_fuse_torgb(&layer(&dev, precision, 5, 32, 1, true)));
+            assert!(!layer(&dev, precision, 32, 8, 3, false)
+                .can_fuse_torgb(&layer(&dev, precision, 3, 16, 1, true)));
+            assert!(!layer(&dev, precision, 32, 8, 1, false)
+                .can_fuse_torgb(&layer(&dev, precision, 3, 32, 1, true)));
             // The kernel adds the ToRGB's bias unconditionally.
             let unbiased = DeviceConvLayer::with_precision(
                 &dev,
@@ -1709,10 +1736,18 @@ mod tensor_core_conv {
                 precision,
             )
             .unwrap();
-            assert!(!layer(precision, 64, 8, 3, false).can_fuse_torgb(&unbiased));
+            assert!(!layer(&dev, precision, 64, 8, 3, false).can_fuse_torgb(&unbiased));
         }
-        let conv = layer(Precision::Fp32, 32, 8, 3, false);
-        let torgb = layer(Precision::Fp32, 3, 32, 1, true);
+        // On sm_90, fp16 and bf16 run the wgmma kernels, whose widest block holds 128 channels.
+        let sm90 = EmuDevice::sm90();
+        for precision in [Precision::Fp16, Precision::Bf16] {
+            assert!(layer(&sm90, precision, 128, 8, 3, false)
+                .can_fuse_torgb(&layer(&sm90, precision, 3, 128, 1, true)));
+            assert!(!layer(&sm90, precision, 129, 8, 3, false)
+                .can_fuse_torgb(&layer(&sm90, precision, 3, 129, 1, true)));
+        }
+        let conv = layer(&dev, Precision::Fp32, 32, 8, 3, false);
+        let torgb = layer(&dev, Precision::Fp32, 3, 32, 1, true);
         assert!(!conv.can_fuse_torgb(&torgb));
         let x = DeviceTensor::upload(&dev, &rng.tensor(vec![1, 8, 4, 4])).unwrap();
         let styles = DeviceTensor::upload(&dev, &rng.tensor(vec![1, 8])).unwrap();
@@ -1969,13 +2004,13 @@ mod tensor_core_conv {
             let (img, golden_img, _) = render_on(&dev, "nvlabs_tiny", precision);
             let wgmma = match precision {
                 Precision::Fp16 => [
-                    Kernel::Modconv3x3WgmmaF16,
+                    Kernel::Modconv3x3TorgbWgmmaF16,
                     Kernel::Modconv3x3TorgbN64WgmmaF16,
                     Kernel::Modconv3x3TorgbN32WgmmaF16,
                     Kernel::ModconvUp23x3SampleWeightsWgmmaF16,
                 ],
                 _ => [
-                    Kernel::Modconv3x3WgmmaBf16,
+                    Kernel::Modconv3x3TorgbWgmmaBf16,
                     Kernel::Modconv3x3TorgbN64WgmmaBf16,
                     Kernel::Modconv3x3TorgbN32WgmmaBf16,
                     Kernel::ModconvUp23x3SampleWeightsWgmmaBf16,

@@ -21,11 +21,13 @@ fn tensor_core_family(name: &str) -> &'static str {
 }
 
 /// The sm_90 convolutions on wgmma (`kernels/modconv_wgmma.cu`), built for sm_90a alone.
-const WGMMA_CONVS: [&str; 14] = [
+const WGMMA_CONVS: [&str; 16] = [
     "modconv_3x3_wgmma_f16",
     "modconv_3x3_wgmma_bf16",
     "modconv_3x3_n64_wgmma_f16",
     "modconv_3x3_n64_wgmma_bf16",
+    "modconv_3x3_torgb_wgmma_f16",
+    "modconv_3x3_torgb_wgmma_bf16",
     "modconv_3x3_torgb_n64_wgmma_f16",
     "modconv_3x3_torgb_n64_wgmma_bf16",
     "modconv_3x3_n32_wgmma_f16",

@@ -395,8 +395,11 @@ impl<D: Device> DeviceConvLayer<D> {
                     (kernel, SameTiling::Rect(shape))
                 }
             };
-            // The shape's channel block holds all of a pixel's channels (o <= 64), as the fused ToRGB's sums need.
+            // The shape's channel block holds all of a pixel's channels (o <= 64; 128 on the wgmma kernels), as the
+            // fused ToRGB's sums need.
             let torgb = match (kernel, kh, precision, wide) {
+                (Kernel::Modconv3x3WgmmaF16, ..) => Some(Kernel::Modconv3x3TorgbWgmmaF16),
+                (Kernel::Modconv3x3WgmmaBf16, ..) => Some(Kernel::Modconv3x3TorgbWgmmaBf16),
                 (Kernel::Modconv3x3N64WgmmaF16, ..) => Some(Kernel::Modconv3x3TorgbN64WgmmaF16),
                 (Kernel::Modconv3x3N64WgmmaBf16, ..) => Some(Kernel::Modconv3x3TorgbN64WgmmaBf16),
                 (Kernel::Modconv3x3N32WgmmaF16, ..) => Some(Kernel::Modconv3x3TorgbN32WgmmaF16),
@@ -409,7 +412,10 @@ impl<D: Device> DeviceConvLayer<D> {
                 (_, 3, Precision::Bf16, true) => Some(Kernel::Modconv3x3TorgbN32Bf16),
                 _ => None,
             }
-            .filter(|_| o <= TC_SQUARE.channels);
+            .filter(|_| match tiling {
+                SameTiling::Rect(shape) if shape.wgmma => o <= shape.channels,
+                _ => o <= TC_SQUARE.channels,
+            });
             ConvKernel::Same {
                 kernel,
                 torgb,
@@ -806,8 +812,8 @@ impl<D: Device> DeviceConvLayer<D> {
     }
 
     /// Whether `torgb`, applied to this layer's output, can run in this layer's epilogue
-    /// ([`Self::forward_with_torgb`]): a tensor-core same-resolution 3x3 layer with at most 64 outputs, followed
-    /// by a 1x1 ToRGB (see `rgb_weight`) that reads them.
+    /// ([`Self::forward_with_torgb`]): a tensor-core same-resolution 3x3 layer with at most 64 outputs (128 on
+    /// the sm_90 wgmma kernels), followed by a 1x1 ToRGB (see `rgb_weight`) that reads them.
     pub fn can_fuse_torgb(&self, torgb: &DeviceConvLayer<D>) -> bool {
         matches!(self.conv_kernel, ConvKernel::Same { torgb: Some(_), .. })
             && self.up == 1
