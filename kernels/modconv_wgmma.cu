@@ -158,7 +158,8 @@ struct ChannelTable {
       const float style = p.rgb_styles[b * p.out_channels + o];
       float w[kMaxFusedRgb];
 #pragma unroll
-      for (int k = 0; k < kMaxFusedRgb; ++k) w[k] = k < p.rgb_channels ? p.rgb_weight[k * p.out_channels + o] * style : 0.0f;
+      for (int k = 0; k < kMaxFusedRgb; ++k)
+        w[k] = k < p.rgb_channels ? p.rgb_weight[k * p.out_channels + o] * style : 0.0f;
       e.rgb_weight = make_float4(w[0], w[1], w[2], w[3]);
     }
     return e;
