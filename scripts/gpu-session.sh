@@ -249,18 +249,19 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             ;;
         ncu)
             command -v ncu >/dev/null || { echo "=== ncu: not on this machine" >>"$OUT/log.txt"; return 0; }
-            # ffhq1024 launches each kernel once per block in resolution order: skip to b128.conv1 (256 -> 256
-            # channels) and b128.conv0, and to b1024.conv0 (64 -> 32 channels, the slowest up-sampling conv);
-            # b512.conv1 and b1024.conv1 (64 and 32 channels, with their ToRGB) are the fused kernels' only launches.
-            # On an sm_90 GPU the wgmma kernels take those layers but b1024.conv1's; MMENGINE_WGMMA=0 profiles the
-            # mma.sync ones.
+            # ffhq1024 launches each kernel once per block in resolution order: b1024.conv0 (64 -> 32 channels, the
+            # slowest up-sampling conv) is the per-sample-weight up-sampling kernel's third launch (b256 .. b1024
+            # take it), b128.conv0 the shared-weight one's fifth (b8 .. b128), b128.conv1 (256 -> 256 channels) the
+            # 128-channel kernel's sixth (b4 .. b128); b256.conv1, b512.conv1 and b1024.conv1 (128, 64 and 32
+            # channels, with their ToRGB) are the fused kernels' only launches. On an sm_90 GPU the wgmma kernels
+            # take all of these; MMENGINE_WGMMA=0 profiles the mma.sync up-sampling kernel on b128.conv0.
             local kernel skip kernel_skip
-            for kernel_skip in modconv_up2_3x3_wgmma_f16:7 modconv_up2_3x3_wgmma_f16:4 \
-                modconv_3x3_torgb_n64_wgmma_f16:0 modconv_3x3_torgb_n32_f16:0 modconv_3x3_wgmma_f16:5 \
-                modconv_up2_3x3_f16:4; do
+            for kernel_skip in modconv_up2_3x3_sample_weights_wgmma_f16:2 modconv_up2_3x3_wgmma_f16:4 \
+                modconv_3x3_torgb_n64_wgmma_f16:0 modconv_3x3_torgb_n32_wgmma_f16:0 modconv_3x3_wgmma_f16:5 \
+                modconv_3x3_torgb_wgmma_f16:0 modconv_up2_3x3_f16:4; do
                 kernel=${kernel_skip%:*} skip=${kernel_skip#*:}
                 local wgmma=1
-                [[ "$kernel" != *wgmma* && "$kernel" != *_n32_* ]] && wgmma=0
+                [[ "$kernel" != *wgmma* ]] && wgmma=0
                 step "ncu-$kernel-$skip" 120 env MMENGINE_WGMMA=$wgmma ncu --set full -k "regex:^$kernel\$" \
                     --launch-skip "$skip" --launch-count 1 \
                     "$mm" bench --device cuda --config ffhq1024 --batch 8 --iters 1 --warmup 0 --precision fp16
@@ -293,7 +294,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             command -v ncu >/dev/null || { echo "=== ncu-source: not on this machine" >>"$OUT/log.txt"; return 0; }
             step ncu-version 10 ncu --version
             local kernel_skip kernel skip
-            for kernel_skip in modconv_up2_3x3_wgmma_f16:7 modconv_3x3_torgb_n32_f16:0; do
+            for kernel_skip in modconv_up2_3x3_sample_weights_wgmma_f16:2 modconv_3x3_torgb_n32_wgmma_f16:0; do
                 kernel=${kernel_skip%:*} skip=${kernel_skip#*:}
                 rm -f "/tmp/$kernel.ncu-rep"
                 step "ncu-source-$kernel" 120 ncu --set full --import-source no -k "regex:^$kernel\$" \
