@@ -75,7 +75,8 @@ __device__ __forceinline__ float modconv_finish(const ModconvParams& p, float v,
 // modconv_finish for the kernels that always have a demodulation coefficient, noise value and bias at hand (1, 0
 // and 0 where the layer has none): the demodulation and the noise as one fused multiply-add, with no test of the
 // layer's buffers. One rounding and one instruction fewer per value than modconv_finish, which the tensor-core
-// modes' tolerances leave room for; the f32 kernels keep modconv_finish's order.
+// modes' tolerances leave room for. The wgmma same-resolution epilogue and the up-sampling kernels' blur epilogue
+// use it; the f32 kernels and modconv_tc.cu's same-resolution epilogue keep modconv_finish's order.
 __device__ __forceinline__ float modconv_finish_fused(const ModconvParams& p, float v, float dcoef, float noise,
                                                       float bias) {
   return activate(fmaf(v, dcoef, noise) + bias, p.slope, p.gain, p.clamp);

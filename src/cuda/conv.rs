@@ -764,18 +764,19 @@ impl<D: Device> DeviceConvLayer<D> {
         })
     }
 
-    /// Device memory the per-sample weights of one image take during this layer's launch (0 where its kernel
-    /// reads one weight for the batch).
-    pub fn sample_weight_bytes(&self) -> usize {
+    /// The 32-bit words of one sample's per-sample weights where the layer's kernel takes them: one per packed
+    /// word, of which the layer's weight holds 4 floats each (sample_weight_word).
+    fn sample_weight_words(&self) -> Option<usize> {
         let kernel = match self.conv_kernel {
             ConvKernel::Same { kernel, .. } | ConvKernel::Up2 { kernel, .. } => kernel,
         };
-        if takes_sample_weights(kernel) {
-            // 4 floats per packed word in the layer's weight, one 32-bit word per sample (sample_weight_word).
-            self.weight.len() / 4 * 4
-        } else {
-            0
-        }
+        takes_sample_weights(kernel).then(|| self.weight.len() / 4)
+    }
+
+    /// Device memory the per-sample weights of one image take during this layer's launch (0 where its kernel
+    /// reads one weight for the batch).
+    pub fn sample_weight_bytes(&self) -> usize {
+        self.sample_weight_words().map_or(0, |words| words * 4)
     }
 
     /// Points `params` at the per-sample weights of its batch where the layer's kernel takes them: each sample's
@@ -785,12 +786,10 @@ impl<D: Device> DeviceConvLayer<D> {
         dev: &D,
         params: &mut ModconvParams,
     ) -> Result<Option<DeviceTensor<D>>> {
-        if self.sample_weight_bytes() == 0 {
+        let Some(words) = self.sample_weight_words() else {
             return Ok(None);
-        }
+        };
         let n = params.batch as usize;
-        // The layer's weight holds 4 floats per packed word (sample_weight_word).
-        let words = self.weight.len() / 4;
         let y = DeviceTensor::alloc(dev, &[n, words])?;
         let launch = ModconvSampleWeightsParams {
             y: y.ptr(),
