@@ -41,6 +41,15 @@ __device__ __forceinline__ unsigned short float_to_bf16_bits(float v) {
 #endif
 }
 
+// Half `high` (0: bits 0-15, 1: bits 16-31) of a and of b as one word, a's in the low half: one byte permute.
+__device__ __forceinline__ unsigned pair_halves(unsigned a, unsigned b, int high) {
+#ifdef MMENGINE_EMU
+  return high ? (a >> 16) | (b & 0xffff0000u) : (a & 0xffffu) | (b << 16);
+#else
+  return __byte_perm(a, b, high ? 0x7632 : 0x5410);
+#endif
+}
+
 // Element types of a kernel's input activation, chosen at compile time (the gather sits in the main loop).
 struct ActF32 {
   using T = float;
@@ -79,6 +88,34 @@ struct SampleChannels {
     } else {
 #pragma unroll
       for (int k = 0; k < N; ++k) v[k] = k < n ? x[off + k * hw] : T(0);
+    }
+  }
+  // A run of 4 pixels from plane offset pix in 8 channels (16-bit T): v[k] holds channel c + k's, pixel e in bits
+  // 16 e .. of the 64 (as in memory), for k < n, zeros past n. Pixel e is read where bit e of `inside` is set, else
+  // 0. `aligned` (pix a multiple of 4, inside 0 or 15): each channel's run is one 8-byte load.
+  __device__ void load_run(int c, int pix, int n, unsigned inside, bool aligned, uint2 (&v)[8]) const {
+    static_assert(sizeof(T) == 2, "runs of 16-bit values");
+    const int off = c * hw + (inside ? pix : 0);  // an int: negative where the run starts left of the image
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = make_uint2(0, 0);
+    if (aligned) {
+      if (!inside) return;
+      if (n >= 8) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = *reinterpret_cast<const uint2*>(x + (off + k * hw));
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k)
+          if (k < n) v[k] = *reinterpret_cast<const uint2*>(x + (off + k * hw));
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        unsigned h[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) h[e] = k < n && (inside >> e & 1) ? x[off + k * hw + e] : 0u;
+        v[k] = make_uint2(h[0] | h[1] << 16, h[2] | h[3] << 16);
+      }
     }
   }
 };

@@ -145,6 +145,18 @@ __device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float 
                         p.bias ? p.bias[o] : 0.0f);
 }
 
+// The global-memory pointer p, as a value the compiler cannot see into: offsets added to it then stay 32-bit adds
+// from one 64-bit base (one address instruction an access), where the compiler otherwise folds them into a 64-bit
+// index (four). The assumption keeps the accesses global ones (LDG, STG) rather than generic.
+template <class P>
+__device__ __forceinline__ P* opaque_pointer(P* p) {
+#ifndef MMENGINE_EMU
+  asm("" : "+l"(p));
+  __builtin_assume(__isGlobal(p));
+#endif
+  return p;
+}
+
 // The skip image's up-sampling, upfirdn2d(up=2, [1,3,3,1], pad [2,1,2,1], gain 4), has four non-zero taps per
 // axis: output Y even: 0.25 x[Y/2 - 1] + 0.75 x[Y/2]; Y odd: 0.75 x[(Y-1)/2] + 0.25 x[(Y+1)/2] (zero outside).
 __device__ __forceinline__ void skip_taps(int out, int n, int (&idx)[2], float (&w)[2]) {
@@ -160,23 +172,33 @@ __device__ __forceinline__ void skip_taps(int out, int n, int (&idx)[2], float (
 }
 
 // The up-sampled skip image's taps at output pixel (y, x), for a plane [h, w]: found once per pixel and applied
-// to each channel's plane, where a kernel writes several channels of a pixel.
+// to each channel's plane, where a kernel writes several channels of a pixel. The taps are 32-bit offsets within a
+// plane, so a load costs one address instruction from the plane's pointer.
 struct SkipTaps {
-  int iy[2], ix[2], w;
+  int at[2][2];  // plane offset of tap (row a, column c)
   float wy[2], wx[2];
 
-  __device__ SkipTaps(int h, int w_, int y, int x) : w(w_) {
+  __device__ SkipTaps(int h, int w, int y, int x) {
+    int iy[2], ix[2];
     skip_taps(y, h, iy, wy);
     skip_taps(x, w, ix, wx);
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) at[a][c] = iy[a] * w + ix[c];
   }
   // The up-sampled value of `plane` at the pixel. A tap outside the image is skipped, not multiplied by 0 (an inf
-  // stays local); its index is 0, so all four loads are made unconditionally and issue together.
+  // stays local); its offset is 0, so all four loads are made unconditionally and issue together.
   __device__ float operator()(const float* plane) const {
     float s[2][2];
 #pragma unroll
     for (int a = 0; a < 2; ++a)
 #pragma unroll
-      for (int c = 0; c < 2; ++c) s[a][c] = plane[iy[a] * w + ix[c]];
+      for (int c = 0; c < 2; ++c) s[a][c] = plane[at[a][c]];
+    return sum(s);
+  }
+  // The taps' values s summed with their weights.
+  __device__ float sum(const float (&s)[2][2]) const {
     float v = 0.0f;
 #pragma unroll
     for (int a = 0; a < 2; ++a) {
@@ -215,20 +237,29 @@ __device__ __forceinline__ SkipTaps skip_taps_at(const ModconvParams& p, int y, 
 
 // The skip image at one pixel in every channel, for the kernels that finish all of a pixel's RGB channels (the
 // fused ToRGBs): loaded together, well before add() needs them, where a load just before each use stalled the
-// warp. Channels from `channels` up to kMaxFusedRgb repeat the last one (loads in bounds, values never used).
-// Threads that finish no pixel pass `needed` false and load nothing.
+// warp. Threads that finish no pixel pass `needed` false and load nothing. The planes are addressed from the
+// sample's first one with 32-bit offsets (64-bit plane addresses cost four instructions a load), and the loads of a
+// channel past `channels` are skipped with one uniform test.
 struct SkipPixel {
   float v[kMaxFusedRgb];
 
   __device__ SkipPixel(const ModconvParams& p, const SkipTaps& taps, int b, int channels, bool needed) {
+#pragma unroll
+    for (int c = 0; c < kMaxFusedRgb; ++c) v[c] = 0.0f;
     // One test around all the loads: a test per channel made each channel's loads wait for the previous ones.
-    if (p.skip && needed) {
+    if (!p.skip || !needed) return;
+    // __ldg: the skip image (the previous block's) is read-only here.
+    const float* const first = opaque_pointer(skip_plane(p, b, channels, 0));
+    const unsigned plane = (p.height / 2) * (p.width / 2);
+    float s[kMaxFusedRgb][2][2];
 #pragma unroll
-      for (int c = 0; c < kMaxFusedRgb; ++c) v[c] = taps(skip_plane(p, b, channels, c < channels ? c : channels - 1));
-    } else {
+    for (int c = 0; c < kMaxFusedRgb; ++c)
 #pragma unroll
-      for (int c = 0; c < kMaxFusedRgb; ++c) v[c] = 0.0f;
-    }
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) s[c][a][e] = c < channels ? __ldg(first + (c * plane + taps.at[a][e])) : 0.0f;
+#pragma unroll
+    for (int c = 0; c < kMaxFusedRgb; ++c) v[c] = taps.sum(s[c]);
   }
   // add_skip's sum for channel c.
   __device__ float add(const ModconvParams& p, float x, int c) const { return p.skip ? v[c] + x : x; }
@@ -243,14 +274,33 @@ __device__ __forceinline__ float add_skip(const ModconvParams& p, float v, int b
 // Tap t (0..3) of the up-sampling convs' blur: [1,3,3,1]/8 per axis with gain 2 per axis (gain 4 overall).
 __device__ __forceinline__ float up2_blur_tap(int t) { return (t == 0 || t == 3) ? 0.25f : 0.75f; }
 
-// blockIdx.x read afresh (a volatile read the compiler cannot merge with an earlier one): for values an epilogue
-// derives from it, which would otherwise hold registers across a main loop that needs them all.
+// blockIdx.x, blockIdx.z and threadIdx.x read afresh (volatile reads the compiler cannot merge with earlier ones):
+// for values an epilogue or a later chunk's gather derives from them, which would otherwise hold registers across a
+// main loop that needs them all.
 __device__ __forceinline__ int block_x_again() {
 #ifdef MMENGINE_EMU
   return blockIdx.x;
 #else
   unsigned x;
   asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(x));
+  return x;
+#endif
+}
+__device__ __forceinline__ int block_z_again() {
+#ifdef MMENGINE_EMU
+  return blockIdx.z;
+#else
+  unsigned z;
+  asm volatile("mov.u32 %0, %%ctaid.z;" : "=r"(z));
+  return z;
+#endif
+}
+__device__ __forceinline__ int thread_x_again() {
+#ifdef MMENGINE_EMU
+  return threadIdx.x;
+#else
+  unsigned x;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(x));
   return x;
 #endif
 }

@@ -7,18 +7,17 @@
 // A block (two warpgroups, 256 threads) computes an 8 x 16 rectangle of one sample's output pixels (blockIdx.x) for N
 // output channels (blockIdx.y): 128, or 64 and 32 (the _n64 and _n32 kernels) for layers with at most 64 or 32, so no
 // mma work is spent on channels they do not have. Warpgroup g takes the rectangle's columns 8 g .. 8 g + 7, an m64nN
-// product. K runs in chunks of 32 input channels. A chunk's input rectangle with its 1-pixel halo (10 x 18 pixels) is
-// gathered from x once, scaled by the styles and rounded (with N = 32 or 64, whose weights are per sample and already
-// scaled, as stored), into shared memory as wgmma's core matrices want it: cells of 16 bytes (8 channels of one pixel),
-// [channel group][halo pixel]. Then the 8 consecutive pixels of a rectangle row are one core matrix's 8 rows, rectangle
-// rows are SBO = 18 cells apart, channel groups LBO = 180 cells apart, and tap (dy, dx) of a warpgroup's A is that
-// layout started dy * 18 + dx cells further: each tap is one K stage whose A the tensor cores read in place, with no
-// im2col and no fragment in registers. B is a stage's weight tile, [channel group][output channel] cells (SBO 8 cells,
-// LBO N), copied with cp.async. With N = 128 the rectangle is double-buffered, gathered for the next chunk a slot at a
-// time during taps 1-8, and B has 4 buffers, copied 2 stages ahead; a stage's wgmma run on while the block passes its
-// barrier and issues the next stage's (wgmma_wait<1>), so the tensor cores need not idle through each barrier. With N =
-// 32 or 64 a chunk is the unit instead (kChunkB): its 9 B stages and its rectangle land together, one barrier, 18
-// products in a row, while the next chunk's go into the other buffers. Shared memory is dynamic (over 48 KB).
+// product. K runs in chunks of 32 input channels. A chunk's input rectangle with its 1-pixel halo (10 x 18 pixels,
+// stored in rows of 24 from 3 columns further left: the gather's aligned runs of 4) is gathered from x once, scaled
+// by the styles and rounded (with N = 32 or 64, whose weights are per sample and already scaled, as stored), into
+// shared memory as wgmma's core matrices want it: cells of 16 bytes (8 channels of one pixel), [channel group][row]
+// [column]. Then the 8 consecutive pixels of a rectangle row are one core matrix's 8 rows, rows are SBO = 24 cells
+// apart, channel groups LBO = 240 cells apart, and tap (dy, dx) of a warpgroup's A is that layout started
+// dy * 24 + dx cells further: each tap is one K stage whose A the tensor cores read in place, with no im2col and no
+// fragment in registers. B is a stage's weight tile, [channel group][output channel] cells (SBO 8 cells,
+// LBO N), copied with cp.async. The K loop runs a chunk at a time: its 9 B stages and its rectangle land together,
+// one barrier, 18 products in a row, while the next chunk's rectangle (and with N = 64 its B) go into the other
+// buffers. Shared memory is dynamic (over 48 KB).
 // The fused up-sampling conv (up2_wgmma, below) and the per-sample weights (modconv_sample_weights) follow.
 //
 // Weight packing (conv.rs, wgmma_groups of pack_same_words): 32-bit words [chunks * 9][4 channel groups]
@@ -37,16 +36,22 @@ constexpr int kThreads = 256;  // two warpgroups
 constexpr int kTileY = 8, kTileX = 16;
 constexpr int kGroups = 4;                           // channel groups (8 channels, 16 bytes) per chunk
 constexpr int kChunkK = 8 * kGroups;                 // input channels per chunk
-constexpr int kHaloY = kTileY + 2, kHaloX = kTileX + 2, kHaloPixels = kHaloY * kHaloX;
-constexpr int kSlots = (kHaloPixels + 63) / 64;      // halo pixels per lane (64 lanes per group)
+constexpr int kHaloY = kTileY + 2, kHaloX = kTileX + 2;
+// The gather's runs of 4 image pixels, from 4 columns left of the rectangle on, cover its halo's rows: kRunsX per
+// row, one per lane of a channel group's two warps. Shared memory keeps all their pixels, rows of kRowCells cells
+// whose column kHaloLeft is the halo's first, so that each of a run's pixels has a cell and no store is conditional.
+constexpr int kRunsX = (3 + kHaloX + 3) / 4, kRuns = kHaloY * kRunsX;
+constexpr int kRowCells = 4 * kRunsX, kHaloLeft = 3, kGroupCells = kHaloY * kRowCells;
+static_assert(kRuns <= 64, "a run per lane of a channel group's two warps");
 
-// N = 32 and 64 (the 512 and 1024 px layers) run their K loop a chunk at a time: a stage's two m64nNk16 products
-// are too short to hide a barrier each, and a chunk's 9 B stages (18 or 36 KB) fit in shared memory at once. So a
-// chunk's B and rectangle land, one barrier, its 18 products go back to back, and the next chunk's rectangle (and
-// with N = 64 its B, cp.async) go into the other buffers while they run. N = 32 has one B buffer: its layers in
-// StyleGAN2 (a conv1 has as many inputs as outputs) have one chunk, and its 64 registers have no room to spare.
-template <int N>
-constexpr bool kChunkB = N <= 64;
+// The K loop runs a chunk at a time: a stage's two m64nNk16 products are too short to hide a barrier each (with
+// one per stage, the 128-channel kernel's products filled about a third of its K loop's time: BENCHMARKS.md), and
+// a chunk's 9 B stages (18, 36 or 72 KB) fit in shared memory at once. So a chunk's B and rectangle land, one barrier,
+// its 18 products go back to back, and the next chunk's rectangle (and with N = 64 its B, cp.async) go into the
+// other buffers while they run. N = 32 and 128 have one B buffer, so that two blocks (four with N = 32) share an SM
+// and one block's B copy overlaps the other's products: N = 32's layers in StyleGAN2 (a conv1 has as many inputs
+// as outputs) have one chunk, its 64 registers have no room to spare, and two of N = 128's buffers would leave one
+// block per SM.
 template <int N>
 constexpr int kChunkBBuffers = N == 64 ? 2 : 1;
 // The narrow kernels take per-sample weights (ModconvParams::weight_sample_stride), each sample's times its styles:
@@ -54,27 +59,21 @@ constexpr int kChunkBBuffers = N == 64 ? 2 : 1;
 // stores x as loaded, with no conversion or multiply.
 template <int N>
 constexpr bool kSampleWeights = N <= 64;
-// N = 128 keeps B tiles in flight per stage: a stage's wgmma may still run while the next stage's are issued
-// (wgmma_wait<1>), so a buffer is free again two stages after its use, and the copy of stage s + kBAhead goes into
-// the buffer of stage s - 2: four buffers, copied two stages ahead.
-constexpr int kStageBBuffers = 4, kBAhead = kStageBBuffers - 2;
-
 // Shared memory (dynamic; conv.rs's wgmma_conv_shared_bytes sizes it), in 16-byte cells: a rectangle is
-// [kGroups][kHaloPixels] cells, a B tile [kGroups][N]. With kChunkB, buffer u is a rectangle followed by a chunk's
-// 9 B tiles (for u < kChunkBBuffers), at u kChunkUnit. A layer of one chunk has buffer 0 only: the 1024 px conv1's
-// 30 KB then let 4 blocks share an SM. Otherwise the two rectangles come first, then the kStageBBuffers B tiles.
-constexpr int kHaloCells = kGroups * kHaloPixels;
+// [kGroups][kHaloY][kRowCells] cells, a B tile [kGroups][N]. Buffer u is a rectangle followed by a chunk's 9 B tiles
+// (for u < kChunkBBuffers), at u kChunkUnit. A layer of one chunk has buffer 0 only: the 1024 px conv1's 34 KB then
+// let 4 blocks share an SM.
+constexpr int kHaloCells = kGroups * kGroupCells;
 template <int N>
 constexpr int kChunkUnit = kHaloCells + 9 * kGroups * N;
 template <int N>
 __device__ __forceinline__ int halo_cell(int buf) {
-  return buf * (kChunkB<N> ? kChunkUnit<N> : kHaloCells);
+  return buf * kChunkUnit<N>;
 }
-// B tile `tile`: tap `tile % 9` of chunk buffer `tile / 9` with kChunkB, else ring buffer `tile`.
+// B tile `tile`: tap `tile % 9` of chunk buffer `tile / 9`.
 template <int N>
 __device__ __forceinline__ int b_tile_cell(int tile) {
-  return kChunkB<N> ? tile / 9 * kChunkUnit<N> + kHaloCells + tile % 9 * kGroups * N
-                    : 2 * kHaloCells + tile * kGroups * N;
+  return tile / 9 * kChunkUnit<N> + kHaloCells + tile % 9 * kGroups * N;
 }
 
 // A cell of 8 16-bit values as loaded, the first in the low half of u.x.
@@ -189,203 +188,168 @@ __device__ void conv3x3(const ModconvParams& p) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int hw = p.height * p.width;
   const int tiles_x = (p.width + kTileX - 1) / kTileX;
-  const int b = blockIdx.z, y0 = (blockIdx.x / tiles_x) * kTileY, x0 = (blockIdx.x % tiles_x) * kTileX;
+  const int b = blockIdx.z;
   const int n0 = blockIdx.y * N;
   const int chunks = (p.in_channels + kChunkK - 1) / kChunkK;
-  const int stages = chunks * 9;
 
-  // The gather: warp w stages channel group w % 4 of the chunk for the halo pixels q = 32 (w / 4) + lane + 64 j
-  // (slot j), one 16-byte store each. Channels and styles are warp-uniform; values load as stored in x.
+  // The gather: warps w and w + 4 stage channel group w % 4 of the chunk. Lane r = 32 (w / 4) + lane (< kRuns) takes
+  // a run of 4 image pixels in halo row r / kRunsX from halo column 4 (r % kRunsX) - 3 on, loaded as stored in x,
+  // and stores those in the halo as 16-byte cells. Where the width is a multiple of 4 (every StyleGAN2 layer) a run
+  // is aligned (the rectangle's first column is a multiple of 16) and inside or outside the image as a whole: one
+  // 8-byte load per channel, where a load per pixel took four. Channels and styles are warp-uniform.
   const int group = warp % kGroups;
-  auto pixel = [&](int j) {  // slot j's offset in an x plane, or -1 outside the image or past the halo
-    const int q = 32 * (warp / kGroups) + lane + 64 * j, iy = y0 - 1 + q / kHaloX, ix = x0 - 1 + q % kHaloX;
-    const bool inside = q < kHaloPixels && iy >= 0 && iy < p.height && ix >= 0 && ix < p.width;
-    return inside ? iy * p.width + ix : -1;
-  };
+  const int run = 32 * (warp / kGroups) + lane;
+  // The run's halo row and the halo column of its first pixel, derived where used (kept, they cost spills).
+  auto run_row = [&] { return run / kRunsX; };
+  auto run_col = [&] { return 4 * (run % kRunsX) - kHaloLeft; };
+  const bool aligned_runs = p.width % 4 == 0;
   const SampleChannels<T> x_group(p, b, 8 * group);
   const float* const styles_group = p.styles + (long long)b * p.in_channels + 8 * group;
   auto group_channels = [&](int chunk) { return p.in_channels - chunk * kChunkK - 8 * group; };
-  auto load_slot = [&](int chunk, int j, T (&v)[8]) {
-    const int pix = pixel(j);
-    x_group.load(chunk * kChunkK, pix, group_channels(chunk), v);
-    return pix >= 0;
+  // The run's first pixel: its offset in a plane, and in bit e whether pixel e is in the image (pixels outside it,
+  // and runs past kRuns, load as zeros). From the rectangle's origin read afresh (block_x_again): kept across the
+  // K loop for the next chunk's gather, these values cost the 32-channel kernels spills.
+  auto load_run = [&](int chunk, uint2 (&v)[8]) {
+    const int iy = block_x_again() / tiles_x * kTileY - 1 + run_row();
+    const int ix = block_x_again() % tiles_x * kTileX - 1 + run_col();
+    unsigned inside = 0;
+    if (run < kRuns && iy >= 0 && iy < p.height) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) inside |= unsigned(ix + e >= 0 && ix + e < p.width) << e;
+    }
+    x_group.load_run(chunk * kChunkK, iy * p.width + ix, group_channels(chunk), inside, aligned_runs, v);
   };
-  // Into rectangle buffer buf. inside: load_slot's answer; a pixel outside the image (or past the halo) is stored
-  // as zeros.
-  auto store_slot = [&](int chunk, int buf, int j, const T (&v)[8], bool inside) {
-    const int q = 32 * (warp / kGroups) + lane + 64 * j;
-    if (q >= kHaloPixels) return;
-    uint4 u;
-    if constexpr (kSampleWeights<N>) {
-      u = pack_cell(v);
-    } else {
+  // Into rectangle buffer buf: the run's 4 cells. Zeros load as zeros, so a pixel outside the image is stored as
+  // zeros (times the styles: finite, as every output depends on them).
+  auto store_run = [&](int chunk, int buf, const uint2 (&v)[8]) {
+    if (run >= kRuns) return;
+    float s[8];
+    if constexpr (!kSampleWeights<N>) {
       const int n = group_channels(chunk);
-      float s[8];
 #pragma unroll
       for (int k = 0; k < 8; ++k) s[k] = k < n ? styles_group[chunk * kChunkK + k] : 0.0f;
-      u.x = Mode::word(X::load(&v[0]) * s[0], X::load(&v[1]) * s[1]);
-      u.y = Mode::word(X::load(&v[2]) * s[2], X::load(&v[3]) * s[3]);
-      u.z = Mode::word(X::load(&v[4]) * s[4], X::load(&v[5]) * s[5]);
-      u.w = Mode::word(X::load(&v[6]) * s[6], X::load(&v[7]) * s[7]);
     }
-    smem[halo_cell<N>(buf) + group * kHaloPixels + q] = inside ? u : make_uint4(0, 0, 0, 0);
+    // This lane's cells, from its index read afresh (kept across the K loop, they cost the 32-channel kernels a spill).
+    const int r = thread_x_again() / 128 * 32 + thread_x_again() % 32;
+    uint4* const cells = smem + halo_cell<N>(buf) + group * kGroupCells + r / kRunsX * kRowCells + 4 * (r % kRunsX);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      auto word = [&](int k) { return e < 2 ? v[k].x : v[k].y; };  // channel k's word holding pixel e
+      uint4 u;
+      if constexpr (kSampleWeights<N>) {
+        u = make_uint4(pair_halves(word(0), word(1), e % 2), pair_halves(word(2), word(3), e % 2),
+                       pair_halves(word(4), word(5), e % 2), pair_halves(word(6), word(7), e % 2));
+      } else {
+        T c[8];  // pixel e's 8 channels
+#pragma unroll
+        for (int k = 0; k < 8; ++k) c[k] = T(word(k) >> (16 * (e % 2)));
+        u.x = Mode::word(X::load(&c[0]) * s[0], X::load(&c[1]) * s[1]);
+        u.y = Mode::word(X::load(&c[2]) * s[2], X::load(&c[3]) * s[3]);
+        u.z = Mode::word(X::load(&c[4]) * s[4], X::load(&c[5]) * s[5]);
+        u.w = Mode::word(X::load(&c[6]) * s[6], X::load(&c[7]) * s[7]);
+      }
+      cells[e] = u;
+    }
   };
-  // The tap at which the next chunk's slot j is gathered: spread over the taps, so few loads are in flight. Not
-  // tap 0: the previous chunk's last wgmma, which reads the buffer these stores rewrite, may still run then.
-  auto slot_tap = [](int j) { return 1 + j * 8 / kSlots; };
 
   __shared__ ChannelTable<N, RGB> channels;
   const BStages<N> b_stages(p, n0);
   auto copy_b = [&](int stage, int tile) { b_stages.copy(smem + b_tile_cell<N>(tile), stage); };
 
   // Descriptors, moved by adding offsets in 16-byte cells: A of warpgroup g starts at its 8 columns of the
-  // rectangle; a K step of 16 channels is two channel groups.
-  const int wg = warp / 4;
-  const unsigned long long a_base = wgmma_descriptor(smem, 16 * 8 * wg, 16 * kHaloPixels, 16 * kHaloX);
+  // rectangle (tap (0, 0) reads the halo's first row and column there); a K step of 16 channels is two channel
+  // groups.
+  const int wg = warpgroup_index();
+  const unsigned long long a_base =
+      wgmma_descriptor(smem, 16 * (8 * wg + kHaloLeft), 16 * kGroupCells, 16 * kRowCells);
   const unsigned long long b_base = wgmma_descriptor(smem, 0, 16 * N, 16 * 8);
   auto a_desc = [&](int buf, int tap, int ks) {
-    return a_base + halo_cell<N>(buf) + 2 * ks * kHaloPixels + (tap / 3) * kHaloX + tap % 3;
+    return wgmma_descriptor_moved(a_base, halo_cell<N>(buf) + 2 * ks * kGroupCells + (tap / 3) * kRowCells + tap % 3);
   };
-  auto b_desc = [&](int tile, int ks) { return b_base + b_tile_cell<N>(tile) + 2 * ks * N; };
+  auto b_desc = [&](int tile, int ks) { return wgmma_descriptor_moved(b_base, b_tile_cell<N>(tile) + 2 * ks * N); };
 
   float acc[N / 2];
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) acc[i] = 0.0f;
 
-  auto copy_chunk_b = [&](int chunk, int buf) {  // kChunkB: the chunk's 9 stages into chunk buffer buf
+  auto copy_chunk_b = [&](int chunk, int buf) {  // the chunk's 9 stages into chunk buffer buf
 #pragma unroll
     for (int tap = 0; tap < 9; ++tap) copy_b(chunk * 9 + tap, 9 * buf + tap);
   };
   // The first B stages first, so that the weights stream in while the first gather waits for its loads.
-  if constexpr (kChunkB<N>) {
-    copy_chunk_b(0, 0);
-  } else {
-#pragma unroll
-    for (int a = 0; a < kBAhead; ++a) {
-      if (a < stages) copy_b(a, a);
-      copy_async_commit();
-    }
-  }
+  copy_chunk_b(0, 0);
   const typename ChannelTable<N, RGB>::Entry channel = ChannelTable<N, RGB>::load(p, b, n0);
   {
-    T first[kSlots][8];
-    bool inside[kSlots];
-#pragma unroll
-    for (int j = 0; j < kSlots; ++j) inside[j] = load_slot(0, j, first[j]);
-#pragma unroll
-    for (int j = 0; j < kSlots; ++j) store_slot(0, 0, j, first[j], inside[j]);
+    uint2 first[8];
+    load_run(0, first);
+    store_run(0, 0, first);
   }
   channels.put(channel);  // published by the barrier below
-  if constexpr (kChunkB<N>) {
-    copy_async_wait();
-  } else {
-    copy_async_wait_groups<kBAhead - 1>();  // stage 0's B
-  }
+  copy_async_wait();
   wgmma_fence_shared_writes();
   __syncthreads();
-  if constexpr (kChunkB<N>) {
-    // Chunk `chunk` from rectangle buffer `buf` (chunk % 2) and B buffer b_buf. With two B buffers, buf is a
-    // Buffer<0 or 1>, so that the descriptors are constants; N = 32 has no registers to spare for twice the code.
-    auto run_chunk = [&](int chunk, auto buf_index) {
-      const int buf = buf_index, other = 1 - buf;
-      const int b_buf = kChunkBBuffers<N> == 2 ? buf : 0;
-      const bool next_chunk = chunk + 1 < chunks;
-      // The next chunk's B (where it has a buffer of its own) and rectangle go into the other buffers, which the
-      // previous chunk's products (ended before the last barrier) read.
-      if (kChunkBBuffers<N> == 2 && next_chunk) copy_chunk_b(chunk + 1, other);
-      wgmma_fence();
+  // Chunk `chunk` from rectangle buffer `buf` (chunk % 2) and B buffer b_buf. With two B buffers, buf is a
+  // Buffer<0 or 1>, so that the descriptors are constants; with one (N = 32 has no registers to spare for twice
+  // the code) it is an int.
+  auto run_chunk = [&](int chunk, auto buf_index) {
+    const int buf = buf_index, other = 1 - buf;
+    const int b_buf = kChunkBBuffers<N> == 2 ? buf : 0;
+    const bool next_chunk = chunk + 1 < chunks;
+    // The next chunk's B (where it has a buffer of its own) and rectangle go into the other buffers, which the
+    // previous chunk's products (ended before the last barrier) read.
+    if (kChunkBBuffers<N> == 2 && next_chunk) copy_chunk_b(chunk + 1, other);
+    wgmma_fence();
 #pragma unroll
-      for (int tap = 0; tap < 9; ++tap) {
-        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(buf, tap, 0), b_desc(9 * b_buf + tap, 0));
-        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(buf, tap, 1), b_desc(9 * b_buf + tap, 1));
-      }
-      wgmma_commit();
-      if (next_chunk) {
-        T part[kSlots][8];
-        bool inside[kSlots];
-#pragma unroll
-        for (int j = 0; j < kSlots; ++j) inside[j] = load_slot(chunk + 1, j, part[j]);
-#pragma unroll
-        for (int j = 0; j < kSlots; ++j) store_slot(chunk + 1, other, j, part[j], inside[j]);
-      }
-      wgmma_wait<0>(acc);
-      if (next_chunk) {
-        if constexpr (kChunkBBuffers<N> == 1) {
-          __syncthreads();  // every warpgroup's products have read B
-          copy_chunk_b(chunk + 1, 0);
-        }
-        copy_async_wait();
-        wgmma_fence_shared_writes();
-        __syncthreads();
-      }
-    };
-    if constexpr (kChunkBBuffers<N> == 2) {
-#pragma unroll 1
-      for (int chunk = 0; chunk < chunks; chunk += 2) {
-        run_chunk(chunk, Buffer<0>{});
-        if (chunk + 1 < chunks) run_chunk(chunk + 1, Buffer<1>{});
-      }
-    } else {
-#pragma unroll 1
-      for (int chunk = 0; chunk < chunks; ++chunk) run_chunk(chunk, chunk & 1);
+    for (int tap = 0; tap < 9; ++tap) {
+      wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(buf, tap, 0), b_desc(9 * b_buf + tap, 0));
+      wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(buf, tap, 1), b_desc(9 * b_buf + tap, 1));
     }
-  } else {
-    // Buffers cycle: b_cur holds stage s's B, b_cur + kBAhead receives stage s + kBAhead's.
-    static_assert(kStageBBuffers == 4, "a ring of 4: buffer indices wrap with & 3");
-    int b_cur = 0;
-#pragma unroll 1
-    for (int chunk = 0; chunk < chunks; ++chunk) {
-      const bool next_chunk = chunk + 1 < chunks;
-#pragma unroll
-      for (int tap = 0; tap < 9; ++tap) {
-        const int s = chunk * 9 + tap;
-        // Stage s - 2 read that buffer: each warpgroup waited for its products before the last barrier.
-        if (s + kBAhead < stages) copy_b(s + kBAhead, (b_cur + kBAhead) & 3);
-        copy_async_commit();
-        T part[kSlots][8];
-        bool inside[kSlots];
-        if (next_chunk) {
-#pragma unroll
-          for (int j = 0; j < kSlots; ++j)
-            if (slot_tap(j) == tap) inside[j] = load_slot(chunk + 1, j, part[j]);
-        }
-        wgmma_fence();
-        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 0), b_desc(b_cur, 0));
-        wgmma_m64k16<N, Mode::kBf16>(acc, a_desc(chunk & 1, tap, 1), b_desc(b_cur, 1));
-        wgmma_commit();
-        if (next_chunk) {
-#pragma unroll
-          for (int j = 0; j < kSlots; ++j)
-            if (slot_tap(j) == tap) store_slot(chunk + 1, (chunk + 1) & 1, j, part[j], inside[j]);
-        }
-        // This stage's products may run on past the barrier, the previous stage's end before it; stage s + 1's B
-        // lands before it.
-        wgmma_wait<1>(acc);
-        copy_async_wait_groups<kBAhead - 1>();
-        wgmma_fence_shared_writes();
-        __syncthreads();
-        b_cur = (b_cur + 1) & 3;
-      }
+    wgmma_commit();
+    if (next_chunk) {
+      uint2 part[8];
+      load_run(chunk + 1, part);
+      store_run(chunk + 1, other, part);
     }
     wgmma_wait<0>(acc);
+    if (next_chunk) {
+      if constexpr (kChunkBBuffers<N> == 1) {
+        __syncthreads();  // every warpgroup's products have read B
+        copy_chunk_b(chunk + 1, 0);
+      }
+      copy_async_wait();
+      wgmma_fence_shared_writes();
+      __syncthreads();
+    }
+  };
+  if constexpr (kChunkBBuffers<N> == 2) {
+#pragma unroll 1
+    for (int chunk = 0; chunk < chunks; chunk += 2) {
+      run_chunk(chunk, Buffer<0>{});
+      if (chunk + 1 < chunks) run_chunk(chunk + 1, Buffer<1>{});
+    }
+  } else {
+#pragma unroll 1
+    for (int chunk = 0; chunk < chunks; ++chunk) run_chunk(chunk, chunk & 1);
   }
 
   // Epilogue in modconv.cu's order. Warp w of warpgroup wg holds rectangle rows 2 (w % 4) + h, column 8 wg +
   // groupID, and channels n0 + 8 j + 2 tig + e in acc[4 j + 2 h + e] (wgmma.cuh). Channel by channel, each
   // channel's values read once from the table; lanes with one tig store 8 consecutive pixels of a channel.
   const int quad = lane / 4, tig = lane % 4;
-  // The rectangle's origin once more (block_x_again): kept from the start, it cost the 128-channel kernel spills.
+  // The rectangle's origin and the sample once more (block_x_again, block_z_again): kept from the start, they cost
+  // the 128- and 32-channel kernels spills.
   const int rect_y = block_x_again() / tiles_x * kTileY, rect_x = block_x_again() % tiles_x * kTileX;
+  const int sample = block_z_again();
   int pix[2];
   float noise[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int y = rect_y + 2 * (warp % 4) + h, x = rect_x + 8 * wg + quad;
     pix[h] = y < p.height && x < p.width ? y * p.width + x : -1;
-    noise[h] = p.noise && pix[h] >= 0 ? p.noise[(long long)b * p.noise_sample_stride + pix[h]] : 0.0f;
+    noise[h] = p.noise && pix[h] >= 0 ? p.noise[(long long)sample * p.noise_sample_stride + pix[h]] : 0.0f;
   }
   // This thread's first channel in y; its others are a multiple of hw further (in 32 bits: within a sample).
-  const long long y_thread = ((long long)b * p.out_channels + n0 + 2 * tig) * hw;
+  const long long y_thread = ((long long)sample * p.out_channels + n0 + 2 * tig) * hw;
   float rgb[2][kMaxFusedRgb] = {};  // RGB: this thread's ToRGB partial sums per row and rgb channel
   // Values of rows outside the image are finished too (from zeros: harmless, and no branch per value); only their
   // stores are skipped, and their ToRGB sums are never written.
@@ -420,8 +384,8 @@ __device__ void conv3x3(const ModconvParams& p) {
     // A row's channels are spread over the 4 lanes that share its groupID (one tig each), all in this warp; their
     // sums leave lanes tig and tig + 2 with row h = tig % 2, and lanes 0 and 1 finish the two rows side by side.
     const int row_pix = tig == 0 ? pix[0] : tig == 1 ? pix[1] : -1;
-    const SkipPixel skip(p, skip_taps_at(p, rect_y + 2 * (warp % 4) + tig, rect_x + 8 * wg + quad), b, p.rgb_channels,
-                         row_pix >= 0);
+    const SkipTaps taps = skip_taps_at(p, rect_y + 2 * (warp % 4) + tig, rect_x + 8 * wg + quad);
+    const SkipPixel skip(p, taps, sample, p.rgb_channels, row_pix >= 0);
     float sum[kMaxFusedRgb];
     quad_row_sums(rgb, tig, sum);
     if (row_pix < 0) return;
@@ -429,7 +393,7 @@ __device__ void conv3x3(const ModconvParams& p) {
     for (int c = 0; c < kMaxFusedRgb; ++c)
       if (c < p.rgb_channels) {
         const float v = clamp_keep_nan(sum[c] + p.rgb_bias[c], p.rgb_clamp);
-        p.rgb[((long long)b * p.rgb_channels + c) * hw + row_pix] = skip.add(p, v, c);
+        p.rgb[((long long)sample * p.rgb_channels + c) * hw + row_pix] = skip.add(p, v, c);
       }
   }
 }
@@ -541,11 +505,11 @@ __device__ void up2(const ModconvParams& p) {
   auto copy_b = [&](int stage, int buf) { b_stages.copy(&smem.gemm.b[buf][0][0], stage); };
 
   // Descriptors in 16-byte cells: warpgroup g's A starts at position 64 g; a K step is two channel groups.
-  const int wg = warp / 4;
+  const int wg = warpgroup_index();
   const unsigned long long a_base = wgmma_descriptor(&smem, 16 * 64 * wg, 16 * kBlockM, 16 * 8);
   const unsigned long long b_base = wgmma_descriptor(&smem, sizeof(smem.gemm.a), 16 * kBlockN, 16 * 8);
-  auto a_desc = [&](int buf, int ks) { return a_base + (buf * kGroups + 2 * ks) * kBlockM; };
-  auto b_desc = [&](int buf, int ks) { return b_base + (buf * kGroups + 2 * ks) * kBlockN; };
+  auto a_desc = [&](int buf, int ks) { return wgmma_descriptor_moved(a_base, (buf * kGroups + 2 * ks) * kBlockM); };
+  auto b_desc = [&](int buf, int ks) { return wgmma_descriptor_moved(b_base, (buf * kGroups + 2 * ks) * kBlockN); };
 
   float acc[kBlockN / 2];
 #pragma unroll

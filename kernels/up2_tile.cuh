@@ -8,6 +8,12 @@
 
 namespace up2_tile {
 
+// A bool as a type, for lambdas that take it as a compile-time constant.
+template <bool B>
+struct BoolConstant {
+  static constexpr bool value = B;
+};
+
 constexpr int PY = 8, PX = 16;                   // the patch of input positions
 constexpr int kChannels = 16;                    // output channels per block
 constexpr int OY = 2 * PY - 4, OX = 2 * PX - 4;  // output tile
@@ -47,9 +53,9 @@ __device__ __forceinline__ float blur4(float t0, float t1, float t2, float t3) {
 
 // Blurs the complete part of T (channel c at T + c * kPlaneT, rows 1..15 and cols 1..31, row r at r * kRowT)
 // into the 12 x 28 output tile at (oy0, ox0) of output channels o0.., then the epilogue in modconv_up2_3x3's order
-// of steps (its blur sums the taps in another order: blur4). Thread `item` (< kBlurItems; others return) takes 6 rows x 4 columns of one
-// channel's tile: it blurs its 9 T rows horizontally once, reading each row's 8 aligned values with two 128-bit
-// loads, then vertically. The channel's demodulation coefficient and bias are loaded once.
+// of steps (its blur sums the taps in another order: blur4). Thread `item` (< kBlurItems; others return) takes 6
+// rows x 4 columns of one channel's tile: it blurs its 9 T rows horizontally once, reading each row's 8 aligned
+// values with two 128-bit loads, then vertically. The channel's demodulation coefficient and bias are loaded once.
 __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const float* T, int item, int b, int o0,
                                               int oy0, int ox0) {
   const int oh = 2 * p.height, ow = 2 * p.width;
@@ -68,58 +74,69 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
   const unsigned long long addresses = reinterpret_cast<unsigned long long>(p.y) |
                                       reinterpret_cast<unsigned long long>(noise);
   const bool quads = ow % 4 == 0 && x0 + 4 <= ow && (addresses & 15) == 0;
-  // The noise of all the rows, loaded before the blur: used as each row is finished, its loads stalled the warp
-  // for about a quarter of the 1024 px layer's time.
-  float nz[kRowsY][4] = {};
-  if (noise) {
-#pragma unroll
-    for (int i = 0; i < kRowsY; ++i) {
-      const int y = y0 + i;
-      if (y >= oh) break;
-      if (quads) {
-        const float4 n4 = *reinterpret_cast<const float4*>(noise + y * ow + x0);
-        nz[i][0] = n4.x, nz[i][1] = n4.y, nz[i][2] = n4.z, nz[i][3] = n4.w;
-      } else {
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          if (x0 + k < ow) nz[i][k] = noise[y * ow + x0 + k];
-      }
-    }
-  }
-  // hr[i][k]: T row kRowsY half + 1 + i blurred horizontally (times 4) at output column 4 q + k (T columns
-  // 4 q + k + 1 ..).
-  float hr[kRowsY + 3][4];
   const float* const tq = T + c * kPlaneT + (kRowsY * row_half + 1) * kRowT + 4 * q;
+  const int first = y0 * ow + x0;  // the item's first value in a plane (32-bit: a plane is below 2^31 values)
+  // Rows of Full items (quads, all their rows in the image: every item but those of the image's last tile row and
+  // column) need no tests. Noise and output rows are 32-bit offsets from the item's first value (opaque_pointer),
+  // where 64-bit indices cost about four instructions a row more.
+  auto rows = [&](auto full_tag) {
+    constexpr bool Full = decltype(full_tag)::value;
+    // The noise of all the rows, loaded before the blur: used as each row is finished, its loads stalled the warp
+    // for about a quarter of the 1024 px layer's time.
+    float nz[kRowsY][4] = {};
+    if (noise) {
+      const float* const nq = opaque_pointer(noise + first);
 #pragma unroll
-  for (int i = 0; i < kRowsY + 3; ++i) {
-    const float4 lo = *reinterpret_cast<const float4*>(tq + i * kRowT);
-    const float4 hi = *reinterpret_cast<const float4*>(tq + i * kRowT + 4);
-    const float t[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      for (int i = 0; i < kRowsY; ++i) {
+        if (!Full && y0 + i >= oh) break;
+        if (Full || quads) {
+          const float4 n4 = __ldg(reinterpret_cast<const float4*>(nq + i * ow));
+          nz[i][0] = n4.x, nz[i][1] = n4.y, nz[i][2] = n4.z, nz[i][3] = n4.w;
+        } else {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) hr[i][k] = blur4(t[k + 1], t[k + 2], t[k + 3], t[k + 4]);
-  }
-  const long long yc = ((long long)b * p.out_channels + o) * oh * ow;
-  with_output_type(p.y_dtype, [&](auto store) {
-#pragma unroll
-    for (int i = 0; i < kRowsY; ++i) {
-      const int y = y0 + i;
-      if (y >= oh) break;
-      float v[4];
-#pragma unroll
-      for (int k = 0; k < 4; ++k) v[k] = blur4(hr[i][k], hr[i + 1][k], hr[i + 2][k], hr[i + 3][k]);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) v[k] = modconv_finish_fused(p, v[k], dcoef, nz[i][k], bias);
-      if (quads) {
-        store.quad(p.y, yc + y * ow + x0, v);
-      } else {
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          if (x0 + k >= ow) break;
-          store(p.y, yc + y * ow + x0 + k, v[k]);
+          for (int k = 0; k < 4; ++k)
+            if (x0 + k < ow) nz[i][k] = __ldg(nq + i * ow + k);
         }
       }
     }
-  });
+    // hr[i][k]: T row kRowsY half + 1 + i blurred horizontally (times 4) at output column 4 q + k (T columns
+    // 4 q + k + 1 ..).
+    float hr[kRowsY + 3][4];
+#pragma unroll
+    for (int i = 0; i < kRowsY + 3; ++i) {
+      const float4 lo = *reinterpret_cast<const float4*>(tq + i * kRowT);
+      const float4 hi = *reinterpret_cast<const float4*>(tq + i * kRowT + 4);
+      const float t[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) hr[i][k] = blur4(t[k + 1], t[k + 2], t[k + 3], t[k + 4]);
+    }
+    const long long yc = ((long long)b * p.out_channels + o) * oh * ow;
+    with_output_type(p.y_dtype, [&](auto store) {
+      void* const yq = opaque_pointer(store.at(p.y, yc + first));
+#pragma unroll
+      for (int i = 0; i < kRowsY; ++i) {
+        if (!Full && y0 + i >= oh) break;
+        float v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) v[k] = blur4(hr[i][k], hr[i + 1][k], hr[i + 2][k], hr[i + 3][k]);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) v[k] = modconv_finish_fused(p, v[k], dcoef, nz[i][k], bias);
+        if (Full || quads) {
+          store.quad(yq, i * ow, v);
+        } else {
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            if (x0 + k >= ow) break;
+            store(yq, i * ow + k, v[k]);
+          }
+        }
+      }
+    });
+  };
+  if (quads && y0 + kRowsY <= oh)
+    rows(BoolConstant<true>{});
+  else
+    rows(BoolConstant<false>{});
 }
 
 }  // namespace up2_tile

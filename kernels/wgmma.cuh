@@ -127,6 +127,18 @@ __device__ __forceinline__ unsigned long long wgmma_descriptor(const void* smem,
          (unsigned long long)((sbo >> 4) & 0x3fff) << 32;
 }
 
+// `desc` with its start address moved by `cells` 16-byte cells, added in 32 bits: the start field never carries
+// into LBO's (our offsets stay inside shared memory), so the high word (SBO) stays the compile-time constant it is,
+// where a 64-bit add cost a carry chain and register moves per product.
+__device__ __forceinline__ unsigned long long wgmma_descriptor_moved(unsigned long long desc, unsigned cells) {
+  return (desc & ~0xffffffffull) | (unsigned(desc) + cells);
+}
+
+// The warpgroup index (threadIdx.x / 128) as a value the compiler knows to be the same in every lane of a warp (a
+// shuffle from lane 0): descriptors derived from it then live in uniform registers, which wgmma reads directly,
+// instead of being moved there (R2UR) before each product.
+__device__ __forceinline__ int warpgroup_index() { return __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0); }
+
 // Makes this thread's earlier shared-memory writes (stores, completed cp.async) visible to wgmma's operand reads;
 // a barrier must follow before another thread's wgmma relies on them.
 __device__ __forceinline__ void wgmma_fence_shared_writes() {

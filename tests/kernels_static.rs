@@ -205,13 +205,12 @@ fn tensor_core_3x3_main_loops_issue_few_instructions_per_mma() {
 
 /// The wgmma kernels' main loops, per m16n8k16's worth of a warp's work (an m64nNk16 wgmma is N / 8 of those per
 /// warp: N = 144 for the up-sampling kernels, 64 for _n64, 32 for _n32, 128 otherwise), so they compare with the
-/// mma.sync kernels' figure above: about 3 (same resolution, N = 128: a tap is a descriptor offset), 3 (_n64: a loop
-/// of two K chunks, 36 products, with the next chunk's gather and B copy between them), 5.4 and 4.1 (up-sampling:
-/// each A element is gathered, scaled and rounded for 144 columns, and its loads and conversions dominate the loop;
-/// with per-sample weights it is stored as loaded). _n32's loop is a whole chunk (its 18 products in a row, then the
-/// next chunk's gather and B): about 9 statically, nearly all of it that gather and copy, which a layer of one chunk
-/// (the 1024 px conv1) never runs; its products and their descriptors are about 2.4 (164 instructions a warp,
-/// against about 720 in modconv_3x3_torgb_n32_f16).
+/// mma.sync kernels' figure above. The same-resolution loops run a K chunk at a time: its 18 products (a tap is a
+/// descriptor offset), then the next chunk's gather (statically both its aligned and its pixel-by-pixel path) and B
+/// copy: about 2.3 with N = 128, 3.7 with _n64 (two chunks per iteration) and 8.8 with _n32, whose few products
+/// leave the gather and copy nearly all of it (a layer of one chunk, the 1024 px conv1, never runs them). Up-sampling:
+/// about 4.9 and 3.6 (each A element is gathered, scaled and rounded for 144 columns, and its loads and conversions
+/// dominate the loop; with per-sample weights it is stored as loaded).
 #[test]
 fn wgmma_main_loops_issue_few_instructions_per_unit_of_work() {
     if KERNEL_TABLE.is_empty() || !SASS_CHECKED {

@@ -80,24 +80,21 @@ const TC_WGMMA32: TcShape = TcShape {
 /// Its K words per channel group (a 16-byte cell of wgmma's core matrices) and groups per stage.
 const WGMMA_GROUP_WORDS: usize = 4;
 const TC_STAGE_WORDS: usize = 16;
-/// Their B tiles in flight per stage with 128-channel blocks (`kStageBBuffers`).
-const WGMMA_STAGE_B_BUFFERS: usize = 4;
 
 /// The dynamic shared memory of a 3x3 wgmma kernel with `channels`-channel blocks on a layer with `in_channels`,
 /// in bytes (`kernels/modconv_wgmma.cu`): 16-byte cells of rectangles (the channel groups of a 32-channel K chunk
-/// at the block's pixels and their 1-pixel halo) and B tiles (the groups at the block's channels). With 128-channel
-/// blocks two rectangles and the stage buffers. Narrower ones (kChunkB) take a rectangle and a chunk's 9 B tiles
-/// per buffer, one buffer for a layer of a single chunk; otherwise a second buffer, whose B tiles only 64-channel
-/// blocks have.
+/// at the block's pixels and their 1-pixel halo) and B tiles (the groups at the block's channels): a rectangle and a
+/// chunk's 9 B tiles per buffer, one buffer for a layer of a single chunk; otherwise a second buffer, whose B tiles
+/// only 64-channel blocks have.
 fn wgmma_conv_shared_bytes(channels: usize, in_channels: usize) -> u32 {
     const CELL_BYTES: usize = 16;
     let groups = TC_STAGE_WORDS / WGMMA_GROUP_WORDS;
     let [rows, cols] = TC_WGMMA.rect;
-    let rectangle = groups * (rows + 2) * (cols + 2);
+    // Rows of 24 cells: the gather's aligned runs of 4 pixels from 4 columns left of the block.
+    let rectangle = groups * (rows + 2) * (cols + 8);
     let chunk_b = 9 * groups * channels;
     let single_chunk = in_channels <= 2 * TC_STAGE_WORDS;
     let cells = match channels {
-        128 => 2 * rectangle + WGMMA_STAGE_B_BUFFERS * groups * channels,
         _ if single_chunk => rectangle + chunk_b,
         64 => 2 * (rectangle + chunk_b),
         _ => 2 * rectangle + chunk_b,
