@@ -21,6 +21,8 @@
 #                    f32 and with 8-bit images (--images u8)
 #             wgmma  this build with its sm_90 (wgmma) kernels and without (MMENGINE_WGMMA=0), fp16 and bf16,
 #                    alternating, with the per-layer profile
+#             passes  ffhq1024 batch 512 fp16 with 8-bit images in passes of 32 (the default), 64 and 128 images
+#                    (--pass-images), alternating, each with the per-layer profile of one pass
 #             fit    golden case E's anchors plus one row (12 x 18 x 512): mmengine fit on the GPU and the CPU beside
 #                    benches/rpca_torch.py (the same algorithm in PyTorch) on both, checked against mmengine's output
 #             ncu    Nsight Compute's full report of one launch of each f16 convolution kernel (up-sampling at 1024
@@ -235,6 +237,16 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
                 done
             done
             ;;
+        passes)
+            # The small layers (4-64 px) have few blocks in a pass of 32 images; larger passes fill the device
+            # there, at the cost of a longer last download. Per layer, so both effects show.
+            for round in 1 2; do
+                for n in 32 64 128; do
+                    step "passes-$n-$round" 90 "$mm" bench --device cuda --config ffhq1024 --batch 512 \
+                        --precision fp16 --iters 3 --images u8 --pass-images "$n" --profile --json
+                done
+            done
+            ;;
         fit)
             local anchors=/tmp/anchors12.npy
             step make-anchors 60 python3 benches/rpca_torch.py --make-anchors12 \
@@ -315,7 +327,7 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             fi
             ;;
         *)
-            echo "usage: scripts/gpu-session.sh run tests|bench|compare|wgmma|fit|ncu|ncu-source|ncu-layers|memcheck..." >&2
+            echo "usage: scripts/gpu-session.sh run tests|bench|compare|wgmma|passes|fit|ncu|ncu-source|ncu-layers|memcheck..." >&2
             return 1
             ;;
     esac
@@ -325,5 +337,5 @@ case "${1:-}" in
     pack) pack ;;
     baseline) shift && baseline "$@" ;;
     run) shift && run "$@" ;;
-    *) echo "usage: scripts/gpu-session.sh pack | baseline [COMMIT] | run tests|bench|compare|wgmma|fit|ncu|ncu-source|ncu-layers|memcheck..." >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-session.sh pack | baseline [COMMIT] | run tests|bench|compare|wgmma|passes|fit|ncu|ncu-source|ncu-layers|memcheck..." >&2; exit 2 ;;
 esac

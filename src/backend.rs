@@ -63,6 +63,16 @@ pub trait Backend {
     fn peak_device_memory(&self) -> Option<usize> {
         None
     }
+    /// Images per device pass for a batch of `n` (a device backend splits a batch into passes that it computes one
+    /// after another while the previous one downloads); `None` from backends that take a batch at once.
+    fn images_per_pass(&self, _n: usize) -> Option<usize> {
+        None
+    }
+    /// Takes `images` per pass in place of the planned number (free device memory and out-of-memory errors may
+    /// still lower it). Backends that take a batch at once refuse.
+    fn set_images_per_pass(&self, _images: usize) -> Result<()> {
+        crate::bail!("this device synthesizes a batch at once: images per pass apply to the cuda and emu devices")
+    }
     /// Synthesizes `ws` (or as many of its rows as one pass takes) with the device waiting after every layer,
     /// and times each layer; `None` from backends without per-layer timing.
     fn profile(&self, _ws: &Tensor) -> Result<Option<Vec<LayerProfile>>> {

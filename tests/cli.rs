@@ -419,6 +419,31 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
         &["x.jpg"],
     );
     fails(&["render", "--seeds", "0-", "-o", s(&out)], &["0-"]);
+    // Passes are a device's: the cpu backend takes a batch at once.
+    fails(
+        &[
+            "render",
+            "--seeds",
+            "0",
+            "--pass-images",
+            "4",
+            "-o",
+            s(&out),
+        ],
+        &["--pass-images 4", "cuda and emu"],
+    );
+    fails(
+        &[
+            "render",
+            "--seeds",
+            "0",
+            "--pass-images",
+            "0",
+            "-o",
+            s(&out),
+        ],
+        &["--pass-images", "at least 1"],
+    );
     assert_empty_dir(&out_dir);
 }
 

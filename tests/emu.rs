@@ -2212,13 +2212,14 @@ fn cli_fit_on_the_emulation() {
 #[test]
 fn cli_render_on_the_emulation_matches_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let render = |device: &str| {
+    let render = |device: &str, extra: &[&str]| {
         let out = dir.path().join(format!("{device}.npy"));
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_mmengine"))
             .args([
                 "render", "--seeds", "0-2", "--batch", "2", "--quiet", "--device", device, "-o",
             ])
             .arg(&out)
+            .args(extra)
             .output()
             .unwrap();
         assert!(
@@ -2228,7 +2229,8 @@ fn cli_render_on_the_emulation_matches_the_cpu() {
         );
         mmengine::io::npy::read_npy(&out).unwrap()
     };
-    let (cpu, emu) = (render("cpu"), render("emu"));
+    // The emulation computes each batch of 2 in passes of one image, through the download pipeline.
+    let (cpu, emu) = (render("cpu", &[]), render("emu", &["--pass-images", "1"]));
     assert_eq!(cpu.shape, emu.shape);
     let err = cpu.max_abs_diff(&emu).unwrap();
     assert!(err < 1e-4, "emu vs cpu render: {err:e}");
@@ -2266,6 +2268,8 @@ fn cli_bench_on_the_emulation_reports_device_memory_and_a_layer_profile() {
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["achieved_tflop_per_s"].is_number(), "{report}");
+    // The planned pass: the whole batch of 2 (32 px images, far below the pixels a pass takes).
+    assert_eq!(report["images_per_pass"], 2, "{report}");
     // 2 images of 3 x 32 x 32 f32 per batch at the reported rate.
     let out = report["output_gbyte_per_s"].as_f64().unwrap();
     let expected = report["images_per_s"].as_f64().unwrap() * (3 * 32 * 32 * 4) as f64 / 1e9;

@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// rule, what `render` to PNG downloads from a GPU: a quarter of the bytes).
     #[arg(long, value_enum, default_value_t = ImageValues::F32)]
     images: ImageValues,
+    /// Images per device pass (cuda, emu; default: planned, 32 at 1024 px): the batch is computed in passes,
+    /// one after another while the previous one downloads.
+    #[arg(long)]
+    pass_images: Option<usize>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -74,8 +78,8 @@ impl ImageValues {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    if args.batch == 0 || args.iters == 0 {
-        bail!("--batch and --iters must be at least 1");
+    if args.batch == 0 || args.iters == 0 || args.pass_images == Some(0) {
+        bail!("--batch, --iters and --pass-images must be at least 1");
     }
     super::render::set_threads(args.threads)?;
     let (net, name) = match &args.model {
@@ -90,6 +94,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     // The images a batch hands back (on a GPU: what crosses the host link).
     let image_bytes = (net.img_channels * res * res * args.images.bytes()) as f64;
     let backend = open_backend(args.device, net, args.precision)?;
+    super::render::set_pass_images(backend.as_ref(), args.pass_images)?;
+    let pass = backend.images_per_pass(args.batch);
     let mut z = Vec::with_capacity(args.batch * z_dim);
     for i in 0..args.batch {
         z.extend(seeds::z_from_seed(i as u32, z_dim));
@@ -135,6 +141,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "precision": args.precision.to_string(),
             "resolution": res,
             "batch": args.batch,
+            "images_per_pass": pass,
             "iters": args.iters,
             "images": args.images.name(),
             "ms_per_batch": mean * 1e3,
@@ -152,6 +159,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     } else {
         println!("model:        {name} ({res}x{res}, {gflop_per_image:.1} GFLOP/image)");
         println!("device:       {device} ({})", args.precision);
+        if let Some(pass) = pass {
+            println!("passes:       of {pass} images");
+        }
         println!(
             "batch {}:     {:.1} ms/batch (best {:.1}), {:.3} images/s, {:.1} GFLOP/s ({:.3} TFLOP/s)",
             args.batch,

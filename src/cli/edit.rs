@@ -103,7 +103,7 @@ pub fn edit(args: EditArgs) -> Result<()> {
     let d = direction::load(&args.direction, net.num_ws, net.w_dim)?;
     let edited = direction::shift(&ws, &d, args.alpha)?;
     let names = (0..n).map(|i| face_name(i) + ".png").collect();
-    let backend = super::device::open_backend(args.run.device, net, args.run.precision)?;
+    let backend = args.run.open_backend(net)?;
     render_to_output(
         backend.as_ref(),
         &args.output,
@@ -226,7 +226,7 @@ pub fn clip(args: ClipArgs) -> Result<()> {
     let mut finished: Vec<PathBuf> = Vec::new();
     let mut writer: Option<ClipWriter> = None;
     let mut cells: Vec<Vec<u8>> = Vec::with_capacity(n);
-    let backend = super::device::open_backend(args.run.device, net, args.run.precision)?;
+    let backend = args.run.open_backend(net)?;
     let result = render_batches(
         n * frames,
         &args.run,

@@ -113,6 +113,10 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Images per device pass (cuda, emu): the device computes a batch in passes, one after another while the
+    /// previous one downloads (default: planned, 32 at 1024 px; free device memory may lower it).
+    #[arg(long)]
+    pub pass_images: Option<usize>,
 }
 
 impl RunArgs {
@@ -121,8 +125,28 @@ impl RunArgs {
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
+        if self.pass_images == Some(0) {
+            bail!("--pass-images must be at least 1");
+        }
         set_threads(self.threads)?;
         self.device.check_available()
+    }
+
+    /// The backend of --device and --precision for `net`, with --pass-images.
+    pub fn open_backend(&self, net: Network) -> Result<Box<dyn Backend>> {
+        let backend = open_backend(self.device, net, self.precision)?;
+        set_pass_images(backend.as_ref(), self.pass_images)?;
+        Ok(backend)
+    }
+}
+
+/// --pass-images, where given.
+pub(super) fn set_pass_images(backend: &dyn Backend, images: Option<usize>) -> Result<()> {
+    match images {
+        Some(n) => backend
+            .set_images_per_pass(n)
+            .map_err(|e| Error::invalid(format!("--pass-images {n}: {e}"))),
+        None => Ok(()),
     }
 }
 
@@ -502,7 +526,7 @@ pub fn render(args: RenderArgs) -> Result<()> {
         Some(seeds) => seeds.iter().map(|s| format!("seed{s:04}.png")).collect(),
         None => (0..n).map(|i| format!("img{i:05}.png")).collect(),
     };
-    let backend = open_backend(args.run.device, net, args.run.precision)?;
+    let backend = args.run.open_backend(net)?;
     render_to_output(
         backend.as_ref(),
         &args.output,

@@ -18,9 +18,9 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Output pixels per pass (32 images at 1024 px): large enough that the big layers fill the device, small enough
-/// that a batch of hundreds makes a pipeline of many passes, so only the last pass's download is not hidden
-/// behind compute. Not tuned on a GPU yet.
+/// Output pixels per pass (32 images at 1024 px) unless set ([`Backend::set_images_per_pass`]): large enough that
+/// the big layers fill the device, small enough that a batch of hundreds makes a pipeline of many passes, so only
+/// the last pass's download is not hidden behind compute. Not tuned on a GPU yet.
 const PASS_PIXELS: usize = 1 << 25;
 /// Bytes per task when the host moves staged images into the result (parallel: one core copies ~10 GB/s,
 /// less than a PCIe 5 link delivers).
@@ -44,6 +44,8 @@ pub struct CudaBackend<D: Device> {
     activation_bytes: usize,
     /// Images per synthesis pass; shrinks for good after an out-of-memory error.
     chunk_limit: AtomicUsize,
+    /// Images per pass set by the caller in place of [`PASS_PIXELS`]' number; 0 for that.
+    pass_images: AtomicUsize,
     /// Two staging buffers, kept across calls: one receives a pass's download while the host empties the other.
     staging: Mutex<[Option<D::Staging>; 2]>,
 }
@@ -59,6 +61,7 @@ impl<D: Device> CudaBackend<D> {
             synthesis,
             activation_bytes: precision.activation_dtype().size(),
             chunk_limit: AtomicUsize::new(usize::MAX),
+            pass_images: AtomicUsize::new(0),
             staging: Mutex::new([None, None]),
         })
     }
@@ -90,15 +93,18 @@ impl<D: Device> CudaBackend<D> {
         2 * (self.activation_bytes * largest + self.synthesis.sample_weight_bytes() + 4 * 3 * img)
     }
 
-    /// Images per pass: at most [`PASS_PIXELS`] and what 80% of the free device memory holds, within the limit
-    /// set by earlier out-of-memory errors.
+    /// Images per pass: at most [`PASS_PIXELS`] (or the number set in its place) and what 80% of the free device
+    /// memory holds, within the limit set by earlier out-of-memory errors.
     fn plan_chunk(&self, n: usize) -> usize {
         let by_memory = self
             .dev
             .free_memory()
             .map(|free| (free / 5 * 4 / self.bytes_per_image().max(1)).max(1))
             .unwrap_or(n);
-        let by_pipeline = (PASS_PIXELS / (self.net.resolution * self.net.resolution).max(1)).max(1);
+        let by_pipeline = match self.pass_images.load(Ordering::Relaxed) {
+            0 => (PASS_PIXELS / (self.net.resolution * self.net.resolution).max(1)).max(1),
+            set => set,
+        };
         n.min(by_memory)
             .min(by_pipeline)
             .min(self.chunk_limit.load(Ordering::Relaxed))
@@ -228,6 +234,18 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn peak_device_memory(&self) -> Option<usize> {
         Some(self.dev.memory_meter().peak())
+    }
+
+    fn images_per_pass(&self, n: usize) -> Option<usize> {
+        Some(self.plan_chunk(n))
+    }
+
+    fn set_images_per_pass(&self, images: usize) -> Result<()> {
+        if images == 0 {
+            crate::bail!("images per pass must be at least 1");
+        }
+        self.pass_images.store(images, Ordering::Relaxed);
+        Ok(())
     }
 
     fn map(&self, z: &Tensor, truncation: Truncation) -> Result<Tensor> {
