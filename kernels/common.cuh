@@ -277,33 +277,21 @@ __device__ __forceinline__ float up2_blur_tap(int t) { return (t == 0 || t == 3)
 // blockIdx.x, blockIdx.z and threadIdx.x read afresh (volatile reads the compiler cannot merge with earlier ones):
 // for values an epilogue or a later chunk's gather derives from them, which would otherwise hold registers across a
 // main loop that needs them all.
-__device__ __forceinline__ int block_x_again() {
 #ifdef MMENGINE_EMU
-  return blockIdx.x;
+#define READ_AGAIN(name, value, reg) \
+  __device__ __forceinline__ int name() { return value; }
 #else
-  unsigned x;
-  asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(x));
-  return x;
+#define READ_AGAIN(name, value, reg)                    \
+  __device__ __forceinline__ int name() {               \
+    unsigned v;                                         \
+    asm volatile("mov.u32 %0, %%" reg ";" : "=r"(v)); \
+    return v;                                           \
+  }
 #endif
-}
-__device__ __forceinline__ int block_z_again() {
-#ifdef MMENGINE_EMU
-  return blockIdx.z;
-#else
-  unsigned z;
-  asm volatile("mov.u32 %0, %%ctaid.z;" : "=r"(z));
-  return z;
-#endif
-}
-__device__ __forceinline__ int thread_x_again() {
-#ifdef MMENGINE_EMU
-  return threadIdx.x;
-#else
-  unsigned x;
-  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(x));
-  return x;
-#endif
-}
+READ_AGAIN(block_x_again, blockIdx.x, "ctaid.x")
+READ_AGAIN(block_z_again, blockIdx.z, "ctaid.z")
+READ_AGAIN(thread_x_again, threadIdx.x, "tid.x")
+#undef READ_AGAIN
 
 // 16-byte copy global -> shared that bypasses the registers (cp.async, sm_80+): weight tiles need no prologue, so
 // they stream in while the block computes. Both addresses 16-byte aligned. The emulation lands the data only at
