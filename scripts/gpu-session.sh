@@ -38,8 +38,9 @@
 #
 # Each step has its own time limit, so a step that hangs costs at most that, and a call cut off at its own limit still
 # returns log.txt up to the step it was in. On an H200 (2026-11-26) the phases took about: tests 20 s, compare 130 s,
-# wgmma 60 s, fit 20 s, memcheck 5 s, bench 80 s, ncu 50 s; a call's start and transfers added 30-60 s. So
-# `run tests compare bench ncu` fits one call of 15 minutes' device time with room for another.
+# wgmma 60 s, fit 20 s, memcheck 5 s, bench 80 s, ncu 50 s (passes, not yet run: about 2 minutes, 6 runs like
+# bench's with the profile); a call's start and transfers added 30-60 s. So `run tests compare bench ncu` fits
+# one call of 15 minutes' device time with room for another.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
