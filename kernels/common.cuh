@@ -145,6 +145,13 @@ __device__ __forceinline__ float modconv_epilogue(const ModconvParams& p, float 
                         p.bias ? p.bias[o] : 0.0f);
 }
 
+// A value as a type, for lambdas that take it as a compile-time constant (value), or converted as a run-time one.
+template <auto V>
+struct Constant {
+  static constexpr auto value = V;
+  __device__ constexpr operator decltype(V)() const { return V; }
+};
+
 // The global-memory pointer p, as a value the compiler cannot see into: offsets added to it then stay 32-bit adds
 // from one 64-bit base (one address instruction an access), where the compiler otherwise folds them into a 64-bit
 // index (four). The assumption keeps the accesses global ones (LDG, STG) rather than generic.

@@ -82,13 +82,7 @@ __device__ __forceinline__ uint4 pack_cell(const unsigned short (&v)[8]) {
                     v[6] | unsigned(v[7]) << 16);
 }
 
-// A buffer index as a type, for lambdas that take it either so (a compile-time constant) or as an int.
-template <int B>
-struct Buffer {
-  __device__ constexpr operator int() const { return B; }
-};
-
-// The buffer after buf in a ring of Buffers.
+// The buffer after buf in a ring of `Buffers` buffers.
 template <int Buffers>
 __device__ __forceinline__ int next_buffer(int buf) {
   return buf + 1 == Buffers ? 0 : buf + 1;
@@ -289,7 +283,7 @@ __device__ void conv3x3(const ModconvParams& p) {
   wgmma_fence_shared_writes();
   __syncthreads();
   // Chunk `chunk` from rectangle buffer `buf` (chunk % 2) and B buffer b_buf. With two B buffers, buf is a
-  // Buffer<0 or 1>, so that the descriptors are constants; with one (N = 32 has no registers to spare for twice
+  // Constant<0 or 1>, so that the descriptors are constants; with one (N = 32 has no registers to spare for twice
   // the code) it is an int.
   auto run_chunk = [&](int chunk, auto buf_index) {
     const int buf = buf_index, other = 1 - buf;
@@ -324,8 +318,8 @@ __device__ void conv3x3(const ModconvParams& p) {
   if constexpr (kChunkBBuffers<N> == 2) {
 #pragma unroll 1
     for (int chunk = 0; chunk < chunks; chunk += 2) {
-      run_chunk(chunk, Buffer<0>{});
-      if (chunk + 1 < chunks) run_chunk(chunk + 1, Buffer<1>{});
+      run_chunk(chunk, Constant<0>{});
+      if (chunk + 1 < chunks) run_chunk(chunk + 1, Constant<1>{});
     }
   } else {
 #pragma unroll 1

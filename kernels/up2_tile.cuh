@@ -8,12 +8,6 @@
 
 namespace up2_tile {
 
-// A bool as a type, for lambdas that take it as a compile-time constant.
-template <bool B>
-struct BoolConstant {
-  static constexpr bool value = B;
-};
-
 constexpr int PY = 8, PX = 16;                   // the patch of input positions
 constexpr int kChannels = 16;                    // output channels per block
 constexpr int OY = 2 * PY - 4, OX = 2 * PX - 4;  // output tile
@@ -134,9 +128,9 @@ __device__ __forceinline__ void blur_epilogue(const ModconvParams& p, const floa
     });
   };
   if (quads && y0 + kRowsY <= oh)
-    rows(BoolConstant<true>{});
+    rows(Constant<true>{});
   else
-    rows(BoolConstant<false>{});
+    rows(Constant<false>{});
 }
 
 }  // namespace up2_tile

@@ -1303,9 +1303,9 @@ mod tensor_core_conv {
         );
         // The gather's runs of 4 pixels, aligned (a width that is a multiple of 4) and not, where rectangles meet the
         // image's edges on every side and chunks follow one another: 70 outputs (the 128-channel kernel, which
-        // gathers the next chunk during the taps) with a width of 20 and a partial second chunk; 20 outputs (the
-        // 32-channel kernel and its one B buffer) with a width of 13 and a second chunk of 4 channels; 48 outputs
-        // (the 64-channel kernel) over three chunks with a width of 36.
+        // applies the styles in its gather) with a width of 20 and a partial second chunk; 20 outputs (the
+        // 32-channel kernel) with a width of 13 and a second chunk of 4 channels; 48 outputs (the 64-channel kernel
+        // and its two B buffers) over three chunks with a width of 36.
         for (n, i, o, h, w, seed) in [
             (1, 40, 70, 11, 20, 0x7c0a),
             (2, 36, 20, 7, 13, 0x7c0b),
