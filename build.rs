@@ -533,7 +533,7 @@ fn build_emulation(kernel_dir: &Path, sources: &[PathBuf]) {
         Some(_) => println!("cargo:rustc-link-lib=dylib=tsan"),
         None => {}
     }
-    // The emulation runs one OS thread per CUDA thread.
+    // The emulation runs its blocks on a pool of OS threads.
     println!("cargo:rustc-link-lib=pthread");
 }
 

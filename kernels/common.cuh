@@ -17,7 +17,7 @@
   }                                                                                              \
   static void name##_body(const Params& p)
 #define KERNEL_BOUNDED(name, Params, ...) KERNEL(name, Params)
-#define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::current.dynamic_shared)
+#define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::current().dynamic_shared)
 #else
 #define KERNEL(name, Params) extern "C" __global__ void name(const Params p)
 #define KERNEL_BOUNDED(name, Params, ...) \

@@ -32,10 +32,6 @@
 
 namespace emu_wgmma {
 
-// A descriptor's start address counts from the block's shared-memory window: on the GPU the shared address space;
-// in the emulation the __shared__ object that the kernel names when it builds the descriptor.
-inline thread_local const unsigned char* window = nullptr;
-
 struct Issued {
   emu_mma::Input type;
   unsigned long long a_desc, b_desc;
@@ -43,8 +39,15 @@ struct Issued {
   unsigned group;
   std::vector<float> operands;  // what it read (read_operands)
 };
-inline thread_local std::vector<Issued> in_flight;
-inline thread_local unsigned committed = 0;
+// A CUDA thread's wgmma state. A descriptor's start address counts from the block's shared-memory window: on the
+// GPU the shared address space; in the emulation the __shared__ object that the kernel names when it builds the
+// descriptor.
+struct ThreadState {
+  const unsigned char* window = nullptr;
+  std::vector<Issued> in_flight;
+  unsigned committed = 0;
+};
+inline ThreadState& state() { return emu::thread_private<ThreadState>(); }
 
 inline float element(emu_mma::Input type, unsigned long long desc, unsigned r, unsigned k) {
   const unsigned start = unsigned(desc & 0x3fff) << 4;
@@ -53,7 +56,7 @@ inline float element(emu_mma::Input type, unsigned long long desc, unsigned r, u
     std::fprintf(stderr, "emulated wgmma: only descriptors without swizzling are modelled\n");
     std::abort();
   }
-  const unsigned char* at = window + start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
+  const unsigned char* at = state().window + start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
   uint16_t bits;
   std::memcpy(&bits, at, 2);
   return emu_mma::decode(type, bits, 0);
@@ -63,7 +66,7 @@ inline float element(emu_mma::Input type, unsigned long long desc, unsigned r, u
 // its 2 columns of B in each of the n / 8 column tiles.
 inline std::vector<float> read_operands(emu_mma::Input type, unsigned long long a_desc, unsigned long long b_desc,
                                         unsigned n) {
-  const unsigned warp = (emu::current.linear_tid / 32) % 4, group = emu::lane() / 4, tig = emu::lane() % 4;
+  const unsigned warp = (emu::current().linear_tid / 32) % 4, group = emu::lane() / 4, tig = emu::lane() % 4;
   std::vector<float> v;
   v.reserve((2 + n / 4) * 16);
   for (unsigned h = 0; h < 2; ++h)
@@ -77,7 +80,7 @@ inline std::vector<float> read_operands(emu_mma::Input type, unsigned long long 
 // D (+)= A B for m64nNk16: this thread's N / 2 accumulators, each an f32 sum in K order.
 template <int N>
 inline void mma_m64k16(emu_mma::Input type, float (&d)[N / 2], unsigned long long a_desc, unsigned long long b_desc) {
-  Issued issued{type, a_desc, b_desc, N, committed, read_operands(type, a_desc, b_desc, N)};
+  Issued issued{type, a_desc, b_desc, N, state().committed, read_operands(type, a_desc, b_desc, N)};
   const float* a = issued.operands.data();
   const float* b = a + 2 * 16;
   for (unsigned j = 0; j < N / 8; ++j)
@@ -88,16 +91,17 @@ inline void mma_m64k16(emu_mma::Input type, float (&d)[N / 2], unsigned long lon
       for (unsigned k = 0; k < 16; ++k) acc += row[k] * col[k];
       d[4 * j + i] = acc;
     }
-  in_flight.push_back(std::move(issued));
+  state().in_flight.push_back(std::move(issued));
 }
 
-inline void commit() { ++committed; }
+inline void commit() { ++state().committed; }
 
 // Products of all but the `pending` most recent groups have finished: their operands must be unchanged since issue.
 inline void wait(unsigned pending) {
+  ThreadState& s = state();
   std::vector<Issued> still;
-  for (auto& op : in_flight) {
-    if (op.group + pending >= committed) {  // a group among the `pending` newest, or not yet committed
+  for (auto& op : s.in_flight) {
+    if (op.group + pending >= s.committed) {  // a group among the `pending` newest, or not yet committed
       still.push_back(std::move(op));
       continue;
     }
@@ -106,7 +110,7 @@ inline void wait(unsigned pending) {
       std::abort();
     }
   }
-  in_flight = std::move(still);
+  s.in_flight = std::move(still);
 }
 
 }  // namespace emu_wgmma
@@ -118,7 +122,7 @@ inline void wait(unsigned pending) {
 __device__ __forceinline__ unsigned long long wgmma_descriptor(const void* smem, unsigned byte_offset, unsigned lbo,
                                                                unsigned sbo) {
 #ifdef MMENGINE_EMU
-  emu_wgmma::window = static_cast<const unsigned char*>(smem);
+  emu_wgmma::state().window = static_cast<const unsigned char*>(smem);
   const unsigned address = byte_offset;
 #else
   const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(smem)) + byte_offset;

@@ -1,10 +1,13 @@
 // Host emulation of the CUDA dialect our kernels use, so the same .cu source compiles as C++ and runs on the CPU.
 //
-// Model: one launch runs its blocks one after another on a pool of OS threads, one thread per CUDA thread.
-// `__syncthreads` is a real barrier among the block's threads and warp operations are a real barrier among the
-// warp's lanes plus an exchange buffer, so a missing barrier or a wrong lane index shows up as a wrong result, as it
-// would on a GPU. Blocks run one at a time (launches are serialised), which is why `__shared__` can be a
-// function-local `static`. Speed is not a goal: this exists so CI, which has no GPU, executes every kernel.
+// Model: every CUDA thread of a block is a fiber (its own stack, switched in user space, runtime.cpp); a launch's
+// blocks are shared out among one OS thread per core, each running one block's fibers at a time. A fiber runs until
+// it waits at a barrier or finishes; `__syncthreads` lets a block's threads go on once every one still running
+// waits at it, and warp operations are a barrier among the warp's lanes plus an exchange buffer. Between two
+// barriers the threads run one after another, in opposite orders in turn, so a read that lacks its barrier sees the
+// value from before the write one way round, and the thread sanitizer (told of every barrier) reports it either
+// way. `__shared__` is a function-local `static thread_local`: one copy per OS thread, i.e. per running block.
+// Speed matters only as far as CI's time: this exists so CI, which has no GPU, executes every kernel.
 #pragma once
 
 #include <algorithm>
@@ -13,6 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <vector>
 
 #define MMENGINE_EMU 1
 
@@ -24,7 +29,13 @@
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
+#if defined(__SANITIZE_ADDRESS__)
+// The address sanitizer guards statics with redzones but not thread_locals: its build runs one block at a time
+// (runtime.cpp), so a kernel's static __shared__ can be one per process.
 #define __shared__ static
+#else
+#define __shared__ static thread_local
+#endif
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -50,8 +61,25 @@ struct ThreadState {
   uint3 thread_idx, block_idx, block_dim, grid_dim;
   unsigned char* dynamic_shared;
   unsigned linear_tid;  // threadIdx flattened, x fastest, as the hardware numbers lanes
+  std::vector<std::shared_ptr<void>> privates;  // thread_private's objects, by slot
 };
-extern thread_local ThreadState current;
+// The running thread's state. Atomic (relaxed) so the thread sanitizer reads the fiber switches' writes to it as
+// the runtime's own bookkeeping, not as a race between the CUDA threads that share an OS thread.
+extern thread_local std::atomic<ThreadState*> current_thread;
+inline ThreadState& current() { return *current_thread.load(std::memory_order_relaxed); }
+
+// One T for each emulated CUDA thread, made on first use and kept from block to block: what the hardware keeps per
+// thread outside the kernel's own variables (the wgmma twin's operands in flight). A thread_local would be shared by
+// all the fibers of an OS thread.
+unsigned next_private_slot();
+template <class T>
+T& thread_private() {
+  static const unsigned slot = next_private_slot();
+  std::vector<std::shared_ptr<void>>& slots = current().privates;
+  if (slots.size() <= slot) slots.resize(slot + 1);
+  if (!slots[slot]) slots[slot] = std::make_shared<T>();
+  return *static_cast<T*>(slots[slot].get());
+}
 
 void sync_block();
 void sync_warp();
@@ -59,7 +87,7 @@ void sync_warp();
 // contributions in lane order (lanes past the end of a partial warp are zero).
 void warp_exchange(const void* mine, void* all, size_t bytes);
 
-inline unsigned lane() { return current.linear_tid & 31u; }
+inline unsigned lane() { return current().linear_tid & 31u; }
 
 // cp.async (16 bytes): the hardware may land a copy at any moment between its issue and the thread's wait, so the
 // issue fills the destination with NaN (a read before the wait sees it; TSan sees a write racing any unsynchronised
@@ -73,10 +101,10 @@ void async_copy_wait();
 
 }  // namespace emu
 
-#define threadIdx (::emu::current.thread_idx)
-#define blockIdx (::emu::current.block_idx)
-#define blockDim (::emu::current.block_dim)
-#define gridDim (::emu::current.grid_dim)
+#define threadIdx (::emu::current().thread_idx)
+#define blockIdx (::emu::current().block_idx)
+#define blockDim (::emu::current().block_dim)
+#define gridDim (::emu::current().grid_dim)
 #define warpSize 32
 
 inline void __syncthreads() { emu::sync_block(); }

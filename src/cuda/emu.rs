@@ -104,7 +104,7 @@ impl Device for EmuDevice {
     type Staging = Vec<u8>;
 
     fn describe(&self) -> String {
-        "host emulation of the CUDA kernels (one OS thread per CUDA thread)".to_string()
+        "host emulation of the CUDA kernels (a fiber per CUDA thread)".to_string()
     }
 
     fn alloc(&self, bytes: usize) -> Result<EmuBuffer> {
