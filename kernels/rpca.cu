@@ -101,6 +101,9 @@ KERNEL_BOUNDED(rpca_finish, RpcaFinishParams, 32) {
   for (int b = threadIdx.x; b < p.blocks_per_layer; b += 32)
     residual2 += p.partial[(long long)layer * p.blocks_per_layer + b];
   residual2 = warp_sum(residual2);
+  // Every lane has read p.active[layer] above; a shuffle orders no memory accesses, so the barrier is what keeps
+  // lane 0's write below from racing those reads.
+  __syncwarp();
   if (threadIdx.x == 0) {
     const double err = residual2 / p.norm2[layer];
     const int iterations = p.iterations[layer] + 1;

@@ -42,18 +42,37 @@ if [[ -z "$binary" ]]; then
   echo "  MMENGINE_EMU_SANITIZE=$kind NVCC=/nonexistent CARGO_TARGET_DIR=$CARGO_TARGET_DIR cargo test --release --features emu --test emu --no-run" >&2
   exit 1
 fi
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
 if [[ "$kind" == address ]]; then
   if [[ $# -eq 0 ]]; then
     set -- --skip cli_
   fi
-  # Leak checking would report the emulation's thread pool, which lives until exit by design.
-  LD_PRELOAD="$runtime" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" "$binary" "$@"
-  echo "address sanitizer: no out-of-bounds access in the emulated kernels"
+  # This build runs one block at a time (cuda_emu.h), so the tests are shared out among one process per core, each
+  # taking every n-th; their outputs follow one another once all have finished.
+  mapfile -t tests < <("$binary" --list "$@" 2>/dev/null | sed -n 's/: test$//p')
+  shards=$(nproc)
+  pids=()
+  for ((s = 0; s < shards && s < ${#tests[@]}; s++)); do
+    mine=()
+    for ((i = s; i < ${#tests[@]}; i += shards)); do mine+=("${tests[i]}"); done
+    # Leak checking would report the emulation's thread pool, which lives until exit by design.
+    LD_PRELOAD="$runtime" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" "$binary" --exact "${mine[@]}" \
+      >"$logs/shard$s" 2>&1 &
+    pids+=($!)
+  done
+  failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  cat "$logs"/shard*
+  if ((failed)); then
+    echo "address sanitizer: a shard failed (its output is above)" >&2
+    exit 1
+  fi
+  echo "address sanitizer: no out-of-bounds access in the emulated kernels (${#tests[@]} tests in $shards processes)"
   exit 0
 fi
 
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
 if [[ $# -eq 0 ]]; then
   set -- --skip nvlabs_tiny_ --skip synthesis:: --skip passes:: --skip golden_case_e --skip cli_
 fi
