@@ -51,15 +51,19 @@ if [[ "$kind" == address ]]; then
   fi
   # This build runs one block at a time (cuda_emu.h), so the tests are shared out among one process per core, each
   # taking every n-th; their outputs follow one another once all have finished.
-  mapfile -t tests < <("$binary" --list "$@" 2>/dev/null | sed -n 's/: test$//p')
+  # Leak checking would report the emulation's thread pool, which lives until exit by design.
+  export LD_PRELOAD="$runtime" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
+  mapfile -t tests < <("$binary" --list "$@" | sed -n 's/: test$//p')
+  if ((${#tests[@]} == 0)); then
+    echo "address sanitizer: no test matches $*" >&2
+    exit 1
+  fi
   shards=$(nproc)
   pids=()
   for ((s = 0; s < shards && s < ${#tests[@]}; s++)); do
     mine=()
     for ((i = s; i < ${#tests[@]}; i += shards)); do mine+=("${tests[i]}"); done
-    # Leak checking would report the emulation's thread pool, which lives until exit by design.
-    LD_PRELOAD="$runtime" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" "$binary" --exact "${mine[@]}" \
-      >"$logs/shard$s" 2>&1 &
+    "$binary" --exact "${mine[@]}" >"$logs/shard$s" 2>&1 &
     pids+=($!)
   done
   failed=0
