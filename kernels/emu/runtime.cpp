@@ -438,12 +438,12 @@ void async_copy_wait() {
 }
 
 void warp_exchange(const void* mine, void* all, size_t bytes) {
-  WarpExchange& x = worker().exchange(current().linear_tid / 32);
-  const unsigned lane = current().linear_tid & 31u;
-  copy_unseen(x.lanes[lane], mine, bytes);
-  worker().wait(true, false);
+  Worker& w = worker();
+  WarpExchange& x = w.exchange(current().linear_tid / 32);
+  copy_unseen(x.lanes[lane()], mine, bytes);
+  w.wait(true, false);
   for (unsigned i = 0; i < 32; ++i) copy_unseen(static_cast<unsigned char*>(all) + i * bytes, x.lanes[i], bytes);
-  worker().wait(true, false);  // nobody overwrites its slot before every lane has read it
+  w.wait(true, false);  // nobody overwrites its slot before every lane has read it
 }
 
 }  // namespace emu
