@@ -46,6 +46,13 @@ pub struct LayerProfile {
     pub bytes: f64,
 }
 
+/// The first blocks of the network, up to `resolution`, run over `images` at a time ([`Backend::front_pass`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrontPass {
+    pub resolution: usize,
+    pub images: usize,
+}
+
 pub trait Backend {
     fn name(&self) -> String;
     /// The network it executes.
@@ -66,6 +73,11 @@ pub trait Backend {
     /// Images per device pass for a batch of `n` (a device backend splits a batch into passes that it computes one
     /// after another while the previous one downloads); `None` from backends that take a batch at once.
     fn images_per_pass(&self, _n: usize) -> Option<usize> {
+        None
+    }
+    /// For a batch of `n`: the first blocks that a device backend runs over more images at once than its passes
+    /// take, before the passes run the rest; `None` where it does not split the network.
+    fn front_pass(&self, _n: usize) -> Option<FrontPass> {
         None
     }
     /// Takes `images` per pass in place of the planned number (free device memory and out-of-memory errors may

@@ -744,9 +744,12 @@ mod synthesis {
 
 mod passes {
     use super::common::golden_nets::{cases, nvlabs_network};
-    use mmengine::backend::{Backend, NoiseMode};
+    use mmengine::backend::{Backend, FrontPass, NoiseMode};
+    use mmengine::cpu::ConvPath;
     use mmengine::cuda::device::Device;
     use mmengine::cuda::emu::EmuDevice;
+    use mmengine::cuda::kernels::Kernel;
+    use mmengine::cuda::synthesis::DeviceSynthesis;
     use mmengine::cuda::{CudaBackend, Precision};
     use mmengine::error::Error;
     use mmengine::Tensor;
@@ -824,6 +827,163 @@ mod passes {
         let again = backend.synthesize(&ws, noise).unwrap();
         assert!(again.data == expected.data);
         assert_eq!(backend.images_per_pass_limit(), per_pass);
+    }
+
+    /// In passes of 2 images, the 4-16 px blocks of the 32 px network leave fewer than 2^16 pixels per layer:
+    /// they run first over all 6 images, and each pass takes the 32 px block from what they left. The images are
+    /// those of one pass, bit for bit, in f32 and with 16-bit activations carried.
+    #[test]
+    fn the_first_blocks_run_over_the_batch_before_the_passes() {
+        let (expected, _, _) = one_pass();
+        let (ws, noise) = job();
+        for precision in [Precision::Fp32, Precision::Fp16] {
+            let backend =
+                CudaBackend::new(EmuDevice::new(), nvlabs_network("nvlabs_tiny"), precision)
+                    .unwrap();
+            let whole = backend.synthesize(&ws, noise).unwrap();
+            if precision == Precision::Fp32 {
+                assert!(whole.data == expected.data);
+            }
+            backend.set_images_per_pass(2).unwrap();
+            assert_eq!(backend.images_per_pass(6), Some(2));
+            assert_eq!(
+                backend.front_pass(6),
+                Some(FrontPass {
+                    resolution: 16,
+                    images: 6
+                })
+            );
+            let affine = || backend.device().launches(Kernel::ModconvAffine);
+            let before = affine();
+            let img = backend.synthesize(&ws, noise).unwrap();
+            assert!(
+                img.data == whole.data,
+                "{precision:?}: the front and passes changed the images"
+            );
+            // A styles launch per layer: the 8 layers of the 4-16 px blocks once, the 3 of the 32 px block once
+            // per pass.
+            let net = backend.network();
+            let front = net.layers.iter().filter(|l| l.resolution <= 16).count();
+            assert_eq!(front, 8);
+            assert_eq!(affine() - before, front + 3 * (net.layers.len() - front));
+            let images = backend.synthesize_u8(&ws, noise).unwrap();
+            assert_eq!(
+                images,
+                mmengine::io::image::Images8::from_tensor(&whole).unwrap()
+            );
+        }
+        let backend = CudaBackend::new(
+            EmuDevice::new(),
+            nvlabs_network("nvlabs_tiny"),
+            Precision::Fp32,
+        )
+        .unwrap();
+        // No more images than a pass: no front.
+        backend.set_images_per_pass(4).unwrap();
+        assert_eq!(backend.front_pass(4), None);
+        // In passes of 1024 images, 8 px leaves 2^16 pixels: only the 4 px block goes first.
+        backend.set_images_per_pass(1024).unwrap();
+        assert_eq!(
+            backend.front_pass(3000),
+            Some(FrontPass {
+                resolution: 4,
+                images: 3000
+            })
+        );
+        // In passes of 4096, no layer is small enough.
+        backend.set_images_per_pass(4096).unwrap();
+        assert_eq!(backend.front_pass(10000), None);
+    }
+
+    /// With free memory for a pass of one image and a front of some of the images, the front runs over as many
+    /// as fit, a group at a time; the images stay those of one pass, within the memory.
+    #[test]
+    fn the_front_takes_as_many_images_as_the_free_memory_holds() {
+        let (expected, weights, _) = one_pass();
+        let (ws, noise) = job();
+        let (backend, limit, front) = (1..400)
+            .find_map(|k| {
+                let limit = weights + k * 10_000;
+                let backend = limited(limit, true);
+                backend.set_images_per_pass(1).unwrap();
+                let front = backend.front_pass(6)?;
+                (front.images < 6).then_some((backend, limit, front))
+            })
+            .expect("no memory limit gives a front of part of the batch");
+        assert!(front.images >= 2 && front.resolution == 16, "{front:?}");
+        let img = backend.synthesize(&ws, noise).unwrap();
+        assert!(img.data == expected.data, "the groups changed the images");
+        let used = backend.device().memory_meter().peak();
+        assert!(used <= limit, "peak {used} with a limit of {limit}");
+    }
+
+    /// Where the free memory is not reported, a front that runs out of it is halved (for the next call too) and
+    /// planned again; the images stay those of one pass.
+    #[test]
+    fn out_of_memory_in_the_front_halves_it() {
+        let (expected, weights, _) = one_pass();
+        let (ws, noise) = job();
+        let mut halved = false;
+        for k in 1..400 {
+            let backend = limited(weights + k * 10_000, false);
+            backend.set_images_per_pass(1).unwrap();
+            assert_eq!(backend.front_pass(6).map(|f| f.images), Some(6));
+            match backend.synthesize(&ws, noise) {
+                Ok(img) => {
+                    assert!(
+                        img.data == expected.data,
+                        "a halved front changed the images"
+                    );
+                    if backend.front_pass(6).is_none_or(|f| f.images < 6) {
+                        halved = true;
+                        break;
+                    }
+                }
+                Err(Error::DeviceMemory(_)) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            halved,
+            "no memory limit made the front run out of memory and then succeed"
+        );
+    }
+
+    /// Runs of layers that start or end inside a block (the activation alone is not what the next layer needs)
+    /// are refused, as is a run that lacks what the layers before it left.
+    #[test]
+    fn the_synthesis_splits_only_after_a_torgb() {
+        let net = nvlabs_network("nvlabs_tiny");
+        let dev = EmuDevice::new();
+        let synth = DeviceSynthesis::new(&dev, &net, ConvPath::Fast).unwrap();
+        let (ws, noise) = job();
+        // Layer 3 is b8.conv1, after b8.conv0.
+        let err = synth
+            .synthesize_layers(&dev, &net, &ws, noise, 0..3, None)
+            .err()
+            .expect("a run ending inside a block");
+        assert!(
+            err.to_string()
+                .contains("after a ToRGB, not after b8.conv0"),
+            "{err}"
+        );
+        let err = synth
+            .synthesize_layers(&dev, &net, &ws, noise, 2..11, None)
+            .err()
+            .expect("a run without a carry");
+        assert!(
+            err.to_string()
+                .contains("needs what the layers before it left"),
+            "{err}"
+        );
+        let front = synth
+            .synthesize_layers(&dev, &net, &ws, noise, 0..2, None)
+            .unwrap();
+        let err = synth
+            .synthesize_layers(&dev, &net, &ws.slice_rows(0, 2), noise, 2..11, Some(front))
+            .err()
+            .expect("a carry of other images");
+        assert!(err.to_string().contains("6 images carried"), "{err}");
     }
 
     #[test]
@@ -2255,6 +2415,8 @@ fn cli_bench_on_the_emulation_reports_device_memory_and_a_layer_profile() {
             "fp16",
             "--profile",
             "--json",
+            "--pass-images",
+            "1",
             "--model",
         ])
         .arg(&model)
@@ -2268,8 +2430,13 @@ fn cli_bench_on_the_emulation_reports_device_memory_and_a_layer_profile() {
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["achieved_tflop_per_s"].is_number(), "{report}");
-    // The planned pass: the whole batch of 2 (32 px images, far below the pixels a pass takes).
-    assert_eq!(report["images_per_pass"], 2, "{report}");
+    // Passes of 1 image as asked; the 4-16 px blocks first over both images.
+    assert_eq!(report["images_per_pass"], 1, "{report}");
+    assert_eq!(
+        report["front_pass"],
+        serde_json::json!({"resolution": 16, "images": 2}),
+        "{report}"
+    );
     // 2 images of 3 x 32 x 32 f32 per batch at the reported rate.
     let out = report["output_gbyte_per_s"].as_f64().unwrap();
     let expected = report["images_per_s"].as_f64().unwrap() * (3 * 32 * 32 * 4) as f64 / 1e9;
@@ -2284,8 +2451,10 @@ fn cli_bench_on_the_emulation_reports_device_memory_and_a_layer_profile() {
     // fewer) in their conv's row; every layer's work at least its 3x3 convs' FLOPs; no roofline for the
     // emulation.
     let layers = &report["layers"];
-    assert_eq!(layers["images"], 2, "{layers}");
+    assert_eq!(layers["images"], 1, "{layers}");
     let rows = layers["rows"].as_array().unwrap();
+    let images: Vec<u64> = rows.iter().map(|r| r["images"].as_u64().unwrap()).collect();
+    assert_eq!(images, [2, 2, 2, 2, 2, 2, 2, 1, 1], "{layers}");
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
@@ -2308,12 +2477,22 @@ fn cli_bench_on_the_emulation_reports_device_memory_and_a_layer_profile() {
         );
         assert!(r["bound_ms"].is_null(), "{r}");
     }
-    let conv_gflop = 2.0 * report["gflop_per_image"].as_f64().unwrap();
-    let gflop: f64 = rows.iter().map(|r| r["gflop"].as_f64().unwrap()).sum();
+    // Per image, as the total counts the front's rows.
+    let conv_gflop = report["gflop_per_image"].as_f64().unwrap();
+    let gflop: f64 = rows
+        .iter()
+        .map(|r| r["gflop"].as_f64().unwrap() / r["images"].as_f64().unwrap())
+        .sum();
     assert!(
         gflop >= conv_gflop && gflop < 1.05 * conv_gflop,
         "{gflop} vs {conv_gflop}"
     );
+    let ms: f64 = rows
+        .iter()
+        .map(|r| r["ms"].as_f64().unwrap() / r["images"].as_f64().unwrap())
+        .sum();
+    let total = layers["total_ms"].as_f64().unwrap();
+    assert!((total - ms).abs() <= 1e-9 * ms, "{total} vs {ms}");
     assert!(layers["fraction_of_bound"].is_null(), "{layers}");
 }
 

@@ -96,6 +96,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let backend = open_backend(args.device, net, args.precision)?;
     super::render::set_pass_images(backend.as_ref(), args.pass_images)?;
     let pass = backend.images_per_pass(args.batch);
+    let front = backend.front_pass(args.batch);
     let mut z = Vec::with_capacity(args.batch * z_dim);
     for i in 0..args.batch {
         z.extend(seeds::z_from_seed(i as u32, z_dim));
@@ -142,6 +143,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "resolution": res,
             "batch": args.batch,
             "images_per_pass": pass,
+            "front_pass": front.map(|f| serde_json::json!({
+                "resolution": f.resolution,
+                "images": f.images,
+            })),
             "iters": args.iters,
             "images": args.images.name(),
             "ms_per_batch": mean * 1e3,
@@ -160,7 +165,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         println!("model:        {name} ({res}x{res}, {gflop_per_image:.1} GFLOP/image)");
         println!("device:       {device} ({})", args.precision);
         if let Some(pass) = pass {
-            println!("passes:       of {pass} images");
+            match front {
+                Some(f) => println!(
+                    "passes:       of {pass} images, the blocks up to {0}x{0} first over {1} images at a time",
+                    f.resolution, f.images
+                ),
+                None => println!("passes:       of {pass} images"),
+            }
         }
         println!(
             "batch {}:     {:.1} ms/batch (best {:.1}), {:.3} images/s, {:.1} GFLOP/s ({:.3} TFLOP/s)",
@@ -196,51 +207,83 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 }
 
 /// The per-layer table: time, achieved rates and, with known peaks, the roofline bound and the fraction of it
-/// reached (bound time / measured time).
+/// reached (bound time / measured time). Rows of the front ran over more images than the pass; the total counts
+/// each row's share of the pass's images.
 fn print_profile(rows: &[LayerProfile], rates: Option<Peaks>) {
-    let images = rows.first().map_or(0, |r| r.images);
-    println!("per layer, one pass of {images} images, the device waiting after each layer:");
+    let images = pass_images(rows);
+    match rows.first() {
+        Some(first) if first.images != images => println!(
+            "per layer, the device waiting after each layer: the first blocks in one pass of {} images, the \
+             rest in one of {images}; the total for {images} images:",
+            first.images
+        ),
+        _ => println!("per layer, one pass of {images} images, the device waiting after each layer:"),
+    }
     println!(
-        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
-        "layer", "GFLOP", "MB", "ms", "TFLOP/s", "GB/s", "bound ms", "of it"
+        "{:<28} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
+        "layer", "images", "GFLOP", "MB", "ms", "TFLOP/s", "GB/s", "bound ms", "of it"
     );
-    let line = |name: &str, flop: f64, bytes: f64, seconds: f64, bound: Option<f64>| {
+    let line = |r: &LayerProfile, bound: Option<f64>| {
         let (bound_ms, fraction) = match bound {
             Some(b) => (
                 format!("{:.3}", b * 1e3),
-                format!("{:.0}%", 100.0 * b / seconds),
+                format!("{:.0}%", 100.0 * b / r.seconds),
             ),
             None => ("-".to_string(), "-".to_string()),
         };
         println!(
-            "{name:<28} {:>9.2} {:>9.1} {:>9.3} {:>9.2} {:>9.1} {bound_ms:>9} {fraction:>6}",
-            flop / 1e9,
-            bytes / 1e6,
-            seconds * 1e3,
-            flop / seconds / 1e12,
-            bytes / seconds / 1e9
+            "{:<28} {:>6} {:>9.2} {:>9.1} {:>9.3} {:>9.2} {:>9.1} {bound_ms:>9} {fraction:>6}",
+            r.name,
+            r.images,
+            r.flop / 1e9,
+            r.bytes / 1e6,
+            r.seconds * 1e3,
+            r.flop / r.seconds / 1e12,
+            r.bytes / r.seconds / 1e9
         );
     };
     for r in rows {
-        line(
-            &r.name,
-            r.flop,
-            r.bytes,
-            r.seconds,
-            rates.map(|p| bound_seconds(r, p)),
-        );
+        line(r, rates.map(|p| bound_seconds(r, p)));
     }
-    let sum = |f: fn(&LayerProfile) -> f64| rows.iter().map(f).sum::<f64>();
-    line(
-        "total",
-        sum(|r| r.flop),
-        sum(|r| r.bytes),
-        sum(|r| r.seconds),
-        rates.map(|p| rows.iter().map(|r| bound_seconds(r, p)).sum()),
-    );
+    let (total, bound) = pass_total(rows, rates);
+    line(&total, bound);
     if rates.is_none() {
         println!("(no roofline: the peak rates of this device are not known)");
     }
+}
+
+/// The images of the profile's pass (its last row's; front rows may hold more).
+fn pass_images(rows: &[LayerProfile]) -> usize {
+    rows.last().map_or(0, |r| r.images)
+}
+
+/// The profile's rows summed for the pass's images (a front row counts in proportion), and the sum of their
+/// roofline bounds where the peaks are known.
+fn pass_total(rows: &[LayerProfile], rates: Option<Peaks>) -> (LayerProfile, Option<f64>) {
+    let images = pass_images(rows);
+    let scaled: Vec<LayerProfile> = rows
+        .iter()
+        .map(|r| {
+            let share = images as f64 / r.images as f64;
+            LayerProfile {
+                name: r.name.clone(),
+                images,
+                seconds: r.seconds * share,
+                flop: r.flop * share,
+                bytes: r.bytes * share,
+            }
+        })
+        .collect();
+    let sum = |f: fn(&LayerProfile) -> f64| scaled.iter().map(f).sum::<f64>();
+    let total = LayerProfile {
+        name: "total".to_string(),
+        images,
+        seconds: sum(|r| r.seconds),
+        flop: sum(|r| r.flop),
+        bytes: sum(|r| r.bytes),
+    };
+    let bound = rates.map(|p| scaled.iter().map(|r| bound_seconds(r, p)).sum());
+    (total, bound)
 }
 
 fn profile_json(rows: &[LayerProfile], rates: Option<Peaks>) -> serde_json::Value {
@@ -250,6 +293,7 @@ fn profile_json(rows: &[LayerProfile], rates: Option<Peaks>) -> serde_json::Valu
             let bound = rates.map(|p| bound_seconds(r, p));
             serde_json::json!({
                 "name": r.name,
+                "images": r.images,
                 "ms": r.seconds * 1e3,
                 "gflop": r.flop / 1e9,
                 "mbytes": r.bytes / 1e6,
@@ -260,16 +304,15 @@ fn profile_json(rows: &[LayerProfile], rates: Option<Peaks>) -> serde_json::Valu
             })
         })
         .collect();
-    let bound: Option<f64> = rates.map(|p| rows.iter().map(|r| bound_seconds(r, p)).sum());
-    let seconds: f64 = rows.iter().map(|r| r.seconds).sum();
+    let (total, bound) = pass_total(rows, rates);
     serde_json::json!({
-        "images": rows.first().map_or(0, |r| r.images),
+        "images": total.images,
         "rows": layers,
-        "total_ms": seconds * 1e3,
+        "total_ms": total.seconds * 1e3,
         "peak_tflop_per_s": rates.map(|p| p.flop_per_s / 1e12),
         "peak_gbyte_per_s": rates.map(|p| p.bytes_per_s / 1e9),
         "bound_ms": bound.map(|b| b * 1e3),
-        "fraction_of_bound": bound.map(|b| b / seconds),
+        "fraction_of_bound": bound.map(|b| b / total.seconds),
     })
 }
 

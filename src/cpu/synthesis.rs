@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::model::{LayerKind, Network, SynthesisLayer};
 use crate::seeds::RandomState;
 use crate::tensor::Tensor;
+use std::ops::Range;
 
 /// Per-layer constants derived once from the network.
 struct Prepared {
@@ -85,7 +86,7 @@ impl Synthesis {
         let n = ws.shape[0];
         let random = match noise {
             NoiseMode::Random { seed, first_image } => {
-                Some(random_noise(net, n, seed, first_image))
+                Some(random_noise(net, 0..net.layers.len(), n, seed, first_image))
             }
             _ => None,
         };
@@ -244,18 +245,39 @@ fn affine(ws: &Tensor, net: &Network, layer: &SynthesisLayer, weight: &Tensor) -
     }
 }
 
-/// Per-layer random noise `[N, 1, res, res]` (times the layer's strength). Image `first_image + b` draws all its
-/// layers, in order, from its own stream, so an image's noise does not depend on the batch it is rendered in.
-/// The CUDA backend draws its random noise here too, so both backends render the same images.
-pub(crate) fn random_noise(net: &Network, n: usize, seed: u32, first_image: usize) -> Vec<Tensor> {
-    let noisy: Vec<&SynthesisLayer> = net.layers.iter().filter(|l| l.noise.is_some()).collect();
-    let mut out: Vec<Tensor> = noisy
+/// Per-layer random noise `[N, 1, res, res]` (times the layer's strength) for the noisy layers among `layers`
+/// (indices into the layer table). Image `first_image + b` draws all its layers, in order, from its own stream, so
+/// an image's noise does not depend on the batch it is rendered in, nor on where a device splits the network
+/// (the noisy layers before `layers` are drawn and discarded). The CUDA backend draws its random noise here too,
+/// so both backends render the same images.
+pub(crate) fn random_noise(
+    net: &Network,
+    layers: Range<usize>,
+    n: usize,
+    seed: u32,
+    first_image: usize,
+) -> Vec<Tensor> {
+    let noisy = |range: Range<usize>| -> Vec<&SynthesisLayer> {
+        net.layers[range]
+            .iter()
+            .filter(|l| l.noise.is_some())
+            .collect()
+    };
+    let skipped: usize = noisy(0..layers.start)
+        .iter()
+        .map(|l| l.resolution * l.resolution)
+        .sum();
+    let drawn = noisy(layers);
+    let mut out: Vec<Tensor> = drawn
         .iter()
         .map(|l| Tensor::zeros(vec![n, 1, l.resolution, l.resolution]))
         .collect();
     for b in 0..n {
         let mut rng = RandomState::new(image_stream_seed(seed, first_image + b));
-        for (t, l) in out.iter_mut().zip(&noisy) {
+        for _ in 0..skipped {
+            rng.randn();
+        }
+        for (t, l) in out.iter_mut().zip(&drawn) {
             let strength = l.noise.as_ref().map_or(0.0, |n| n.strength);
             let plane = l.resolution * l.resolution;
             for v in &mut t.data[b * plane..(b + 1) * plane] {

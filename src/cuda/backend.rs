@@ -8,11 +8,11 @@ use super::gemm::Precision;
 use super::mapping::DeviceMapping;
 use super::ops::images_to_u8_on;
 use super::synthesis::{check_ws, DeviceSynthesis};
-use crate::backend::{Backend, LayerProfile, NoiseMode, Truncation};
+use crate::backend::{Backend, FrontPass, LayerProfile, NoiseMode, Truncation};
 use crate::cpu::ConvPath;
 use crate::error::{Error, Result};
 use crate::io::image::Images8;
-use crate::model::Network;
+use crate::model::{LayerKind, Network, SynthesisLayer};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,9 +22,21 @@ use std::sync::Mutex;
 /// the big layers fill the device, small enough that a batch of hundreds makes a pipeline of many passes, so only
 /// the last pass's download is not hidden behind compute. Not tuned on a GPU yet.
 const PASS_PIXELS: usize = 1 << 25;
+/// A layer whose output in one pass has fewer pixels than this leaves a large GPU partly idle: the tensor-core
+/// kernels take tiles of 128 pixels, so 2^16 pixels are 512 tiles per group of output channels, 2-8 waves of two
+/// blocks per SM on an H100 or H200 for a 128-512-channel layer. At 32 images per pass, the 4-32 px blocks of a
+/// 1024 px network are under it; 4 and 8 px make a fraction of one wave. Such blocks run first over many images
+/// at once (the front), and each pass takes the rest of the network from what they left.
+const FILL_PIXELS: usize = 1 << 16;
 /// Bytes per task when the host moves staged images into the result (parallel: one core copies ~10 GB/s,
 /// less than a PCIe 5 link delivers).
 const HOST_COPY_BYTES: usize = 1 << 22;
+
+/// The first `layers` of the table (whole blocks), run over more images at once than a pass takes.
+struct Front {
+    layers: usize,
+    pass: FrontPass,
+}
 
 /// A pass whose download is in flight: its device images (kept alive until the copy has read them), the staging
 /// buffer it goes to, and its place in the batch.
@@ -44,6 +56,8 @@ pub struct CudaBackend<D: Device> {
     activation_bytes: usize,
     /// Images per synthesis pass; shrinks for good after an out-of-memory error.
     chunk_limit: AtomicUsize,
+    /// Images per front pass ([`FILL_PIXELS`]); shrinks for good after an out-of-memory error.
+    front_limit: AtomicUsize,
     /// Images per pass set by the caller in place of [`PASS_PIXELS`]' number; 0 for that.
     pass_images: AtomicUsize,
     /// Two staging buffers, kept across calls: one receives a pass's download while the host empties the other.
@@ -61,6 +75,7 @@ impl<D: Device> CudaBackend<D> {
             synthesis,
             activation_bytes: precision.activation_dtype().size(),
             chunk_limit: AtomicUsize::new(usize::MAX),
+            front_limit: AtomicUsize::new(usize::MAX),
             pass_images: AtomicUsize::new(0),
             staging: Mutex::new([None, None]),
         })
@@ -70,14 +85,12 @@ impl<D: Device> CudaBackend<D> {
         &self.dev
     }
 
-    /// Device memory one image needs during synthesis: the largest layer's input and output activations (in the
-    /// precision's activation type), the largest per-sample weights and three f32 images (the skip image, a ToRGB
-    /// output, and the previous pass's image waiting for its download), doubled for the kernels' other temporaries
-    /// and allocator slack.
-    fn bytes_per_image(&self) -> usize {
-        let net = &self.net;
-        let largest = net
-            .layers
+    /// Device memory one image needs while `layers` run: the largest layer's input and output activations (in
+    /// the precision's activation type), the largest per-sample weights and three f32 images at `resolution`
+    /// (the skip image, a ToRGB output, and the previous pass's image waiting for its download), doubled for the
+    /// kernels' other temporaries and allocator slack.
+    fn bytes_per_image(&self, layers: &[SynthesisLayer], resolution: usize) -> usize {
+        let largest = layers
             .iter()
             .map(|l| {
                 let res_in = if l.up == 2 {
@@ -89,8 +102,13 @@ impl<D: Device> CudaBackend<D> {
             })
             .max()
             .unwrap_or(0);
-        let img = net.img_channels * net.resolution * net.resolution;
+        let img = self.net.img_channels * resolution * resolution;
         2 * (self.activation_bytes * largest + self.synthesis.sample_weight_bytes() + 4 * 3 * img)
+    }
+
+    /// Device memory one image needs during a whole-network pass.
+    fn pass_bytes_per_image(&self) -> usize {
+        self.bytes_per_image(&self.net.layers, self.net.resolution)
     }
 
     /// Images per pass: at most [`PASS_PIXELS`] (or the number set in its place) and what 80% of the free device
@@ -99,7 +117,7 @@ impl<D: Device> CudaBackend<D> {
         let by_memory = self
             .dev
             .free_memory()
-            .map(|free| (free / 5 * 4 / self.bytes_per_image().max(1)).max(1))
+            .map(|free| (free / 5 * 4 / self.pass_bytes_per_image().max(1)).max(1))
             .unwrap_or(n);
         let by_pipeline = match self.pass_images.load(Ordering::Relaxed) {
             0 => (PASS_PIXELS / (self.net.resolution * self.net.resolution).max(1)).max(1),
@@ -109,6 +127,51 @@ impl<D: Device> CudaBackend<D> {
             .min(by_pipeline)
             .min(self.chunk_limit.load(Ordering::Relaxed))
             .max(1)
+    }
+
+    /// The front for `n` images in passes of `chunk`: the whole blocks from the first whose layers all leave
+    /// fewer than [`FILL_PIXELS`] pixels in a pass (never the last block), run over as many of the images as
+    /// [`PASS_PIXELS`] and 80% of the free memory allow, beside one pass, within the limit set by earlier
+    /// out-of-memory errors. `None` when that is no more than a pass.
+    fn plan_front(&self, n: usize, chunk: usize) -> Option<Front> {
+        if n <= chunk {
+            return None;
+        }
+        let layers = &self.net.layers;
+        let mut split = None;
+        for (i, l) in layers.iter().enumerate() {
+            if chunk.saturating_mul(l.resolution * l.resolution) >= FILL_PIXELS {
+                break;
+            }
+            if l.kind == LayerKind::ToRgb && i + 1 < layers.len() {
+                split = Some((i + 1, l.resolution));
+            }
+        }
+        let (end, resolution) = split?;
+        let front = &layers[..end];
+        // What the front leaves for the passes: its last conv's output and the image so far.
+        let carried = front
+            .iter()
+            .rfind(|l| l.kind == LayerKind::Conv)
+            .map_or(0, |l| self.activation_bytes * l.out_channels)
+            + 4 * self.net.img_channels;
+        let per_image = self.bytes_per_image(front, resolution) + carried * resolution * resolution;
+        let by_memory = self
+            .dev
+            .free_memory()
+            .map(|free| {
+                (free / 5 * 4).saturating_sub(chunk * self.pass_bytes_per_image())
+                    / per_image.max(1)
+            })
+            .unwrap_or(n);
+        let images = n
+            .min(by_memory)
+            .min(PASS_PIXELS / (resolution * resolution))
+            .min(self.front_limit.load(Ordering::Relaxed));
+        (images > chunk).then_some(Front {
+            layers: end,
+            pass: FrontPass { resolution, images },
+        })
     }
 
     /// The most images one synthesis pass takes now (after out-of-memory errors have lowered it).
@@ -163,7 +226,8 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// Synthesizes `ws` in passes, each pass's images turned by `finish` into the device buffer that is
-    /// downloaded (`value_bytes` per image value) into its rows of `out`.
+    /// downloaded (`value_bytes` per image value) into its rows of `out`. Where the first blocks would leave the
+    /// device idle in a pass, they run first over a group of several passes' images ([`Self::plan_front`]).
     fn run_passes(
         &self,
         ws: &Tensor,
@@ -172,7 +236,7 @@ impl<D: Device> CudaBackend<D> {
         value_bytes: usize,
         finish: impl Fn(DeviceTensor<D>) -> Result<D::Buffer>,
     ) -> Result<()> {
-        let net = &self.net;
+        let (dev, net, synthesis) = (&self.dev, &self.net, &self.synthesis);
         let n = ws.shape[0];
         let image_bytes = net.img_channels * net.resolution * net.resolution * value_bytes;
         let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
@@ -180,46 +244,93 @@ impl<D: Device> CudaBackend<D> {
         let (mut start, mut slot) = (0, 0);
         while start < n {
             let chunk = self.plan_chunk(n - start);
-            let part_noise = match noise {
-                NoiseMode::Random { seed, first_image } => NoiseMode::Random {
-                    seed,
-                    first_image: first_image + start,
-                },
-                other => other,
-            };
-            let part_ws = ws.slice_rows(start, start + chunk);
-            let images = match self
-                .synthesis
-                .synthesize_on_device(&self.dev, net, &part_ws, part_noise)
-                .and_then(&finish)
-            {
-                Ok(images) => images,
-                // Out of memory: halve the pass (for this call and the next) and retry, down to one image.
-                Err(Error::DeviceMemory(_)) if chunk > 1 => {
-                    self.chunk_limit.store(chunk / 2, Ordering::Relaxed);
-                    continue;
+            // A group: the front's images, or one pass.
+            let (group, front) = match self.plan_front(n - start, chunk) {
+                Some(front) => {
+                    let images = front.pass.images;
+                    match synthesis.synthesize_layers(
+                        dev,
+                        net,
+                        &ws.slice_rows(start, start + images),
+                        from_image(noise, start),
+                        0..front.layers,
+                        None,
+                    ) {
+                        Ok(carry) => (images, Some((front.layers, carry))),
+                        // Out of memory: halve the front (for this call and the next) and plan again.
+                        Err(Error::DeviceMemory(_)) => {
+                            self.front_limit.store(images / 2, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                Err(e) => return Err(e),
+                None => (chunk, None),
             };
-            // The previous pass's staging buffer is the other one, so this download can start at once; the host
-            // then empties the previous pass while the device works on this one.
-            self.start_download(&mut staging, slot, &images, chunk * image_bytes)?;
-            if let Some(pass) = in_flight.take() {
-                self.finish_download(&staging, pass, image_bytes, out)?;
+            let mut done = 0;
+            while done < group {
+                let chunk = self.plan_chunk(group - done);
+                let first = start + done;
+                let part_ws = ws.slice_rows(first, first + chunk);
+                let part_noise = from_image(noise, first);
+                let images = match &front {
+                    Some((layers, carry)) => carry.rows(dev, done, done + chunk).and_then(|part| {
+                        synthesis
+                            .synthesize_layers(
+                                dev,
+                                net,
+                                &part_ws,
+                                part_noise,
+                                *layers..net.layers.len(),
+                                Some(part),
+                            )?
+                            .image()
+                    }),
+                    None => synthesis.synthesize_on_device(dev, net, &part_ws, part_noise),
+                }
+                .and_then(&finish);
+                let images = match images {
+                    Ok(images) => images,
+                    // Out of memory: halve the pass (for this call and the next) and retry, down to one image.
+                    Err(Error::DeviceMemory(_)) if chunk > 1 => {
+                        self.chunk_limit.store(chunk / 2, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                // The previous pass's staging buffer is the other one, so this download can start at once; the
+                // host then empties the previous pass while the device works on this one.
+                self.start_download(&mut staging, slot, &images, chunk * image_bytes)?;
+                if let Some(pass) = in_flight.take() {
+                    self.finish_download(&staging, pass, image_bytes, out)?;
+                }
+                in_flight = Some(InFlight {
+                    images,
+                    slot,
+                    first,
+                    count: chunk,
+                });
+                slot ^= 1;
+                done += chunk;
             }
-            in_flight = Some(InFlight {
-                images,
-                slot,
-                first: start,
-                count: chunk,
-            });
-            slot ^= 1;
-            start += chunk;
+            start += group;
         }
         if let Some(pass) = in_flight.take() {
             self.finish_download(&staging, pass, image_bytes, out)?;
         }
         Ok(())
+    }
+}
+
+/// `noise` for a part of the batch that starts at image `first`: random streams go by the image's index in the
+/// whole batch.
+fn from_image(noise: NoiseMode, first: usize) -> NoiseMode {
+    match noise {
+        NoiseMode::Random { seed, first_image } => NoiseMode::Random {
+            seed,
+            first_image: first_image + first,
+        },
+        other => other,
     }
 }
 
@@ -240,6 +351,10 @@ impl<D: Device> Backend for CudaBackend<D> {
         Some(self.plan_chunk(n))
     }
 
+    fn front_pass(&self, n: usize) -> Option<FrontPass> {
+        self.plan_front(n, self.plan_chunk(n)).map(|f| f.pass)
+    }
+
     fn set_images_per_pass(&self, images: usize) -> Result<()> {
         if images == 0 {
             crate::bail!("images per pass must be at least 1");
@@ -252,12 +367,39 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.mapping.map(&self.dev, z, truncation)
     }
 
+    /// The front (as [`Self::synthesize`] would run it for `ws`) over its images, then one pass.
     fn profile(&self, ws: &Tensor) -> Result<Option<Vec<LayerProfile>>> {
-        check_ws(&self.net, ws)?;
-        let pass = ws.slice_rows(0, self.plan_chunk(ws.shape[0]));
-        self.synthesis
-            .profile(&self.dev, &self.net, &pass, NoiseMode::Const)
-            .map(Some)
+        let (dev, net, synthesis) = (&self.dev, &self.net, &self.synthesis);
+        check_ws(net, ws)?;
+        let n = ws.shape[0];
+        let chunk = self.plan_chunk(n);
+        let pass = ws.slice_rows(0, chunk);
+        let rows = match self.plan_front(n, chunk) {
+            Some(front) => {
+                let (mut rows, carry) = synthesis.profile(
+                    dev,
+                    net,
+                    &ws.slice_rows(0, front.pass.images),
+                    NoiseMode::Const,
+                    0..front.layers,
+                    None,
+                )?;
+                let part = carry.rows(dev, 0, chunk)?;
+                drop(carry);
+                let layers = front.layers..net.layers.len();
+                let (rest, _) =
+                    synthesis.profile(dev, net, &pass, NoiseMode::Const, layers, Some(part))?;
+                rows.extend(rest);
+                rows
+            }
+            None => {
+                let all = synthesis.all();
+                synthesis
+                    .profile(dev, net, &pass, NoiseMode::Const, all, None)?
+                    .0
+            }
+        };
+        Ok(Some(rows))
     }
 
     fn synthesize(&self, ws: &Tensor, noise: NoiseMode) -> Result<Tensor> {

@@ -83,6 +83,15 @@ pub trait Device: Send + Sync {
     ) -> Result<()>;
     /// Waits for the last copy into `staging` and returns its contents.
     fn staged<'a>(&self, staging: &'a Self::Staging) -> Result<&'a [u8]>;
+    /// Queues a copy of `src`'s bytes `offset..offset + bytes` into the start of `dst`, after the launches queued
+    /// so far.
+    fn copy(
+        &self,
+        src: &Self::Buffer,
+        offset: usize,
+        dst: &mut Self::Buffer,
+        bytes: usize,
+    ) -> Result<()>;
     fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()>;
     /// Whether the sm_90a kernels (`kernels/modconv_wgmma.cu`, warpgroup tensor-core instructions) run here.
     fn wgmma(&self) -> bool {
@@ -179,6 +188,23 @@ impl<D: Device> DeviceTensor<D> {
             }
         };
         Tensor::new(self.shape.clone(), data)
+    }
+
+    /// A copy of rows `start..end` of the first dimension.
+    pub fn rows(&self, dev: &D, start: usize, end: usize) -> Result<Self> {
+        let rows = self.shape.first().copied().unwrap_or(0);
+        if start > end || end > rows {
+            return Err(Error::Invalid(format!(
+                "rows {start}..{end} of a device tensor {:?}",
+                self.shape
+            )));
+        }
+        let mut shape = self.shape.clone();
+        shape[0] = end - start;
+        let mut part = Self::alloc_as(dev, &shape, self.dtype)?;
+        let (row_bytes, bytes) = (self.bytes() / rows, part.bytes());
+        dev.copy(&self.buf, start * row_bytes, &mut part.buf, bytes)?;
+        Ok(part)
     }
 
     pub fn len(&self) -> usize {

@@ -453,6 +453,29 @@ impl Device for CudaDevice {
         staging.host.as_slice().map_err(driver_error("download"))
     }
 
+    fn copy(
+        &self,
+        src: &CudaBuffer,
+        offset: usize,
+        dst: &mut CudaBuffer,
+        bytes: usize,
+    ) -> Result<()> {
+        let end = offset.saturating_add(bytes);
+        if end > src.slice.len() || bytes > dst.slice.len() {
+            return Err(Error::Invalid(format!(
+                "device copy of bytes {offset}..{end} of a {}-byte buffer into {} bytes",
+                src.slice.len(),
+                dst.slice.len()
+            )));
+        }
+        // On the launch stream, so it follows the kernels that wrote `src` and precedes those that read `dst`.
+        let from = src.slice.slice(offset..end);
+        let mut to = dst.slice.slice_mut(0..bytes);
+        self.stream
+            .memcpy_dtod(&from, &mut to)
+            .map_err(driver_error("device copy"))
+    }
+
     fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()> {
         check_params::<P>(kernel)?;
         let cfg = LaunchConfig {

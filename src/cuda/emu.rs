@@ -179,6 +179,22 @@ impl Device for EmuDevice {
         Ok(staging)
     }
 
+    fn copy(
+        &self,
+        src: &EmuBuffer,
+        offset: usize,
+        dst: &mut EmuBuffer,
+        bytes: usize,
+    ) -> Result<()> {
+        check_copy(offset.saturating_add(bytes), src)?;
+        check_copy(bytes, dst)?;
+        // SAFETY: both ranges are inside their buffers (checked above), and two buffers never overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.ptr.as_ptr().add(offset), dst.ptr.as_ptr(), bytes)
+        }
+        Ok(())
+    }
+
     fn launch<P: KernelParams>(&self, kernel: Kernel, dims: LaunchDims, params: &P) -> Result<()> {
         check_params::<P>(kernel)?;
         let [gx, gy, gz] = dims.grid;

@@ -17,6 +17,7 @@ use crate::cpu::ConvPath;
 use crate::error::Result;
 use crate::model::{LayerKind, Network};
 use crate::tensor::Tensor;
+use std::ops::Range;
 use std::time::Instant;
 
 const AFFINE_THREADS: u32 = 256;
@@ -30,6 +31,35 @@ enum Observe<'a> {
     /// After each layer's kernels are queued: the layer's index, and whether the layer before computed it
     /// (a ToRGB fused into its conv).
     LayerQueued(&'a mut dyn FnMut(usize, bool) -> Result<()>),
+}
+
+/// What a run of the first layers leaves for the rest ([`DeviceSynthesis::synthesize_layers`]): the activation
+/// the next layer reads and the image so far, both `[N, ...]`.
+pub struct Carry<D: Device> {
+    pub x: DeviceTensor<D>,
+    pub img: Option<DeviceTensor<D>>,
+}
+
+impl<D: Device> Carry<D> {
+    /// A copy of images `start..end`.
+    pub fn rows(&self, dev: &D, start: usize, end: usize) -> Result<Self> {
+        Ok(Carry {
+            x: self.x.rows(dev, start, end)?,
+            img: self
+                .img
+                .as_ref()
+                .map(|img| img.rows(dev, start, end))
+                .transpose()?,
+        })
+    }
+
+    /// The image, once the last layer has run.
+    pub fn image(self) -> Result<DeviceTensor<D>> {
+        match self.img {
+            Some(img) => Ok(img),
+            None => bail!("the network has no ToRGB layer"),
+        }
+    }
 }
 
 /// One synthesis layer on the device.
@@ -135,7 +165,7 @@ impl<D: Device> DeviceSynthesis<D> {
         ws: &Tensor,
         noise: NoiseMode,
     ) -> Result<Tensor> {
-        self.forward(dev, net, ws, noise, Observe::Nothing)?
+        self.synthesize_on_device(dev, net, ws, noise)?
             .download(dev)
     }
 
@@ -147,7 +177,29 @@ impl<D: Device> DeviceSynthesis<D> {
         ws: &Tensor,
         noise: NoiseMode,
     ) -> Result<DeviceTensor<D>> {
-        self.forward(dev, net, ws, noise, Observe::Nothing)
+        let carry = self.forward(dev, net, ws, noise, self.all(), None, Observe::Nothing)?;
+        carry.image()
+    }
+
+    /// Runs `layers` (indices into the layer table) of the images `ws` on what the layers before them left
+    /// (`carry`; `None` when `layers` starts at the first), and returns what they leave. Split at a ToRGB, a
+    /// network runs its first blocks over many images at once and the rest in smaller passes; `noise` counts
+    /// images as the whole network would, so the split does not change the images.
+    pub fn synthesize_layers(
+        &self,
+        dev: &D,
+        net: &Network,
+        ws: &Tensor,
+        noise: NoiseMode,
+        layers: Range<usize>,
+        carry: Option<Carry<D>>,
+    ) -> Result<Carry<D>> {
+        self.forward(dev, net, ws, noise, layers, carry, Observe::Nothing)
+    }
+
+    /// The whole layer table, as [`Self::synthesize_layers`] takes it.
+    pub fn all(&self) -> Range<usize> {
+        0..self.layers.len()
     }
 
     /// [`Self::synthesize`] that also reports every layer's styles and output, and each block's `x` and `img`,
@@ -160,24 +212,26 @@ impl<D: Device> DeviceSynthesis<D> {
         noise: NoiseMode,
         trace: Trace,
     ) -> Result<Tensor> {
-        self.forward(dev, net, ws, noise, Observe::Trace(trace))?
-            .download(dev)
+        let carry = self.forward(dev, net, ws, noise, self.all(), None, Observe::Trace(trace))?;
+        carry.image()?.download(dev)
     }
 
-    /// [`Self::synthesize`] with the device waiting after every layer: each layer's time (the first also holds
-    /// the uploads of ws and the constant input) and cost, a ToRGB computed by its conv's kernel merged into the
-    /// conv's row.
+    /// [`Self::synthesize_layers`] with the device waiting after every layer: each layer's time (the first also
+    /// holds the uploads of ws and, at the first layer, the constant input) and cost, a ToRGB computed by its
+    /// conv's kernel merged into the conv's row.
     pub fn profile(
         &self,
         dev: &D,
         net: &Network,
         ws: &Tensor,
         noise: NoiseMode,
-    ) -> Result<Vec<LayerProfile>> {
+        layers: Range<usize>,
+        carry: Option<Carry<D>>,
+    ) -> Result<(Vec<LayerProfile>, Carry<D>)> {
         let n = ws.shape[0];
         let activation_bytes = self.activations.size();
         let mut rows: Vec<LayerProfile> = Vec::new();
-        let mut skip = false;
+        let mut skip = carry.as_ref().is_some_and(|c| c.img.is_some());
         dev.synchronize()?;
         let mut mark = Instant::now();
         let mut layer_done = |index: usize, fused: bool| -> Result<()> {
@@ -208,8 +262,16 @@ impl<D: Device> DeviceSynthesis<D> {
             }
             Ok(())
         };
-        self.forward(dev, net, ws, noise, Observe::LayerQueued(&mut layer_done))?;
-        Ok(rows)
+        let carry = self.forward(
+            dev,
+            net,
+            ws,
+            noise,
+            layers,
+            carry,
+            Observe::LayerQueued(&mut layer_done),
+        )?;
+        Ok((rows, carry))
     }
 
     /// The most device memory one image's per-sample weights take in any layer (they live during its launch).
@@ -228,38 +290,78 @@ impl<D: Device> DeviceSynthesis<D> {
             .any(|layer| layer.kind == LayerKind::Conv)
     }
 
+    /// Runs `layers` on `carry` (the constant input when `layers` starts at the first layer).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         dev: &D,
         net: &Network,
         ws: &Tensor,
         noise: NoiseMode,
+        layers: Range<usize>,
+        carry: Option<Carry<D>>,
         mut observe: Observe,
-    ) -> Result<DeviceTensor<D>> {
+    ) -> Result<Carry<D>> {
         if net.layers.len() != self.layers.len() {
             bail!("the device synthesis was built from another network");
         }
         check_ws(net, ws)?;
         let n = ws.shape[0];
+        if layers.start > layers.end || layers.end > self.layers.len() {
+            bail!(
+                "layers {layers:?} of a synthesis network of {}",
+                self.layers.len()
+            );
+        }
+        for split in [layers.start, layers.end] {
+            if split > 0
+                && split < self.layers.len()
+                && self.layers[split - 1].kind != LayerKind::ToRgb
+            {
+                bail!(
+                    "the synthesis can only be split after a ToRGB, not after {}",
+                    self.layers[split - 1].name
+                );
+            }
+        }
+        let (mut x, mut img) = match (layers.start, carry) {
+            (0, None) => {
+                let c = &self.const_input;
+                let x = DeviceTensor::upload_as(
+                    dev,
+                    &Tensor::new(vec![n, c.shape[0], 4, 4], c.data.repeat(n))?,
+                    self.activations,
+                )?;
+                (x, None)
+            }
+            (0, Some(_)) => {
+                bail!("the first synthesis layer takes the constant input, not a carry")
+            }
+            (start, None) => {
+                bail!("layer {start} of the synthesis needs what the layers before it left")
+            }
+            (start, Some(carry)) => {
+                if carry.x.shape[0] != n {
+                    bail!(
+                        "{} images carried into layer {start} of the synthesis, but ws holds {n}",
+                        carry.x.shape[0]
+                    );
+                }
+                (carry.x, carry.img)
+            }
+        };
         let ws_d = DeviceTensor::upload(dev, ws)?;
         // Random noise: drawn on the host by the CPU backend's generator, one [N, 1, res, res] tensor per noisy
-        // layer in order, uploaded.
+        // layer of `layers` in order, uploaded.
         let random = match noise {
             NoiseMode::Random { seed, first_image } => Some(
-                random_noise(net, n, seed, first_image)
+                random_noise(net, layers.clone(), n, seed, first_image)
                     .iter()
                     .map(|t| DeviceTensor::upload(dev, t))
                     .collect::<Result<Vec<_>>>()?,
             ),
             _ => None,
         };
-        let c = &self.const_input;
-        let mut x = DeviceTensor::upload_as(
-            dev,
-            &Tensor::new(vec![n, c.shape[0], 4, 4], c.data.repeat(n))?,
-            self.activations,
-        )?;
-        let mut img: Option<DeviceTensor<D>> = None;
         let mut noise_layer = 0;
         let tracing = matches!(observe, Observe::Trace(_));
         // The kernel that writes a ToRGB's output also adds the up-sampled skip image (ModconvParams::skip),
@@ -268,7 +370,8 @@ impl<D: Device> DeviceSynthesis<D> {
         // A ToRGB computed by the conv before it (forward_with_torgb): its styles, its output, and whether the
         // skip image is in it.
         let mut fused_rgb: Option<(DeviceTensor<D>, DeviceTensor<D>, bool)> = None;
-        for (index, layer) in self.layers.iter().enumerate() {
+        for index in layers {
+            let layer = &self.layers[index];
             let layer_noise = match (noise, &layer.noise, &random) {
                 (NoiseMode::Const, Some(plane), _) => Some(DeviceNoise::Shared(plane)),
                 (NoiseMode::Random { .. }, Some(_), Some(planes)) => {
@@ -361,10 +464,7 @@ impl<D: Device> DeviceSynthesis<D> {
                 done(index, computed_before)?;
             }
         }
-        match img {
-            Some(img) => Ok(img),
-            None => bail!("the network has no ToRGB layer"),
-        }
+        Ok(Carry { x, img })
     }
 }
 
