@@ -239,8 +239,9 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
             done
             ;;
         passes)
-            # The small layers (4-64 px) have few blocks in a pass of 32 images; larger passes fill the device
-            # there, at the cost of a longer last download. Per layer, so both effects show.
+            # The small layers have few blocks in a pass of 32 images. The blocks below 2^16 pixels per pass run
+            # first over the whole batch (4-32 px at 32 images, 4-16 px at 64 and 128); larger passes fill the
+            # 64 px layers too, at the cost of a longer last download. Per layer, so both effects show.
             for round in 1 2; do
                 for n in 32 64 128; do
                     step "passes-$n-$round" 90 "$mm" bench --device cuda --config ffhq1024 --batch 512 \
