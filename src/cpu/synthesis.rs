@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::model::{LayerKind, Network, SynthesisLayer};
 use crate::seeds::RandomState;
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Per-layer constants derived once from the network.
@@ -272,19 +273,27 @@ pub(crate) fn random_noise(
         .iter()
         .map(|l| Tensor::zeros(vec![n, 1, l.resolution, l.resolution]))
         .collect();
-    for b in 0..n {
+    // Each image's planes, one per drawn layer, so that the images' streams run in parallel (about 3 M normals
+    // per 1024 px image).
+    let mut planes: Vec<Vec<&mut [f32]>> = (0..n).map(|_| Vec::new()).collect();
+    for (t, l) in out.iter_mut().zip(&drawn) {
+        let plane = l.resolution * l.resolution;
+        for (image, p) in planes.iter_mut().zip(t.data.chunks_mut(plane)) {
+            image.push(p);
+        }
+    }
+    planes.into_par_iter().enumerate().for_each(|(b, image)| {
         let mut rng = RandomState::new(image_stream_seed(seed, first_image + b));
         for _ in 0..skipped {
             rng.randn();
         }
-        for (t, l) in out.iter_mut().zip(&drawn) {
+        for (plane, l) in image.into_iter().zip(&drawn) {
             let strength = l.noise.as_ref().map_or(0.0, |n| n.strength);
-            let plane = l.resolution * l.resolution;
-            for v in &mut t.data[b * plane..(b + 1) * plane] {
+            for v in plane {
                 *v = rng.randn() as f32 * strength;
             }
         }
-    }
+    });
     out
 }
 
