@@ -253,6 +253,18 @@ struct ImagesU8Params {
   int channels;
 };
 
+// Random noise of one noisy layer (kernels/noise.cu): y [images, plane] f32, image b drawn as image first_image + b
+// of seed's job, layer the noisy layer's index among the network's noisy layers.
+struct RandomNoiseParams {
+  float* y;
+  long long first_image;
+  long long images;
+  int plane;
+  int layer;
+  unsigned seed;
+  float strength;
+};
+
 // Robust PCA of every W+ layer at once (kernels/rpca.cu, the device fit). Matrices are [layers, rows, cols]
 // row-major float64 and per-layer values are arrays indexed by layer; active[l] is 1 while layer l iterates.
 // w = m - sparse + mu_inv * y for each active layer: the input of the iteration's SVD.

@@ -28,8 +28,9 @@ pub enum NoiseMode {
     Const,
     /// No noise.
     None,
-    /// Fresh normal noise, reproducible: image `first_image + i` of a call draws from its own stream seeded by
-    /// `seed` and its index, so the result does not depend on how a job is split into batches.
+    /// Fresh normal noise, reproducible: each value is a hash of `seed`, the image's index `first_image + i`, the
+    /// layer and the pixel ([`crate::cpu::noise`]), so the result does not depend on how a job is split into
+    /// batches.
     Random { seed: u32, first_image: usize },
 }
 

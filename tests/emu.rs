@@ -158,6 +158,13 @@ fn images_to_u8_kernel_matches_the_host_conversion() {
     common::images_u8::kernel_matches_the_host_conversion(&EmuDevice::new());
 }
 
+/// On the host, the kernel calls the same `logf`, `sin` and `cos` as its twin: every value is the same.
+#[test]
+fn random_noise_kernel_matches_the_host() {
+    let (exact, total) = common::random_noise::kernel_matches_the_host(&EmuDevice::new());
+    assert_eq!(exact, total, "{} of {total} values differ", total - exact);
+}
+
 const WS_TOL: f32 = 1e-5;
 
 fn device_mapping(case: &str, file: &str) -> DeviceMapping<EmuDevice> {

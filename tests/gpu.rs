@@ -212,6 +212,13 @@ fn images_to_u8(dev: CudaDevice) -> Ran {
     Ran::Checked
 }
 
+/// The device's random noise is the host's, within an ulp or two of the device's logf and sincospif.
+fn random_noise(dev: CudaDevice) -> Ran {
+    let (exact, total) = common::random_noise::kernel_matches_the_host(&dev);
+    println!("random noise: {exact} of {total} values equal to the host's bit for bit");
+    Ran::Checked
+}
+
 /// Needs cuSOLVER, which a machine with only the driver lacks.
 fn golden_fit(dev: CudaDevice) -> Ran {
     // SAFETY: only tries to load the library.
@@ -239,6 +246,7 @@ const TESTS: &[GpuTest] = &[
     ),
     ("pipelined_passes", pipelined_passes),
     ("images_to_u8", images_to_u8),
+    ("random_noise", random_noise),
     ("golden_fit", golden_fit),
 ];
 

@@ -178,6 +178,12 @@ inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 // Each rounded on its own: the emulation is built without floating-point contraction (strict ISO C++).
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+// sin(pi x) and cos(pi x) through double, so within rounding of the exact values (CUDA's are within an ulp).
+inline void sincospif(float x, float* s, float* c) {
+  const double a = 3.14159265358979323846 * static_cast<double>(x);
+  *s = static_cast<float>(std::sin(a));
+  *c = static_cast<float>(std::cos(a));
+}
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }

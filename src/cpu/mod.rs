@@ -29,6 +29,7 @@ pub(crate) use avx2_twin;
 pub mod conv;
 pub mod mapping;
 pub mod microkernel;
+pub mod noise;
 pub mod ops;
 pub mod synthesis;
 

@@ -1,15 +1,14 @@
 //! The synthesis network on the CPU: walks the layer table, one batched op per layer.
 
 use super::conv::{ModConvLayer, NoiseInput, PackedWeights};
+use super::noise;
 use super::ops::{self, Act, BiasAct, ModConv, Upfirdn};
 use crate::backend::NoiseMode;
 use crate::bail;
 use crate::error::Result;
 use crate::model::{LayerKind, Network, SynthesisLayer};
-use crate::seeds::RandomState;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
-use std::ops::Range;
 
 /// Per-layer constants derived once from the network.
 struct Prepared {
@@ -87,7 +86,7 @@ impl Synthesis {
         let n = ws.shape[0];
         let random = match noise {
             NoiseMode::Random { seed, first_image } => {
-                Some(random_noise(net, 0..net.layers.len(), n, seed, first_image))
+                Some(random_noise(net, n, seed, first_image))
             }
             _ => None,
         };
@@ -246,62 +245,22 @@ fn affine(ws: &Tensor, net: &Network, layer: &SynthesisLayer, weight: &Tensor) -
     }
 }
 
-/// Per-layer random noise `[N, 1, res, res]` (times the layer's strength) for the noisy layers among `layers`
-/// (indices into the layer table). Image `first_image + b` draws all its layers, in order, from its own stream, so
-/// an image's noise does not depend on the batch it is rendered in, nor on where a device splits the network
-/// (the noisy layers before `layers` are drawn and discarded). The CUDA backend draws its random noise here too,
-/// so both backends render the same images.
-pub(crate) fn random_noise(
-    net: &Network,
-    layers: Range<usize>,
-    n: usize,
-    seed: u32,
-    first_image: usize,
-) -> Vec<Tensor> {
-    let noisy = |range: Range<usize>| -> Vec<&SynthesisLayer> {
-        net.layers[range]
-            .iter()
-            .filter(|l| l.noise.is_some())
-            .collect()
-    };
-    let skipped: usize = noisy(0..layers.start)
+/// Per-layer random noise `[N, 1, res, res]` (times the layer's strength) for every noisy layer, images
+/// `first_image ..` of the job with `seed` ([`super::noise`]; the CUDA backend draws the same on the device).
+pub(crate) fn random_noise(net: &Network, n: usize, seed: u32, first_image: usize) -> Vec<Tensor> {
+    net.layers
         .iter()
-        .map(|l| l.resolution * l.resolution)
-        .sum();
-    let drawn = noisy(layers);
-    let mut out: Vec<Tensor> = drawn
-        .iter()
-        .map(|l| Tensor::zeros(vec![n, 1, l.resolution, l.resolution]))
-        .collect();
-    // Each image's planes, one per drawn layer, so that the images' streams run in parallel (about 3 M normals
-    // per 1024 px image).
-    let mut planes: Vec<Vec<&mut [f32]>> = (0..n).map(|_| Vec::new()).collect();
-    for (t, l) in out.iter_mut().zip(&drawn) {
-        let plane = l.resolution * l.resolution;
-        for (image, p) in planes.iter_mut().zip(t.data.chunks_mut(plane)) {
-            image.push(p);
-        }
-    }
-    planes.into_par_iter().enumerate().for_each(|(b, image)| {
-        let mut rng = RandomState::new(image_stream_seed(seed, first_image + b));
-        for _ in 0..skipped {
-            rng.randn();
-        }
-        for (plane, l) in image.into_iter().zip(&drawn) {
-            let strength = l.noise.as_ref().map_or(0.0, |n| n.strength);
-            for v in plane {
-                *v = rng.randn() as f32 * strength;
-            }
-        }
-    });
-    out
-}
-
-/// Mix the user's noise seed and the image index into one 32-bit seed (splitmix64 finaliser), so that nearby
-/// (seed, index) pairs give unrelated streams.
-fn image_stream_seed(seed: u32, image: usize) -> u32 {
-    let mut z = ((seed as u64) << 32 | image as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) as u32
+        .filter_map(|l| l.noise.as_ref().map(|noise| (l.resolution, noise.strength)))
+        .enumerate()
+        .map(|(layer, (res, strength))| {
+            let mut t = Tensor::zeros(vec![n, 1, res, res]);
+            t.data
+                .par_chunks_mut(res * res)
+                .enumerate()
+                .for_each(|(b, plane)| {
+                    noise::fill_plane(seed, first_image + b, layer, strength, plane)
+                });
+            t
+        })
+        .collect()
 }

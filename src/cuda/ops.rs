@@ -5,7 +5,9 @@
 use super::conv::{DeviceConvLayer, DeviceNoise, Finish};
 use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::kernels::Kernel;
-use super::params::{BiasActParams, ImagesU8Params, UpfirdnParams, ACT_LINEAR, ACT_LRELU};
+use super::params::{
+    BiasActParams, ImagesU8Params, RandomNoiseParams, UpfirdnParams, ACT_LINEAR, ACT_LRELU,
+};
 use crate::bail;
 use crate::cpu::ops::{filter_1331, Act, BiasAct, ModConv, Upfirdn};
 use crate::cpu::ConvPath;
@@ -82,6 +84,38 @@ pub fn images_to_u8_on<D: Device>(dev: &D, images: &DeviceTensor<D>) -> Result<D
     dev.launch(
         Kernel::ImagesToU8,
         LaunchDims::linear(n * h * w, 256, 4096),
+        &params,
+    )?;
+    Ok(y)
+}
+
+/// Twin of [`crate::cpu::noise::fill_plane`] for a whole layer: `[n, 1, h, w]` f32 random noise times `strength`
+/// for images `first_image ..` of the job with `seed`, noisy layer `layer` (its index among the network's noisy
+/// layers).
+pub fn random_noise_on<D: Device>(
+    dev: &D,
+    [n, h, w]: [usize; 3],
+    seed: u32,
+    first_image: usize,
+    layer: usize,
+    strength: f32,
+) -> Result<DeviceTensor<D>> {
+    let Ok(plane) = i32::try_from(h * w) else {
+        bail!("random noise: {w}x{h} planes are too large");
+    };
+    let y = DeviceTensor::alloc(dev, &[n, 1, h, w])?;
+    let params = RandomNoiseParams {
+        y: y.ptr(),
+        first_image: first_image as i64,
+        images: n as i64,
+        plane,
+        layer: layer as i32,
+        seed,
+        strength,
+    };
+    dev.launch(
+        Kernel::RandomNoise,
+        LaunchDims::linear(n * (h * w).div_ceil(2), 256, 4096),
         &params,
     )?;
     Ok(y)

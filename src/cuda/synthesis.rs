@@ -7,12 +7,13 @@ use super::conv::{skip_upsample_plus, DeviceConvLayer, DeviceNoise, Finish, Fuse
 use super::device::{DType, Device, DeviceTensor, LaunchDims};
 use super::gemm::Precision;
 use super::kernels::Kernel;
+use super::ops::random_noise_on;
 use super::params::ModconvAffineParams;
 use super::profile::{conv_output_bytes, layer_cost};
 use crate::backend::{LayerProfile, NoiseMode};
 use crate::bail;
 use crate::cpu::ops::Act;
-use crate::cpu::synthesis::{random_noise, scaled, Trace};
+use crate::cpu::synthesis::{scaled, Trace};
 use crate::cpu::ConvPath;
 use crate::error::Result;
 use crate::model::{LayerKind, Network};
@@ -351,18 +352,11 @@ impl<D: Device> DeviceSynthesis<D> {
             }
         };
         let ws_d = DeviceTensor::upload(dev, ws)?;
-        // Random noise: drawn on the host by the CPU backend's generator, one [N, 1, res, res] tensor per noisy
-        // layer of `layers` in order, uploaded.
-        let random = match noise {
-            NoiseMode::Random { seed, first_image } => Some(
-                random_noise(net, layers.clone(), n, seed, first_image)
-                    .iter()
-                    .map(|t| DeviceTensor::upload(dev, t))
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-            _ => None,
-        };
-        let mut noise_layer = 0;
+        // The noisy layers before `layers`: random noise is keyed by a noisy layer's index in the whole table.
+        let mut noise_layer = self.layers[..layers.start]
+            .iter()
+            .filter(|l| l.noise.is_some())
+            .count();
         let tracing = matches!(observe, Observe::Trace(_));
         // The kernel that writes a ToRGB's output also adds the up-sampled skip image (ModconvParams::skip),
         // except when tracing: the trace reports the ToRGB's output alone.
@@ -372,10 +366,22 @@ impl<D: Device> DeviceSynthesis<D> {
         let mut fused_rgb: Option<(DeviceTensor<D>, DeviceTensor<D>, bool)> = None;
         for index in layers {
             let layer = &self.layers[index];
+            // Random noise is drawn on the device, a layer at a time, as the CPU backend draws it on the host.
+            let random = match (noise, &net.layers[index].noise) {
+                (NoiseMode::Random { seed, first_image }, Some(buffer)) => Some(random_noise_on(
+                    dev,
+                    [n, layer.resolution, layer.resolution],
+                    seed,
+                    first_image,
+                    noise_layer,
+                    buffer.strength,
+                )?),
+                _ => None,
+            };
             let layer_noise = match (noise, &layer.noise, &random) {
                 (NoiseMode::Const, Some(plane), _) => Some(DeviceNoise::Shared(plane)),
-                (NoiseMode::Random { .. }, Some(_), Some(planes)) => {
-                    Some(DeviceNoise::PerSample(&planes[noise_layer]))
+                (NoiseMode::Random { .. }, Some(_), Some(plane)) => {
+                    Some(DeviceNoise::PerSample(plane))
                 }
                 _ => None,
             };

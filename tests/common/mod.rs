@@ -7,6 +7,7 @@ pub mod fit_case;
 pub mod golden_nets;
 pub mod images_u8;
 pub mod ops_cases;
+pub mod random_noise;
 pub mod tensor_cores;
 
 /// Tolerance for case G's images. The reference (stylegan2-ada-pytorch, which has no device check) ran that
