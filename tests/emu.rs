@@ -753,7 +753,7 @@ mod passes {
     use super::common::golden_nets::{cases, nvlabs_network};
     use mmengine::backend::{Backend, FrontPass, NoiseMode};
     use mmengine::cpu::ConvPath;
-    use mmengine::cuda::device::Device;
+    use mmengine::cuda::device::{DType, Device, DeviceTensor};
     use mmengine::cuda::emu::EmuDevice;
     use mmengine::cuda::kernels::Kernel;
     use mmengine::cuda::synthesis::DeviceSynthesis;
@@ -956,6 +956,23 @@ mod passes {
             halved,
             "no memory limit made the front run out of memory and then succeed"
         );
+    }
+
+    /// `DeviceTensor::rows` (what each pass takes of the front's images) copies exactly those rows, in any stored
+    /// type, and refuses rows the tensor does not have.
+    #[test]
+    fn device_tensor_rows_copy_those_rows() {
+        let dev = EmuDevice::new();
+        let t = Tensor::new(vec![4, 2, 3], (0..24).map(|v| v as f32).collect()).unwrap();
+        for dtype in [DType::F32, DType::F16] {
+            let d = DeviceTensor::upload_as(&dev, &t, dtype).unwrap();
+            let part = d.rows(&dev, 1, 3).unwrap().download(&dev).unwrap();
+            assert_eq!(part.shape, [2, 2, 3]);
+            assert_eq!(part.data, t.data[6..18]);
+            assert_eq!(d.rows(&dev, 4, 4).unwrap().shape, [0, 2, 3]);
+            assert!(d.rows(&dev, 3, 5).is_err());
+            assert!(d.rows(&dev, 2, 1).is_err());
+        }
     }
 
     /// Runs of layers that start or end inside a block (the activation alone is not what the next layer needs)

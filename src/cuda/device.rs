@@ -192,17 +192,21 @@ impl<D: Device> DeviceTensor<D> {
 
     /// A copy of rows `start..end` of the first dimension.
     pub fn rows(&self, dev: &D, start: usize, end: usize) -> Result<Self> {
-        let rows = self.shape.first().copied().unwrap_or(0);
-        if start > end || end > rows {
+        let Some(&rows) = self
+            .shape
+            .first()
+            .filter(|&&rows| start <= end && end <= rows)
+        else {
             return Err(Error::Invalid(format!(
                 "rows {start}..{end} of a device tensor {:?}",
                 self.shape
             )));
-        }
+        };
         let mut shape = self.shape.clone();
         shape[0] = end - start;
         let mut part = Self::alloc_as(dev, &shape, self.dtype)?;
-        let (row_bytes, bytes) = (self.bytes() / rows, part.bytes());
+        let row_bytes = self.bytes().checked_div(rows).unwrap_or(0);
+        let bytes = part.bytes();
         dev.copy(&self.buf, start * row_bytes, &mut part.buf, bytes)?;
         Ok(part)
     }
