@@ -15,8 +15,8 @@
 #             tests  nvidia-smi, the binaries' libraries, doctor, the GPU tests, selftest in every precision,
 #                    the micromotion fit on the GPU and on the CPU, the demo model rendered on both (the GPU's
 #                    grid comes back as demo-cuda.png), and one small fp16 bench
-#             bench  bench --config ffhq1024 --batch 512 in every precision (fp16 and bf16 also with --images u8),
-#                    ffhq256 in fp32 and fp16
+#             bench  bench --config ffhq1024 --batch 512 in every precision (fp16 and bf16 also with --images u8,
+#                    fp16 also with random noise), ffhq256 in fp32 and fp16
 #             compare  the baseline's and this build's bench, ffhq1024 batch 512 in fp16 and tf32, alternating, with
 #                    f32 and with 8-bit images (--images u8)
 #             wgmma  this build with its sm_90 (wgmma) kernels and without (MMENGINE_WGMMA=0), fp16 and bf16,
@@ -201,6 +201,9 @@ b=n.load('/tmp/demo-cpu.npy'); print('cuda vs cpu renders: shape', a.shape, 'max
                 step "bench-ffhq1024-$p-u8" 60 "$mm" bench --device cuda --config ffhq1024 --batch 512 \
                     --precision "$p" --iters 3 --images u8 --json
             done
+            # Random noise, drawn on the device (it was drawn on the host and uploaded before 4137b9e).
+            step bench-ffhq1024-fp16-u8-random 60 "$mm" bench --device cuda --config ffhq1024 --batch 512 \
+                --precision fp16 --iters 3 --images u8 --noise-mode random --json
             for p in fp16 fp32; do
                 step "bench-ffhq256-$p" 50 "$mm" bench --device cuda --config ffhq256 --batch 512 --precision "$p" \
                     --iters 3 --json

@@ -2443,6 +2443,8 @@ fn cli_bench_on_the_emulation_reports_device_memory_and_a_layer_profile() {
             "--json",
             "--pass-images",
             "1",
+            "--noise-mode",
+            "random",
             "--model",
         ])
         .arg(&model)
@@ -2456,8 +2458,9 @@ fn cli_bench_on_the_emulation_reports_device_memory_and_a_layer_profile() {
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["achieved_tflop_per_s"].is_number(), "{report}");
-    // Passes of 1 image as asked; the 4-16 px blocks first over both images.
+    // Passes of 1 image as asked; the 4-16 px blocks first over both images; the noise drawn on the device.
     assert_eq!(report["images_per_pass"], 1, "{report}");
+    assert_eq!(report["noise"], "random", "{report}");
     assert_eq!(
         report["front_pass"],
         serde_json::json!({"resolution": 16, "images": 2}),

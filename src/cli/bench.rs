@@ -1,7 +1,8 @@
 //! `mmengine bench`: throughput of the generator on a device, for a checkpoint or a random-weight configuration.
 
 use super::device::{open_backend, DeviceArg};
-use crate::backend::{LayerProfile, NoiseMode, Truncation};
+use super::render::NoiseArgs;
+use crate::backend::{LayerProfile, Truncation};
 use crate::bail;
 use crate::cuda::profile::{bound_seconds, peaks, Peaks};
 use crate::cuda::Precision;
@@ -50,6 +51,9 @@ pub struct BenchArgs {
     /// one after another while the previous one downloads.
     #[arg(long)]
     pass_images: Option<usize>,
+    /// The noise of the timed batches, as for `render` (the profile uses the stored noise).
+    #[command(flatten)]
+    noise: NoiseArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -108,9 +112,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let run = || -> Result<f64> {
         let start = Instant::now();
         let ws = backend.map(&z, Truncation::default())?;
+        let noise = args.noise.mode(0);
         match args.images {
-            ImageValues::F32 => drop(backend.synthesize(&ws, NoiseMode::Const)?),
-            ImageValues::U8 => drop(backend.synthesize_u8(&ws, NoiseMode::Const)?),
+            ImageValues::F32 => drop(backend.synthesize(&ws, noise)?),
+            ImageValues::U8 => drop(backend.synthesize_u8(&ws, noise)?),
         }
         Ok(start.elapsed().as_secs_f64())
     };
@@ -149,6 +154,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             })),
             "iters": args.iters,
             "images": args.images.name(),
+            "noise": args.noise.name(),
             "ms_per_batch": mean * 1e3,
             "ms_per_batch_best": best * 1e3,
             "images_per_s": images_per_s,
@@ -164,6 +170,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     } else {
         println!("model:        {name} ({res}x{res}, {gflop_per_image:.1} GFLOP/image)");
         println!("device:       {device} ({})", args.precision);
+        println!("noise:        {}", args.noise.name());
         if let Some(pass) = pass {
             match front {
                 Some(f) => println!(

@@ -82,6 +82,15 @@ pub struct NoiseArgs {
 }
 
 impl NoiseArgs {
+    /// The mode's name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self.noise_mode {
+            NoiseArg::Const => "const",
+            NoiseArg::None => "none",
+            NoiseArg::Random => "random",
+        }
+    }
+
     /// The noise of a batch that starts at image `first_image` of the job.
     pub fn mode(&self, first_image: usize) -> NoiseMode {
         match self.noise_mode {
