@@ -983,33 +983,20 @@ mod passes {
         let dev = EmuDevice::new();
         let synth = DeviceSynthesis::new(&dev, &net, ConvPath::Fast).unwrap();
         let (ws, noise) = job();
-        // Layer 3 is b8.conv1, after b8.conv0.
-        let err = synth
-            .synthesize_layers(&dev, &net, &ws, noise, 0..3, None)
-            .err()
-            .expect("a run ending inside a block");
-        assert!(
-            err.to_string()
-                .contains("after a ToRGB, not after b8.conv0"),
-            "{err}"
-        );
-        let err = synth
-            .synthesize_layers(&dev, &net, &ws, noise, 2..11, None)
-            .err()
-            .expect("a run without a carry");
-        assert!(
-            err.to_string()
-                .contains("needs what the layers before it left"),
-            "{err}"
-        );
+        let refused = |ws: &Tensor, layers: std::ops::Range<usize>, carry, expected: &str| {
+            let err = synth
+                .synthesize_layers(&dev, &net, ws, noise, layers.clone(), carry)
+                .err()
+                .unwrap_or_else(|| panic!("layers {layers:?} ran"));
+            assert!(err.to_string().contains(expected), "{err}");
+        };
+        // A run that stops before layer 3 (b8.conv1), after b8.conv0.
+        refused(&ws, 0..3, None, "after a ToRGB, not after b8.conv0");
+        refused(&ws, 2..11, None, "needs what the layers before it left");
         let front = synth
             .synthesize_layers(&dev, &net, &ws, noise, 0..2, None)
             .unwrap();
-        let err = synth
-            .synthesize_layers(&dev, &net, &ws.slice_rows(0, 2), noise, 2..11, Some(front))
-            .err()
-            .expect("a carry of other images");
-        assert!(err.to_string().contains("6 images carried"), "{err}");
+        refused(&ws.slice_rows(0, 2), 2..11, Some(front), "6 images carried");
     }
 
     #[test]

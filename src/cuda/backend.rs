@@ -244,8 +244,9 @@ impl<D: Device> CudaBackend<D> {
         let (mut start, mut slot) = (0, 0);
         while start < n {
             let chunk = self.plan_chunk(n - start);
-            // A group: the front's images, or one pass.
-            let (group, front) = match self.plan_front(n - start, chunk) {
+            // A group: the front's images (the layers before `rest` run over them at once, and each pass starts
+            // from its rows of what they left), or one pass of the whole network.
+            let (group, rest, carry) = match self.plan_front(n - start, chunk) {
                 Some(front) => {
                     let images = front.pass.images;
                     match synthesis.synthesize_layers(
@@ -256,7 +257,7 @@ impl<D: Device> CudaBackend<D> {
                         0..front.layers,
                         None,
                     ) {
-                        Ok(carry) => (images, Some((front.layers, carry))),
+                        Ok(carry) => (images, front.layers, Some(carry)),
                         // Out of memory: halve the front (for this call and the next) and plan again.
                         Err(Error::DeviceMemory(_)) => {
                             self.front_limit.store(images / 2, Ordering::Relaxed);
@@ -265,30 +266,29 @@ impl<D: Device> CudaBackend<D> {
                         Err(e) => return Err(e),
                     }
                 }
-                None => (chunk, None),
+                None => (chunk, 0, None),
             };
             let mut done = 0;
             while done < group {
                 let chunk = self.plan_chunk(group - done);
                 let first = start + done;
-                let part_ws = ws.slice_rows(first, first + chunk);
-                let part_noise = from_image(noise, first);
-                let images = match &front {
-                    Some((layers, carry)) => carry.rows(dev, done, done + chunk).and_then(|part| {
+                let images = carry
+                    .as_ref()
+                    .map(|carry| carry.rows(dev, done, done + chunk))
+                    .transpose()
+                    .and_then(|part| {
                         synthesis
                             .synthesize_layers(
                                 dev,
                                 net,
-                                &part_ws,
-                                part_noise,
-                                *layers..net.layers.len(),
-                                Some(part),
+                                &ws.slice_rows(first, first + chunk),
+                                from_image(noise, first),
+                                rest..net.layers.len(),
+                                part,
                             )?
                             .image()
-                    }),
-                    None => synthesis.synthesize_on_device(dev, net, &part_ws, part_noise),
-                }
-                .and_then(&finish);
+                    })
+                    .and_then(&finish);
                 let images = match images {
                     Ok(images) => images,
                     // Out of memory: halve the pass (for this call and the next) and retry, down to one image.
@@ -373,10 +373,9 @@ impl<D: Device> Backend for CudaBackend<D> {
         check_ws(net, ws)?;
         let n = ws.shape[0];
         let chunk = self.plan_chunk(n);
-        let pass = ws.slice_rows(0, chunk);
-        let rows = match self.plan_front(n, chunk) {
+        let (mut rows, rest, part) = match self.plan_front(n, chunk) {
             Some(front) => {
-                let (mut rows, carry) = synthesis.profile(
+                let (rows, carry) = synthesis.profile(
                     dev,
                     net,
                     &ws.slice_rows(0, front.pass.images),
@@ -384,21 +383,14 @@ impl<D: Device> Backend for CudaBackend<D> {
                     0..front.layers,
                     None,
                 )?;
-                let part = carry.rows(dev, 0, chunk)?;
-                drop(carry);
-                let layers = front.layers..net.layers.len();
-                let (rest, _) =
-                    synthesis.profile(dev, net, &pass, NoiseMode::Const, layers, Some(part))?;
-                rows.extend(rest);
-                rows
+                (rows, front.layers, Some(carry.rows(dev, 0, chunk)?))
             }
-            None => {
-                let all = synthesis.all();
-                synthesis
-                    .profile(dev, net, &pass, NoiseMode::Const, all, None)?
-                    .0
-            }
+            None => (Vec::new(), 0, None),
         };
+        let pass = ws.slice_rows(0, chunk);
+        let layers = rest..net.layers.len();
+        let (pass_rows, _) = synthesis.profile(dev, net, &pass, NoiseMode::Const, layers, part)?;
+        rows.extend(pass_rows);
         Ok(Some(rows))
     }
 

@@ -199,7 +199,7 @@ impl<D: Device> DeviceSynthesis<D> {
     }
 
     /// The whole layer table, as [`Self::synthesize_layers`] takes it.
-    pub fn all(&self) -> Range<usize> {
+    fn all(&self) -> Range<usize> {
         0..self.layers.len()
     }
 
@@ -379,10 +379,8 @@ impl<D: Device> DeviceSynthesis<D> {
                 _ => None,
             };
             let layer_noise = match (noise, &layer.noise, &random) {
+                (_, _, Some(plane)) => Some(DeviceNoise::PerSample(plane)),
                 (NoiseMode::Const, Some(plane), _) => Some(DeviceNoise::Shared(plane)),
-                (NoiseMode::Random { .. }, Some(_), Some(plane)) => {
-                    Some(DeviceNoise::PerSample(plane))
-                }
                 _ => None,
             };
             if layer.noise.is_some() {
